@@ -1,0 +1,7 @@
+"""``python -m dag`` is the ``batch-imaging`` command."""
+
+import sys
+
+from dag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""The ``batch-imaging`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from steps import log
+from steps.log import LOG
+from steps.params import ParamsError
+
+USAGE, RUNTIME = 2, 1
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"{flag} {item!r}: expected NAME=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dag.runner import run_local
+
+    overrides = _pairs(args.param, "-p")
+    phase = run_local(Path(args.params), Path(args.buffer_root), overrides, args.config_db)
+    return 0 if phase == "Succeeded" else RUNTIME
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from dag import render
+
+    directory = Path(args.output)
+    if args.check:
+        stale = render.stale(directory, args.image)
+        if stale:
+            print(f"stale manifests (run `batch-imaging render`): {', '.join(stale)}")
+            return RUNTIME
+        print(f"manifests in {directory} are up to date")
+        return 0
+    for path in render.write(directory, args.image):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    from steps.runner import run_step
+
+    return run_step(args.name, _pairs(args.param, "-p"))
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from steps import params
+
+    if args.action == "schema":
+        print(json.dumps(params.schema(), indent=2))
+        return 0
+    parsed = params.load(args.file)
+    print(json.dumps(parsed.model_dump(), indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from dag.workflow import EXIT_STEP, STEPS
+
+    top = argparse.ArgumentParser(
+        prog="batch-imaging", description="SKA SDP batch imaging workflow (Argo DAG, local engine)"
+    )
+    top.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole DAG on this machine")
+    run.add_argument("params", help="JSON file of processing-block parameters")
+    run.add_argument("--buffer-root", default="buffers", help="where buffers live (./buffers)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--config-db", default=None, help="etcd://HOST:PORT or a path (embedded)")
+    run.set_defaults(func=cmd_run)
+
+    render = sub.add_parser("render", help="write the Argo manifests from the Hera definition")
+    render.add_argument(
+        "--output", default=str(Path(__file__).resolve().parent.parent / "manifests")
+    )
+    render.add_argument("--image", default=None, help="container image reference")
+    render.add_argument("--check", action="store_true", help="only check they are up to date")
+    render.set_defaults(func=cmd_render)
+
+    step = sub.add_parser("step", help="run one step (the container entry point)")
+    step.add_argument("name", choices=[*STEPS, EXIT_STEP])
+    step.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    step.set_defaults(func=cmd_step)
+
+    params = sub.add_parser("params", help="the parameter model")
+    params.add_argument("action", choices=["schema", "validate"])
+    params.add_argument("file", nargs="?", help="parameter file to validate")
+    params.set_defaults(func=cmd_params)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    log.setup(args.debug)
+    if getattr(args, "action", None) == "validate" and not args.file:
+        parser().error("params validate needs a FILE")
+    try:
+        return args.func(args)
+    except ParamsError as exc:
+        if args.debug:
+            raise
+        print(f"batch-imaging: error: {exc}", file=sys.stderr)
+        return USAGE
+    except Exception as exc:
+        if args.debug:
+            raise
+        LOG.error("%s", exc)
+        return RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

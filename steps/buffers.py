@@ -1,0 +1,64 @@
+"""Where each product lives: ``<buffer root>/<buffer name>/...`` (``/buffer/<name>`` in a pod)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from steps.params import Params
+
+BUFFER_ROOT_ENV = "BATCH_IMAGING_BUFFER_ROOT"
+DEFAULT_BUFFER_ROOT = "/buffer"
+
+
+def buffer_root() -> Path:
+    """The directory holding the buffers: the PVC mount root in a pod, any directory locally."""
+    return Path(os.environ.get(BUFFER_ROOT_ENV, DEFAULT_BUFFER_ROOT))
+
+
+@dataclass(frozen=True)
+class Buffers:
+    """Paths of the products of one run."""
+
+    vis: Path
+    img: Path
+
+    @classmethod
+    def of(cls, params: Params, root: Path | None = None) -> Buffers:
+        root = buffer_root() if root is None else Path(root)
+        return cls(vis=root / params.buffer_vis, img=root / params.buffer_img)
+
+    @property
+    def model(self) -> Path:
+        """Simulated (true, uncorrupted) visibilities."""
+        return self.vis / "model.zarr"
+
+    @property
+    def corrupted(self) -> Path:
+        return self.vis / "corrupted.zarr"
+
+    @property
+    def calibrated(self) -> Path:
+        return self.vis / "calibrated.zarr"
+
+    @property
+    def sky(self) -> Path:
+        """The sky actually simulated (catalogue, apparent fluxes per window)."""
+        return self.vis / "sky_model.csv"
+
+    @property
+    def true_gains(self) -> Path:
+        return self.vis / "gains_true.zarr"
+
+    @property
+    def solved_gains(self) -> Path:
+        return self.vis / "gains_solved.zarr"
+
+    def image(self, kind: str) -> Path:
+        """``deconvolved``, ``residual`` or ``restored`` FITS cube."""
+        return self.img / f"{kind}.fits"
+
+    @property
+    def metrics(self) -> Path:
+        return self.img / "metrics.json"

@@ -1,0 +1,64 @@
+"""claim: take the processing block, wait until its resources are available, set RUNNING.
+
+The claim is an etcd-lease-bound owner key, so it must be held by a live process: this step
+runs as an Argo *daemon* that signals readiness (the ``claimed`` output file) once the block is
+RUNNING and keeps its lease alive until the DAG ends; if the run dies, the owner key expires.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from steps.buffers import Buffers
+from steps.configdb import ConfigDB, PBStatus, connect
+from steps.log import LOG
+from steps.params import Params
+from steps.runner import write_outputs
+
+OUTPUTS: tuple[str, ...] = ()  # readiness is signalled by the "claimed" file
+POLL_S = 0.5
+LEASE_TTL_S = 10
+
+
+class ClaimError(RuntimeError):
+    """The processing block is missing or already owned."""
+
+
+def run(params: Params, buffers: Buffers) -> dict[str, str]:
+    del buffers
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    db = ConfigDB(connect(params.config_db or None))
+    lease = db.lease(LEASE_TTL_S)
+    run_name = os.environ.get("WORKFLOW_NAME", "")
+
+    def take(txn) -> bool:
+        if txn.get_pb(params.pb_id) is None:
+            raise ClaimError(f"processing block {params.pb_id} does not exist")
+        if not txn.take_pb(params.pb_id, lease):
+            return False
+        txn.update_state(params.pb_id, status=PBStatus.WAITING, workflow_run=run_name)
+        return True
+
+    try:
+        if not db.run(take):
+            raise ClaimError(f"processing block {params.pb_id} is already claimed")
+        LOG.info("Claimed processing block %s", params.pb_id)
+        LOG.info("Waiting for resources to be available")
+        while not stop.is_set():
+            state = db.run(lambda txn: txn.get_state(params.pb_id))
+            if state is not None and state.resources_available:
+                break
+            stop.wait(POLL_S)
+        else:
+            return {}
+        LOG.info("Resources are available")
+        db.run(lambda txn: txn.update_state(params.pb_id, status=PBStatus.RUNNING))
+        write_outputs({"claimed": params.pb_id})
+        stop.wait()  # hold the claim until the DAG ends (SIGTERM)
+        return {}
+    finally:
+        lease.revoke()
+        db.close()

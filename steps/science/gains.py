@@ -1,0 +1,131 @@
+"""Station gain corruption and antenna-based gain calibration.
+
+Convention (project-wide): for baseline (p, q) = (ant1, ant2),
+V_pq = g_p g_q^* M_pq. Visibilities of one frequency window have shape
+(ntimes, nbaselines[, ...]) and gains (ntimes, nstations).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class SolveResult:
+    """Gain solutions (nslots, nstations), iterations and weighted rms residual (nslots,).
+
+    ``slot`` (ntimes,) maps each time to its solution row: ``gains[slot]`` is per time.
+    """
+
+    gains: np.ndarray
+    iterations: np.ndarray
+    residual: np.ndarray
+    slot: np.ndarray
+
+
+def draw_phases(
+    seed: int, sigma_rad: float, nwindows: int, ntimes: int, nstations: int
+) -> np.ndarray:
+    """Gaussian phase errors (nwindows, ntimes, nstations) rad.
+
+    One call ``default_rng(seed).normal(0, sigma, size)``: draws fill window,
+    then time, then station (C order), so element [0, 0, 0] is the first draw.
+    Gains are ``exp(1j * phases)``.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.0, sigma_rad, size=(nwindows, ntimes, nstations))
+
+
+def apply_gains(
+    vis: np.ndarray,
+    gains: np.ndarray,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    inverse: bool = False,
+) -> np.ndarray:
+    """Return ``g_p g_q^* V_pq`` (or ``V_pq / (g_p g_q^*)`` if ``inverse``).
+
+    ``vis`` (ntimes, nbaselines, ...) complex, ``gains`` (ntimes, nstations).
+    """
+    factor = gains[:, ant1] * np.conj(gains[:, ant2])
+    factor = factor.reshape(factor.shape + (1,) * (vis.ndim - 2))
+    return vis / factor if inverse else vis * factor
+
+
+def solve_gains(
+    vis: np.ndarray,
+    model: np.ndarray,
+    weight: np.ndarray,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    nstations: int,
+    phase_only: bool = True,
+    niter: int = 100,
+    tol: float = 1e-10,
+    damping: float = 0.5,
+    ref: int = 0,
+    initial: np.ndarray | None = None,
+    interval: int = 1,
+) -> SolveResult:
+    """Solve V_pq = g_p g_q^* M_pq per solution slot by damped iterative substitution.
+
+    ``vis``, ``model``, ``weight`` are (ntimes, nbaselines); ``interval``
+    consecutive times share one solution. Each iteration sets
+    g_p <- sum_q X_pq g_q W_pq / sum_q |g_q|^2 W_pq over both triangles
+    (X = V/M averaged with W = w|M|^2, X_qp = conj X_pq), normalises to unit
+    modulus if ``phase_only``, rotates so that g_ref is real positive and keeps
+    the fraction ``damping`` of the previous estimate. All slots iterate
+    together; a slot stops once max|g - g_old| < tol. ``initial`` is
+    (nslots, nstations).
+    """
+    ntimes = vis.shape[0]
+    slot = np.arange(ntimes) // interval
+    nslots = int(slot[-1]) + 1
+    w_m2 = weight * np.abs(model) ** 2
+    num = np.zeros((nslots, ant1.size), dtype=complex)
+    den = np.zeros((nslots, ant1.size))
+    np.add.at(num, slot, weight * vis * np.conj(model))
+    np.add.at(den, slot, w_m2)
+    xbar = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    # full Hermitian matrices X W and W (nslots, nstations, nstations), zero diagonal
+    xw = np.zeros((nslots, nstations, nstations), dtype=complex)
+    wm = np.zeros((nslots, nstations, nstations))
+    xw[:, ant1, ant2] = xbar * den
+    xw[:, ant2, ant1] = np.conj(xbar * den)
+    wm[:, ant1, ant2] = den
+    wm[:, ant2, ant1] = den
+
+    g = np.ones((nslots, nstations), dtype=complex) if initial is None else initial.astype(complex)
+    iterations = np.zeros(nslots, dtype=int)
+    active = np.ones(nslots, dtype=bool)
+    for _ in range(niter):
+        if not active.any():
+            break
+        numer = (xw @ g[:, :, None])[:, :, 0]
+        denom = (wm @ (np.abs(g) ** 2)[:, :, None])[:, :, 0]
+        new = np.where(denom > 0, numer / np.where(denom > 0, denom, 1.0), g)
+        new = damping * g + (1.0 - damping) * _normalise(new, phase_only, ref)
+        new = _normalise(new, phase_only, ref)
+        change = np.max(np.abs(new - g), axis=1)
+        g = np.where(active[:, None], new, g)
+        iterations += active
+        active &= change >= tol
+
+    model_x = g[:, ant1] * np.conj(g[:, ant2])
+    total = den.sum(axis=1)
+    resid = (den * np.abs(xbar - model_x) ** 2).sum(axis=1)
+    residual = np.sqrt(np.divide(resid, total, out=np.zeros_like(resid), where=total > 0))
+    return SolveResult(gains=g, iterations=iterations, residual=residual, slot=slot)
+
+
+def _normalise(g: np.ndarray, phase_only: bool, ref: int) -> np.ndarray:
+    """Unit modulus if phase-only; rotate so that g[:, ref] is real positive."""
+    mag = np.abs(g)
+    if phase_only:
+        g = np.divide(g, mag, out=np.ones_like(g), where=mag > 0)
+    ref_mag = np.abs(g[:, ref : ref + 1])
+    rot = np.divide(
+        np.conj(g[:, ref : ref + 1]), ref_mag, out=np.ones_like(g[:, :1]), where=ref_mag > 0
+    )
+    return g * rot

@@ -1,0 +1,165 @@
+"""Sky model: GLEAM point components, direction cosines and the SKA1-Low station beam."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from scipy.ndimage import map_coordinates
+
+DATA_DIR = Path(__file__).parent.parent / "data"
+
+GLEAM_REF_FREQ_HZ = 151e6
+BEAM_FREQ_HZ = 100e6
+
+
+@dataclass(frozen=True, eq=False)
+class Components:
+    """Point components with Stokes I spectra.
+
+    ``band_flux_jy`` (nsrc, nband) at ``band_freqs_hz`` is interpolated
+    log-log; without it the power law ``flux_ref_jy * (nu / ref_freq_hz) ** alpha``
+    is used.
+    """
+
+    names: list[str]
+    ra_deg: np.ndarray
+    dec_deg: np.ndarray
+    flux_ref_jy: np.ndarray
+    ref_freq_hz: float
+    alpha: np.ndarray
+    band_freqs_hz: np.ndarray | None = None
+    band_flux_jy: np.ndarray | None = None
+
+    def select(self, keep: np.ndarray) -> Components:
+        """The components where ``keep`` (a boolean mask or index array) selects."""
+        index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+        return replace(
+            self,
+            names=[self.names[i] for i in index],
+            ra_deg=self.ra_deg[index],
+            dec_deg=self.dec_deg[index],
+            flux_ref_jy=self.flux_ref_jy[index],
+            alpha=self.alpha[index],
+            band_flux_jy=None if self.band_flux_jy is None else self.band_flux_jy[index],
+        )
+
+    def flux_at(self, freqs_hz: np.ndarray) -> np.ndarray:
+        """Flux density (nsrc, nfreq) Jy; beyond the bands the end segments are extrapolated."""
+        freqs = np.atleast_1d(np.asarray(freqs_hz, dtype=float))
+        if self.band_flux_jy is None or self.band_freqs_hz is None:
+            return (
+                self.flux_ref_jy[:, None]
+                * (freqs[None, :] / self.ref_freq_hz) ** self.alpha[:, None]
+            )
+        logf = np.log(self.band_freqs_hz)
+        logs = np.log(self.band_flux_jy)
+        i = np.clip(np.searchsorted(logf, np.log(freqs)), 1, logf.size - 1)
+        frac = (np.log(freqs) - logf[i - 1]) / (logf[i] - logf[i - 1])
+        return np.exp(logs[:, i - 1] + frac * (logs[:, i] - logs[:, i - 1]))
+
+
+def angular_separation_deg(
+    ra_deg: np.ndarray, dec_deg: np.ndarray, ra0_deg: float, dec0_deg: float
+) -> np.ndarray:
+    """Great-circle separation (deg), Vincenty formula."""
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    ra0, dec0 = np.radians(ra0_deg), np.radians(dec0_deg)
+    dra = ra - ra0
+    num = np.hypot(
+        np.cos(dec) * np.sin(dra),
+        np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(dra),
+    )
+    den = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(dra)
+    return np.degrees(np.arctan2(num, den))
+
+
+def load_gleam(
+    flux_limit_jy: float, ra_deg: float, dec_deg: float, radius_deg: float
+) -> Components:
+    """GLEAM sources with S151 > ``flux_limit_jy`` within ``radius_deg`` of (ra, dec).
+
+    The shipped file holds S151 > 1 Jy within 10 deg of (0, -30) only.
+    """
+    lines = (DATA_DIR / "gleam_ra0_dec-30.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:] if line.strip()]
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[header.index(name)]) for r in rows])
+
+    ra, dec, flux = column("ra_deg"), column("dec_deg"), column("flux_jy")
+    keep = (flux > flux_limit_jy) & (angular_separation_deg(ra, dec, ra_deg, dec_deg) <= radius_deg)
+    band_cols = [c for c in header if c.startswith("S") and c.endswith("_jy")]  # S076_jy ...
+    bands = np.stack([column(c) for c in band_cols], axis=1)
+    return Components(
+        names=[r[0] for r, k in zip(rows, keep, strict=True) if k],
+        ra_deg=ra[keep],
+        dec_deg=dec[keep],
+        flux_ref_jy=flux[keep],
+        ref_freq_hz=GLEAM_REF_FREQ_HZ,
+        alpha=column("alpha")[keep],
+        band_freqs_hz=np.array([float(c[1:4]) * 1e6 for c in band_cols]),
+        band_flux_jy=bands[keep],
+    )
+
+
+def lmn(
+    ra_deg: np.ndarray, dec_deg: np.ndarray, ra0_deg: float, dec0_deg: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Direction cosines about (ra0, dec0): l east (increasing RA), m north, n to the centre."""
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    ra0, dec0 = np.radians(ra0_deg), np.radians(dec0_deg)
+    dra = ra - ra0
+    l = np.cos(dec) * np.sin(dra)  # noqa: E741
+    m = np.sin(dec) * np.cos(dec0) - np.cos(dec) * np.sin(dec0) * np.cos(dra)
+    n = np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0) * np.cos(dra)
+    return l, m, n
+
+
+class StationBeam:
+    """OSKAR SKA1-Low station-beam image (100 MHz, SIN grid), scaled in l, m as 1/nu.
+
+    Used as a power-like attenuation, as RASCIL did; normalised to 1 at l = m = 0.
+    """
+
+    def __init__(self, path: Path = DATA_DIR / "ska1_low_beam_100mhz.fits") -> None:
+        with fits.open(path) as hdul:
+            header = hdul[0].header
+            self.data = np.asarray(hdul[0].data, dtype=float).reshape(
+                header["NAXIS2"], header["NAXIS1"]
+            )
+        # pixel (0-based) of the pointing centre and radians of l, m per pixel at 100 MHz
+        self.centre = (header["CRPIX1"] - 1.0, header["CRPIX2"] - 1.0)
+        self.step = (np.radians(header["CDELT1"]), np.radians(header["CDELT2"]))
+        self.norm = float(self._sample(np.zeros(1), np.zeros(1), 1.0)[0])
+
+    def _sample(self, l: np.ndarray, m: np.ndarray, scale: float) -> np.ndarray:  # noqa: E741
+        """Bicubic image value at (l, m) with the pixel size multiplied by ``scale``."""
+        x = self.centre[0] + l / (self.step[0] * scale)
+        y = self.centre[1] + m / (self.step[1] * scale)
+        value = map_coordinates(
+            self.data, [y.ravel(), x.ravel()], order=3, mode="constant", cval=0.0
+        )
+        return value.reshape(l.shape)
+
+    def power(self, l: np.ndarray, m: np.ndarray, freq_hz: float) -> np.ndarray:  # noqa: E741
+        """Beam at direction cosines (l, m) from the pointing centre; 0 outside the image.
+
+        Negative interpolation overshoots are clipped to 0.
+        """
+        l, m = np.broadcast_arrays(np.asarray(l, dtype=float), np.asarray(m, dtype=float))  # noqa: E741
+        value = np.clip(self._sample(l, m, BEAM_FREQ_HZ / freq_hz), 0.0, None) / self.norm
+        return np.where(l**2 + m**2 < 1.0, value, 0.0)
+
+
+def apparent_flux(
+    components: Components, freqs_hz: np.ndarray, ra0_deg: float, dec0_deg: float, beam: StationBeam
+) -> np.ndarray:
+    """Intrinsic flux times the station beam pointed at (ra0, dec0): (nsrc, nfreq) Jy."""
+    freqs = np.atleast_1d(np.asarray(freqs_hz, dtype=float))
+    l, m, _ = lmn(components.ra_deg, components.dec_deg, ra0_deg, dec0_deg)  # noqa: E741
+    gain = np.stack([beam.power(l, m, f) for f in freqs], axis=1)
+    return components.flux_at(freqs) * gain

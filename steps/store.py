@@ -1,0 +1,202 @@
+"""Zarr visibility stores with MSv4 names, written atomically and one frequency window at a time.
+
+Layout: ``VISIBILITY``/``WEIGHT``/``FLAG`` (time, baseline_id, frequency, polarization) and
+``UVW`` (time, baseline_id, uvw_label), chunked one frequency window per chunk, so that each
+Dask task reads and writes only its own window.  A store is built under a temporary name and
+renamed into place by :func:`finalize`; readers refuse anything that is not complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+SCHEMA_VERSION = 1
+COMPLETE = "batch_imaging_complete"
+VIS_DTYPE = np.complex64
+
+
+class StoreError(RuntimeError):
+    """A visibility store is missing, incomplete or of an incompatible schema."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Coordinates that define a visibility store."""
+
+    times: np.ndarray  # MJD seconds (UTC)
+    frequencies: np.ndarray  # Hz
+    channel_width: float  # Hz
+    antenna1: np.ndarray  # station index of each baseline
+    antenna2: np.ndarray
+    antenna_names: list[str]
+    uvw: np.ndarray  # (time, baseline, 3) metres, antenna2 - antenna1
+    integration_time: float  # s
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return len(self.times), len(self.antenna1), len(self.frequencies), 1
+
+
+def create(path: Path, layout: Layout, attrs: Mapping[str, Any]) -> Path:
+    """Create an empty store under a temporary name beside ``path``; return that name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    ntime, nbl, nfreq, npol = layout.shape
+    dims = ("time", "baseline_id", "frequency", "polarization")
+    chunks = (ntime, nbl, 1, npol)
+    names = np.asarray(layout.antenna_names, dtype=object)
+    ds = xr.Dataset(
+        coords={
+            "time": ("time", layout.times, {"units": "s", "scale": "utc", "format": "mjd"}),
+            "baseline_id": np.arange(nbl),
+            "frequency": ("frequency", layout.frequencies, {"units": "Hz", "frame": "TOPO"}),
+            "polarization": np.array(["I"], dtype=object),
+            "uvw_label": np.array(["u", "v", "w"], dtype=object),
+            "baseline_antenna1_name": ("baseline_id", names[layout.antenna1]),
+            "baseline_antenna2_name": ("baseline_id", names[layout.antenna2]),
+            "baseline_antenna1": ("baseline_id", layout.antenna1.astype(np.int32)),
+            "baseline_antenna2": ("baseline_id", layout.antenna2.astype(np.int32)),
+        },
+        data_vars={"UVW": (("time", "baseline_id", "uvw_label"), layout.uvw, {"units": "m"})},
+        attrs={
+            **attrs,
+            "type": "visibility",
+            "schema_version": SCHEMA_VERSION,
+            "channel_width_hz": float(layout.channel_width),
+            "integration_time_s": float(layout.integration_time),
+            COMPLETE: False,
+        },
+    )
+    ds.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3)
+    group = zarr.open_group(tmp, mode="r+")
+    for name, dtype, fill in (
+        ("VISIBILITY", VIS_DTYPE, 0),
+        ("WEIGHT", np.float32, 0),
+        ("FLAG", np.bool_, True),
+    ):
+        array = group.create_array(
+            name,
+            shape=layout.shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill,
+            dimension_names=dims,
+        )
+        if name == "VISIBILITY":
+            array.attrs["units"] = "Jy"
+    return tmp
+
+
+def write_window(
+    path: Path, index: int, vis: np.ndarray, weight: np.ndarray, flag: np.ndarray
+) -> None:
+    """Write one frequency window (time, baseline) into a store being built."""
+    group = zarr.open_group(path, mode="r+")
+    group["VISIBILITY"][:, :, index, 0] = vis.astype(VIS_DTYPE, copy=False)
+    group["WEIGHT"][:, :, index, 0] = weight
+    group["FLAG"][:, :, index, 0] = flag
+
+
+def finalize(tmp: Path, path: Path) -> Path:
+    """Mark a fully written store complete and move it to its final name (replacing any)."""
+    group = zarr.open_group(tmp, mode="r+")
+    group.attrs[COMPLETE] = True
+    path = Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        path.rename(old)
+        Path(tmp).rename(path)
+        shutil.rmtree(old)
+    else:
+        Path(tmp).rename(path)
+    return path
+
+
+def temporary_name(path: Path) -> Path:
+    """A unique hidden name beside ``path`` to build it under."""
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def write_dataset(ds: xr.Dataset, path: Path) -> Path:
+    """Write a small dataset (a gain table) atomically as a complete store."""
+    tmp = temporary_name(Path(path))
+    ds.assign_attrs(schema_version=SCHEMA_VERSION, **{COMPLETE: False}).to_zarr(
+        tmp, mode="w-", consolidated=False, zarr_format=3
+    )
+    return finalize(tmp, path)
+
+
+def gain_table(
+    gains: np.ndarray, times: np.ndarray, frequencies: np.ndarray, names: list[str], **attrs: Any
+) -> xr.Dataset:
+    """A gain table: ``GAIN`` (frequency, time, antenna), complex, V_pq = g_p conj(g_q) M_pq."""
+    return xr.Dataset(
+        {"GAIN": (("frequency", "time", "antenna_name"), gains)},
+        coords={
+            "frequency": frequencies,
+            "time": times,
+            "antenna_name": np.asarray(names, dtype=object),
+        },
+        attrs={"type": "gain", **attrs},
+    )
+
+
+def open_store(path: Path) -> xr.Dataset:
+    """Open a complete visibility store lazily; raise StoreError naming the problem otherwise."""
+    ds = open_dataset(path)
+    if ds.attrs.get("type") != "visibility":
+        raise StoreError(f"{path} is not a visibility store (type {ds.attrs.get('type')!r})")
+    return ds
+
+
+def open_dataset(path: Path) -> xr.Dataset:
+    """Open any complete store of this project (visibilities or gains)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(f"store {path} does not exist")
+    try:
+        ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
+    except Exception as exc:  # zarr raises several types for damaged stores
+        raise StoreError(f"store {path} is unreadable: {exc}") from None
+    if ds.attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"store {path} has schema version {ds.attrs.get('schema_version')!r}; "
+            f"this version reads {SCHEMA_VERSION}"
+        )
+    if ds.attrs.get(COMPLETE) is not True:
+        raise StoreError(f"store {path} is incomplete (its writer did not finish)")
+    return ds
+
+
+def layout_of(ds: xr.Dataset) -> Layout:
+    """The coordinates of an open store."""
+    return Layout(
+        times=ds["time"].values,
+        frequencies=ds["frequency"].values,
+        channel_width=ds.attrs["channel_width_hz"],
+        antenna1=ds["baseline_antenna1"].values,
+        antenna2=ds["baseline_antenna2"].values,
+        antenna_names=list(ds.attrs["antenna_names"]),
+        uvw=ds["UVW"].values,
+        integration_time=ds.attrs["integration_time_s"],
+    )
+
+
+def read_window(path: Path, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Visibilities, weights and flags (time, baseline) of one frequency window."""
+    group = zarr.open_group(path, mode="r")
+    return (
+        group["VISIBILITY"][:, :, index, 0],
+        group["WEIGHT"][:, :, index, 0],
+        group["FLAG"][:, :, index, 0],
+    )

@@ -1,0 +1,79 @@
+"""FITS round trip checked with astropy.wcs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+
+from steps.science.fitsio import read_image, write_image
+from steps.science.restore import Beam
+
+NPIX = 64
+CELL = np.deg2rad(0.02)
+RA, DEC = 15.0, -45.0
+FREQS = np.array([100e6, 101e6, 102e6])
+BEAM = Beam(0.1, 0.05, 30.0, 2.1, 1.05, np.radians(30.0))
+
+
+def _write(tmp_path: Path) -> Path:
+    path = tmp_path / "image.fits"
+    data = np.random.default_rng(0).standard_normal((3, NPIX, NPIX))
+    write_image(
+        path,
+        data,
+        RA,
+        DEC,
+        CELL,
+        FREQS,
+        1e6,
+        "JY/BEAM",
+        BEAM,
+        extra={"OBJECT": "test", "NITER": (100, "minor cycles")},
+        history=["made in a test"],
+        date_obs="2024-01-01T00:00:00",
+    )
+    return path
+
+
+def test_round_trip_data_and_cards(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    data, hdr = read_image(path)
+    assert data.shape == (3, 1, NPIX, NPIX)
+    np.testing.assert_array_equal(
+        data[:, 0], np.random.default_rng(0).standard_normal((3, NPIX, NPIX))
+    )
+    assert hdr["BMAJ"] == BEAM.bmaj_deg and hdr["BMIN"] == BEAM.bmin_deg
+    assert hdr["BPA"] == BEAM.bpa_deg
+    assert hdr["BUNIT"] == "JY/BEAM" and hdr["TELESCOP"] == "SKA1-Low"
+    assert hdr["RADESYS"] == "ICRS" and hdr["EQUINOX"] == 2000.0
+    assert hdr["CRPIX1"] == NPIX // 2 + 1 and hdr["CDELT1"] == pytest.approx(-0.02)
+    assert hdr["OBJECT"] == "test" and hdr["NITER"] == 100
+    assert "made in a test" in str(hdr["HISTORY"])
+    assert hdr["DATE-OBS"] == "2024-01-01T00:00:00"
+    assert [p.name for p in tmp_path.iterdir()] == ["image.fits"]
+
+
+def test_wcs_orientation_and_frequencies(tmp_path: Path) -> None:
+    wcs = WCS(read_image(_write(tmp_path))[1])
+    c = NPIX // 2
+    ra, dec, stokes, freq = wcs.wcs_pix2world([[c, c, 0, 0]], 0)[0]
+    assert ra == pytest.approx(RA) and dec == pytest.approx(DEC)
+    assert stokes == 1.0 and freq == pytest.approx(FREQS[0])
+    ra_left, _, _, _ = wcs.wcs_pix2world([[c - 10, c, 0, 0]], 0)[0]
+    assert ra_left > RA  # x decreasing = east
+    _, dec_up, _, _ = wcs.wcs_pix2world([[c, c + 10, 0, 0]], 0)[0]
+    assert dec_up > DEC
+    freqs = wcs.wcs_pix2world([[c, c, 0, k] for k in range(3)], 0)[:, 3]
+    np.testing.assert_allclose(freqs, FREQS, rtol=1e-12)
+
+
+def test_single_plane_and_uneven_channels(tmp_path: Path) -> None:
+    path = tmp_path / "psf.fits"
+    write_image(path, np.ones((NPIX, NPIX)), RA, DEC, CELL, [1e8], 2e5, "JY/PIXEL")
+    data, hdr = read_image(path)
+    assert data.shape == (1, 1, NPIX, NPIX) and hdr["BUNIT"] == "JY/PIXEL"
+    assert hdr["CDELT4"] == 2e5 and "BMAJ" not in hdr
+    with pytest.raises(ValueError, match="evenly spaced"):
+        write_image(path, np.ones((3, NPIX, NPIX)), RA, DEC, CELL, [1e8, 1.1e8, 1.3e8], 1e6, "JY")
+    assert [p.name for p in tmp_path.iterdir()] == ["psf.fits"]

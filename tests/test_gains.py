@@ -1,0 +1,100 @@
+"""Tests for steps.science.gains."""
+
+import numpy as np
+import pytest
+
+from steps.science.gains import apply_gains, draw_phases, solve_gains
+from steps.science.layout import baselines
+
+NST, NT = 30, 4
+
+
+def _sky(seed: int, ntimes: int = NT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random model visibilities (ntimes, nbaselines) for NST stations."""
+    rng = np.random.default_rng(seed)
+    ant1, ant2 = baselines(NST)
+    model = rng.normal(size=(ntimes, ant1.size)) + 1j * rng.normal(size=(ntimes, ant1.size))
+    return model, ant1, ant2
+
+
+def _relative_phase(g: np.ndarray) -> np.ndarray:
+    return np.angle(g * np.conj(g[:, :1]))
+
+
+def test_draw_order() -> None:
+    phases = draw_phases(180555, 1.0, 3, 5, 7)
+    assert phases.shape == (3, 5, 7)
+    draws = np.random.default_rng(180555).normal(0.0, 1.0, size=3 * 5 * 7)
+    assert phases[0, 0, 0] == np.random.default_rng(180555).normal(0.0, 1.0)
+    assert phases[0, 0, 1] == draws[1]
+    assert phases[0, 1, 0] == draws[7]
+    assert phases[1, 0, 0] == draws[35]
+    assert draw_phases(180555, 0.5, 3, 5, 7)[2, 4, 6] == pytest.approx(0.5 * draws[-1])
+
+
+def test_apply_and_invert() -> None:
+    model, ant1, ant2 = _sky(1)
+    g = np.exp(1j * draw_phases(2, 1.0, 1, NT, NST)[0]) * np.exp(
+        np.random.default_rng(3).normal(0.0, 0.2, (NT, NST))
+    )
+    vis = apply_gains(model, g, ant1, ant2)
+    p, q = ant1[5], ant2[5]
+    assert vis[2, 5] == pytest.approx(g[2, p] * np.conj(g[2, q]) * model[2, 5], rel=1e-14)
+    np.testing.assert_allclose(apply_gains(vis, g, ant1, ant2, inverse=True), model, atol=1e-10)
+    # trailing channel axis broadcasts
+    cube = np.stack([model, 2.0 * model], axis=-1)
+    np.testing.assert_allclose(apply_gains(cube, g, ant1, ant2)[..., 1], 2.0 * vis, rtol=1e-14)
+
+
+def test_conjugate_gains_do_not_correct() -> None:
+    model, ant1, ant2 = _sky(4)
+    g = np.exp(1j * draw_phases(5, 1.0, 1, NT, NST)[0])
+    vis = apply_gains(model, g, ant1, ant2)
+    wrong = apply_gains(vis, np.conj(g), ant1, ant2, inverse=True)
+    assert np.max(np.abs(wrong - model)) > 0.1
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_phase_only_solution(interval: int) -> None:
+    model, ant1, ant2 = _sky(6)
+    phases = draw_phases(7, 1.0, 1, NT // interval, NST)[0]
+    g = np.repeat(np.exp(1j * phases), interval, axis=0)
+    vis = apply_gains(model, g, ant1, ant2)
+    result = solve_gains(vis, model, np.ones(vis.shape), ant1, ant2, NST, interval=interval)
+    assert result.gains.shape == (NT // interval, NST)
+    np.testing.assert_array_equal(result.slot, np.arange(NT) // interval)
+    err = _relative_phase(result.gains[result.slot]) - _relative_phase(g)
+    assert np.max(np.abs(np.angle(np.exp(1j * err)))) < 1e-6
+    assert np.all(result.residual < 1e-8)
+    assert np.allclose(np.abs(result.gains), 1.0)
+    assert np.allclose(result.gains[:, 0].imag, 0.0) and np.all(result.gains[:, 0].real > 0)
+    np.testing.assert_allclose(
+        apply_gains(vis, result.gains[result.slot], ant1, ant2, inverse=True), model, atol=1e-6
+    )
+    # the conjugate of the true gains is not the solution
+    bad = _relative_phase(result.gains[result.slot]) + _relative_phase(g)
+    assert np.max(np.abs(np.angle(np.exp(1j * bad)))) > 0.1
+
+
+def test_amplitude_and_phase_solution() -> None:
+    model, ant1, ant2 = _sky(8)
+    rng = np.random.default_rng(9)
+    g = np.exp(rng.normal(0.0, 0.2, (NT, NST)) + 1j * draw_phases(10, 1.0, 1, NT, NST)[0])
+    vis = apply_gains(model, g, ant1, ant2)
+    result = solve_gains(vis, model, np.ones(vis.shape), ant1, ant2, NST, phase_only=False)
+    assert np.max(np.abs(np.abs(result.gains) - np.abs(g))) < 1e-6
+    err = _relative_phase(result.gains) - _relative_phase(g)
+    assert np.max(np.abs(np.angle(np.exp(1j * err)))) < 1e-6
+
+
+def test_zero_weight_rows_ignored() -> None:
+    model, ant1, ant2 = _sky(11)
+    g = np.exp(1j * draw_phases(12, 1.0, 1, NT, NST)[0])
+    vis = apply_gains(model, g, ant1, ant2)
+    weight = np.ones(vis.shape)
+    vis[:, :20] = 100.0  # garbage on flagged baselines
+    weight[:, :20] = 0.0
+    result = solve_gains(vis, model, weight, ant1, ant2, NST)
+    err = _relative_phase(result.gains) - _relative_phase(g)
+    assert np.max(np.abs(np.angle(np.exp(1j * err)))) < 1e-6
+    assert np.all(result.iterations < 100)
