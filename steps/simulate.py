@@ -87,7 +87,6 @@ def predict_window(index: int, path: Path, lmn: np.ndarray, flux: np.ndarray) ->
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
-    LOG.info("Running simulation pipeline")
     stations, obs = observation(params)
     components, apparent = field_components(params)
     LOG.info(
@@ -115,6 +114,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     lmn = np.stack(sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec))
     write_sky(buffers.sky, components, apparent, obs.frequencies)
     with engine(params.n_workers) as client:
+        LOG.info("Running simulation pipeline")
         map_windows(client, "simulate", predict_window, len(obs.frequencies), tmp, lmn, apparent)
     store.finalize(tmp, buffers.model)
     return {"model": str(buffers.model), "components": str(len(components.names))}

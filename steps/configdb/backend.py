@@ -130,14 +130,14 @@ class Watch(threading.Thread):
         super().__init__(daemon=True, name=f"watch {prefix}")
         self.prefix = prefix
         self._callback = callback
-        self._stopped = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
         """Ask the thread to end; it stops delivering events at once."""
-        self._stopped.set()
+        self._halt.set()
 
     def _emit(self, event: WatchEvent) -> None:
-        if self._stopped.is_set() or not event.key.startswith(self.prefix):
+        if self._halt.is_set() or not event.key.startswith(self.prefix):
             return
         try:
             self._callback(event)
@@ -334,7 +334,7 @@ class _EtcdWatch(Watch):
     def run(self) -> None:
         failures = 0  # consecutive failures to connect; the first one is logged
         with requests.Session() as session:
-            while not self._stopped.is_set():
+            while not self._halt.is_set():
                 request = {
                     "create_request": {
                         "key": _b64("\0"),
@@ -353,15 +353,15 @@ class _EtcdWatch(Watch):
                         response.raise_for_status()
                         failures = 0
                         for line in response.iter_lines():
-                            if self._stopped.is_set() or not self._handle(json.loads(line)):
+                            if self._halt.is_set() or not self._handle(json.loads(line)):
                                 break
                 except (requests.RequestException, ValueError) as exc:
-                    if self._stopped.is_set():
+                    if self._halt.is_set():
                         return
                     failures += 1
                     if failures == 1:
                         LOG.warning("Watch on %s lost (%s); reconnecting", self._url, exc)
-                self._stopped.wait(min(0.1 * 2**failures, 2.0))
+                self._halt.wait(min(0.1 * 2**failures, 2.0))
 
     def _handle(self, message: dict[str, Any]) -> bool:
         """Deliver one watch response; return False if the stream must be re-created."""
@@ -569,7 +569,7 @@ class _FileWatch(Watch):
         }
 
     def run(self) -> None:
-        while not self._stopped.wait(self._backend.POLL_S):
+        while not self._halt.wait(self._backend.POLL_S):
             current, store_revision = self._backend._snapshot(self.prefix)
             for path, (value, revision) in current.items():
                 if self._seen.get(path) != revision:

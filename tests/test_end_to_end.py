@@ -1,0 +1,92 @@
+"""The whole DAG on this machine, as a user runs it: ``batch-imaging run PARAMS``."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from steps.science import sky
+
+SMALL = {
+    "n_workers": 2,
+    "nfreqwin": 2,
+    "ntimes": 3,
+    "rmax": 300.0,
+    "npixel": 256,
+    "cellsize": 0.001,
+    "buffer_vis": "buff-e2e-vis",
+    "buffer_img": "buff-e2e-img",
+}
+SEED_LOG = [
+    "INFO:batch_imaging:Claimed processing block pb-",
+    "INFO:batch_imaging:Waiting for resources to be available",
+    "INFO:batch_imaging:Resources are available",
+    "INFO:batch_imaging:Creating buffer reservations",
+    "INFO:batch_imaging:Deploying Dask EE",
+    "INFO:batch_imaging:Running simulation pipeline",
+    "INFO:batch_imaging:Running ICAL pipeline",
+    "INFO:batch_imaging:Finished processing",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    params = root / "params.json"
+    params.write_text(json.dumps(SMALL))
+    result = subprocess.run(
+        [sys.executable, "-m", "dag", "run", str(params), "--buffer-root", str(root / "buffers")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return result, root / "buffers"
+
+
+def test_run_succeeds_with_the_seed_log(run):
+    result, _ = run
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    positions = []
+    for expected in SEED_LOG:
+        matches = [i for i, line in enumerate(lines) if line.startswith(expected)]
+        assert matches, f"missing log line {expected!r}"
+        positions.append(matches[0])
+    assert positions == sorted(positions), "seed log lines out of order"
+
+
+def test_products_are_in_the_buffers(run):
+    _, buffers = run
+    vis, img = buffers / "buff-e2e-vis", buffers / "buff-e2e-img"
+    for name in ("model.zarr", "corrupted.zarr", "calibrated.zarr", "gains_true.zarr"):
+        assert (vis / name).is_dir(), name
+    for name in ("deconvolved.fits", "residual.fits", "restored.fits", "metrics.json"):
+        assert (img / name).is_file(), name
+    assert not list(buffers.rglob(".*.tmp-*")), "temporary files left behind"
+
+
+def test_brightest_source_restored_at_its_position_and_flux(run):
+    _, buffers = run
+    with fits.open(buffers / "buff-e2e-img" / "restored.fits") as hdul:
+        header, data = hdul[0].header, hdul[0].data
+    wcs = WCS(header)
+    assert header["BUNIT"].upper() == "JY/BEAM" and header["BMAJ"] > 0
+    freqs = wcs.sub(["spectral"]).pixel_to_world_values(np.arange(data.shape[0]))
+    half_width_deg = math.degrees(SMALL["npixel"] * SMALL["cellsize"] / 2)
+    components = sky.load_gleam(3.0, 0.0, -30.0, 2 * half_width_deg)
+    apparent = sky.apparent_flux(components, freqs, 0.0, -30.0, sky.StationBeam())
+    for window in range(data.shape[0]):
+        brightest = int(np.argmax(apparent[:, window]))
+        x, y = wcs.celestial.world_to_pixel_values(
+            components.ra_deg[brightest], components.dec_deg[brightest]
+        )
+        plane = data[window, 0]
+        py, px = np.unravel_index(np.argmax(plane), plane.shape)
+        assert abs(px - x) <= 0.5 and abs(py - y) <= 0.5, (px, x, py, y)
+        assert plane[py, px] == pytest.approx(apparent[brightest, window], rel=0.05)

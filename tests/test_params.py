@@ -1,0 +1,99 @@
+"""The parameter model: the seed's defaults and a clear error for every invalid value."""
+
+import json
+
+import pytest
+
+from steps.params import Params, ParamsError, highest_declination, load, parse, parse_strings
+
+SEED_EXAMPLE = {
+    "n_workers": 4,
+    "freq_min": 0.9e8,
+    "freq_max": 1.1e8,
+    "nfreqwin": 8,
+    "ntimes": 5,
+    "rmax": 750.0,
+    "ra": 0.0,
+    "dec": -30.0,
+    "buffer_vis": "buff-pb-mvp01-20200523-00001-vis",
+    "buffer_img": "buff-pb-mvp01-20200523-00001-img",
+}
+
+
+def test_seed_example_and_defaults():
+    params = parse(SEED_EXAMPLE)
+    assert params.n_workers == 4 and params.nfreqwin == 8
+    defaults = parse({"pb_id": "pb-mvp01-20200523-00001"})
+    assert defaults.n_workers == 2
+    assert defaults.buffer_vis == "buff-pb-mvp01-20200523-00001-vis"
+    assert defaults.buffer_img == "buff-pb-mvp01-20200523-00001-img"
+    assert (defaults.npixel, defaults.cellsize, defaults.phase_error) == (1024, 0.0005, 1.0)
+    assert (defaults.seed, defaults.flux_limit, defaults.nmajor) == (180555, 3.0, 5)
+
+
+def test_frequencies_and_hour_angles():
+    params = parse(SEED_EXAMPLE)
+    freqs = params.frequencies()
+    assert freqs[0] == 0.9e8 and freqs[-1] == pytest.approx(1.1e8) and len(freqs) == 8
+    assert params.channel_width() == pytest.approx(20e6 / 7)
+    assert params.hour_angles_deg() == [-30.0, -15.0, 0.0, 15.0, 30.0]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"freq_min": 1.2e8}, ["freq_max", "110000000.0", "freq_min"]),
+        ({"nfreqwin": 0}, ["nfreqwin", "0", "greater than or equal to 1"]),
+        ({"ntimes": -1}, ["ntimes", "-1", "greater than or equal to 1"]),
+        ({"rmax": 5.0}, ["rmax", "5.0", "at least 2", "rmax >="]),
+        ({"dec": 70.0}, ["dec", "70.0", "horizon", "allowed -90 <= dec < 59.7"]),
+        ({"buffer_vis": "Buffer_Vis"}, ["buffer_vis", "Buffer_Vis", "RFC 1123"]),
+        ({"buffer_img": "x" * 64}, ["buffer_img", "RFC 1123"]),
+        ({"buffer_img": "../etc"}, ["buffer_img", "../etc", "RFC 1123"]),
+        ({"buffer_img": "buff-pb-mvp01-20200523-00001-vis"}, ["buffer_img", "differ"]),
+        ({"nfreqwins": 8}, ["nfreqwins", "unknown parameter", "nfreqwin"]),
+        ({"npixel": 1023}, ["npixel", "1023", "even"]),
+        ({"n_workers": "four"}, ["n_workers", "four", "integer"]),
+        ({"ra": 360.0}, ["ra", "360.0", "less than 360"]),
+        ({"freq_min": 1e6}, ["freq_min", "1000000.0", "greater than or equal to 50000000"]),
+        ({"pb_id": "pb id; rm -rf /"}, ["pb_id", "must match"]),
+    ],
+)
+def test_invalid_values_name_field_value_and_range(change, expected):
+    with pytest.raises(ParamsError) as error:
+        parse({**SEED_EXAMPLE, **change})
+    message = str(error.value)
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_highest_declination_is_where_the_source_sets_at_ha_30():
+    # SKA1-Low at latitude -26.82 deg: tan(dec) = -cos(30 deg) / tan(lat) -> 59.72 deg
+    assert highest_declination() == pytest.approx(59.719, abs=1e-3)
+    parse({**SEED_EXAMPLE, "dec": 59.0})
+
+
+def test_strings_as_argo_passes_them_round_trip():
+    params = parse(SEED_EXAMPLE)
+    assert parse_strings(params.as_strings()) == params
+
+
+def test_load_rejects_duplicate_keys_and_nan(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"nfreqwin": 8, "nfreqwin": 4}')
+    with pytest.raises(ParamsError, match="duplicate key.*nfreqwin"):
+        load(path)
+    path.write_text('{"rmax": NaN}')
+    with pytest.raises(ParamsError, match="NaN is not a number"):
+        load(path)
+    path.write_text('{"rmax": 750')
+    with pytest.raises(ParamsError, match="invalid JSON at line 1"):
+        load(path)
+    path.write_text(json.dumps(SEED_EXAMPLE))
+    assert load(path, nfreqwin=2).nfreqwin == 2
+
+
+def test_schema_lists_every_field():
+    schema = Params.model_json_schema()
+    assert set(SEED_EXAMPLE) <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
