@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := etcd-server
+DEBIAN_PACKAGES := etcd-server wsclean chromium
 
 .PHONY: setup system-deps run test render lint bench clean
 
@@ -14,7 +14,8 @@ $(BIN)/batch-imaging: pyproject.toml
 	touch $@
 
 system-deps:
-	@command -v etcd >/dev/null || { $(SUDO) apt-get update -qq && \
+	@command -v etcd >/dev/null && command -v wsclean >/dev/null && \
+		command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); }
 
 setup: $(BIN)/batch-imaging

@@ -66,7 +66,24 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from steps import manifest
+
+    buffer = Path(args.buffer)
+    if not buffer.is_dir():
+        buffer = Path(args.buffer_root) / args.buffer
+    problems = manifest.verify(buffer)
+    for problem in problems:
+        print(f"{buffer}: {problem}")
+    if problems:
+        return RUNTIME
+    count = len(manifest.load(buffer)["files"])
+    print(f"{buffer}: OK, {count} files match {manifest.NAME}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
+    from dag import bridge, outputs, sdp
     from dag.workflow import EXIT_STEP, STEPS
 
     top = argparse.ArgumentParser(
@@ -89,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--image", default=None, help="container image reference")
     render.add_argument("--check", action="store_true", help="only check they are up to date")
     render.set_defaults(func=cmd_render)
+    __import__("dag.argo", fromlist=["add_commands"]).add_commands(sub)  # submit, status, logs
 
     step = sub.add_parser("step", help="run one step (the container entry point)")
     step.add_argument("name", choices=[*STEPS, EXIT_STEP])
@@ -99,6 +117,13 @@ def parser() -> argparse.ArgumentParser:
     params.add_argument("action", choices=["schema", "validate"])
     params.add_argument("file", nargs="?", help="parameter file to validate")
     params.set_defaults(func=cmd_params)
+    outputs.add_commands(sub)
+    sdp.add_commands(sub)
+    bridge.add_commands(sub)
+    verify = sub.add_parser("verify", help="check a buffer's files against its manifest")
+    verify.add_argument("buffer", help="buffer directory, or a buffer name under --buffer-root")
+    verify.add_argument("--buffer-root", default="buffers")
+    verify.set_defaults(func=cmd_verify)
     return top
 
 

@@ -1,37 +1,83 @@
 """The local engine: runs a rendered Argo workflow on this machine with Argo's semantics.
 
-It reads the manifest (not a copy of the step list): the entrypoint DAG's tasks run in
-dependency order (independent tasks concurrently), ``{{...}}`` parameter expressions are
-substituted, each container template's command runs as a subprocess (``batch-imaging`` is
-this installation's console script), ``/buffer/<name>`` volume mounts map to
-``<buffer root>/<name>``, output parameters are read from their ``valueFrom.path`` files, failed
-tasks are retried as their ``retryStrategy`` says, and the ``onExit`` handler runs last with
-``{{workflow.status}}`` set.
+It reads the manifest (not a copy of the step list) and honours, as Argo does:
+
+- DAG tasks in ``depends``/``dependencies`` order (independent tasks concurrently), ``when``
+  (``A == B``, ``A != B``), and the task phases Succeeded, Failed, Error, Skipped, Omitted;
+- ``{{...}}`` substitution of workflow, input and task output parameters (unknown: an error);
+- container templates as subprocesses (``batch-imaging`` is this installation's console
+  script), ``/buffer/<name>`` mounts of PVC volumes as ``<buffer root>/<name>`` (a PVC that
+  does not exist is an Error, as the pod could never start), emptyDir mounts, env values and
+  ``resourceFieldRef`` env from the container's resources, output parameters from their
+  ``valueFrom.path`` files, ``$ARGO_PROGRESS_FILE``, daemons with their readiness probe;
+- resource templates for ``PersistentVolumeClaim`` (a directory under the buffer root;
+  ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
+- ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap/maxDuration), template
+  and workflow ``activeDeadlineSeconds``, workflow-level ``synchronization.mutexes`` (a file
+  lock under the buffer root, waited for), ``onExit`` (a container or a DAG) with
+  ``{{workflow.status}}``.
+
+Fields that only the cluster can act on (pod security, scheduling, GC and TTL, labels, the
+service account) are accepted and ignored; anything else is refused with WorkflowError,
+never silently mis-run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
 
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
-BUFFER_MOUNT = re.compile(r"^/buffer/[^/]+$")
+BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
+PVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+QUANTITY = re.compile(r"^([0-9.]+)(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E|[eE][0-9]+)?$")
+SUFFIX = {
+    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+
+# What the engine acts on, and what only a cluster acts on (accepted, ignored).
+SPEC_KEYS = {"entrypoint", "templates", "arguments", "onExit", "volumes", "synchronization"}
+SPEC_KEYS |= {"activeDeadlineSeconds"}
+CLUSTER_SPEC_KEYS = {
+    "serviceAccountName", "podGC", "ttlStrategy", "workflowMetadata", "securityContext",
+    "podMetadata", "volumeClaimGC", "nodeSelector", "tolerations", "affinity", "priority",
+}  # fmt: skip
+TEMPLATE_KEYS = {"name", "container", "resource", "dag", "inputs", "outputs", "retryStrategy"}
+TEMPLATE_KEYS |= {"activeDeadlineSeconds", "daemon"}
+CLUSTER_TEMPLATE_KEYS = {"metadata", "nodeSelector", "tolerations", "affinity", "podSpecPatch"}
+CONTAINER_KEYS = {"name", "image", "command", "args", "env", "volumeMounts", "resources"}
+CONTAINER_KEYS |= {"readinessProbe", "securityContext", "imagePullPolicy", "workingDir"}
 
 
 class WorkflowError(RuntimeError):
     """The manifest uses something this engine cannot honour faithfully."""
+
+
+class PodError(RuntimeError):
+    """The pod could not start (an Argo node Error, not a Failure)."""
 
 
 @dataclass
@@ -44,10 +90,12 @@ class Node:
     finished: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    progress: str = ""
+    retries: int = 0
 
     @property
     def duration(self) -> float:
-        return self.finished - self.started
+        return self.finished - self.started if self.finished else 0.0
 
 
 @dataclass
@@ -59,20 +107,86 @@ class Run:
     nodes: dict[str, Node]
 
 
-def _depends(task: dict[str, Any]) -> list[str]:
-    """Task names a task waits for (``depends: "a && b.Succeeded"`` or ``dependencies``)."""
+@dataclass
+class _Pod:
+    """A running container template (one attempt of a task)."""
+
+    process: subprocess.Popen
+    outputs: Path
+    template: dict[str, Any]
+    deadline: float | None
+
+
+def _depends(task: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(task, only Succeeded) pairs a task waits for (``depends: "a && b.Succeeded"``)."""
     if "dependencies" in task:
-        return list(task["dependencies"])
+        return [(name, True) for name in task["dependencies"]]
     text = task.get("depends", "")
     if not text:
         return []
-    names = []
+    terms = []
     for term in text.split("&&"):
         term = term.strip()
         if not re.fullmatch(r"[A-Za-z0-9\-]+(\.Succeeded)?", term):
             raise WorkflowError(f"unsupported depends expression {text!r}")
-        names.append(term.removesuffix(".Succeeded"))
-    return names
+        terms.append((term.removesuffix(".Succeeded"), term.endswith(".Succeeded")))
+    return terms
+
+
+def _dependency(phase: str, succeeded_only: bool) -> str:
+    """'go', 'wait' or 'omit' for one dependency term, as Argo's ``depends`` evaluates it.
+
+    A bare name means ``Succeeded || Skipped || Daemoned``; ``dependencies`` and
+    ``.Succeeded`` mean Succeeded only. A term that can no longer hold omits the task.
+    """
+    allowed = {"Succeeded"} if succeeded_only else {"Succeeded", "Skipped"}
+    if phase in allowed:
+        return "go"
+    return "omit" if phase in FINAL else "wait"
+
+
+def _when(text: str) -> bool:
+    """Evaluate a substituted ``when`` of the form ``A == B`` or ``A != B``."""
+    match = re.fullmatch(r"\s*(\S+)\s*(==|!=)\s*(\S+)\s*", text)
+    if match is None:
+        raise WorkflowError(f"unsupported when expression {text!r} (A == B or A != B)")
+    left, op, right = (part.strip("'\"") for part in match.groups())
+    return (left == right) == (op == "==")
+
+
+def seconds(text: str | int | float) -> float:
+    """A Go duration (``30s``, ``1h30m``) or a number of seconds."""
+    text = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = DURATION.findall(text)
+    if not parts or "".join(a + u for a, u in parts) != text:
+        raise WorkflowError(f"invalid duration {text!r}")
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}
+    return sum(float(amount) * unit[u] for amount, u in parts)
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes resource quantity (``500m``, ``4Gi``, ``2``) as a number."""
+    match = QUANTITY.fullmatch(str(text).strip())
+    if match is None:
+        raise WorkflowError(f"invalid resource quantity {text!r}")
+    number, suffix = float(match.group(1)), match.group(2) or ""
+    if suffix[:1] in ("e", "E"):
+        return number * 10 ** int(suffix[1:])
+    return number * SUFFIX.get(suffix, 1.0)
+
+
+def _check_keys(what: str, document: dict[str, Any], known: set[str]) -> None:
+    unknown = set(document) - known
+    if unknown:
+        raise WorkflowError(f"{what}: unsupported field(s) {', '.join(sorted(unknown))}")
+
+
+def _transient(message: str) -> bool:
+    """Argo's OnTransientError for a local node: the controller's TRANSIENT_ERROR_PATTERN."""
+    pattern = os.environ.get("TRANSIENT_ERROR_PATTERN")
+    return bool(pattern) and re.search(pattern, message) is not None
 
 
 class LocalEngine:
@@ -82,7 +196,17 @@ class LocalEngine:
         self, manifest: dict[str, Any], buffer_root: Path, env: dict[str, str] | None = None
     ):
         self.spec = manifest["spec"]
+        _check_keys("spec", self.spec, SPEC_KEYS | CLUSTER_SPEC_KEYS)
         self.templates = {t["name"]: t for t in self.spec["templates"]}
+        for template in self.templates.values():
+            _check_keys(
+                f"template {template['name']}", template, TEMPLATE_KEYS | CLUSTER_TEMPLATE_KEYS
+            )
+            if "container" in template:
+                _check_keys(
+                    f"container of {template['name']}", template["container"], CONTAINER_KEYS
+                )
+        self.volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
         self.buffer_root = Path(buffer_root).resolve()
         self.env = env or {}
 
@@ -97,92 +221,251 @@ class LocalEngine:
             raise WorkflowError(f"unknown workflow parameter(s): {', '.join(sorted(unknown))}")
         scope = {f"workflow.parameters.{k}": str(v) for k, v in {**declared, **parameters}.items()}
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
-        nodes = self._run_dag(self.templates[self.spec["entrypoint"]], scope)
-        phase = "Succeeded" if all(n.phase == "Succeeded" for n in nodes.values()) else "Failed"
-        if "onExit" in self.spec:
-            handler = Node(name=self.spec["onExit"])
-            self._execute(
-                handler, self.templates[handler.name], {**scope, "workflow.status": phase}
+        scope["workflow.namespace"] = "local"
+        self.buffer_root.mkdir(parents=True, exist_ok=True)
+        with self._mutexes(scope):
+            limit = self.spec.get("activeDeadlineSeconds")
+            deadline = time.time() + float(limit) if limit is not None else None
+            nodes = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
+            phases = {node.phase for node in nodes.values()}
+            phase = (
+                "Error" if "Error" in phases else "Failed" if "Failed" in phases else "Succeeded"
             )
-            nodes[f"{handler.name} (onExit)"] = handler
+            if "onExit" in self.spec:
+                exit_scope = {**scope, "workflow.status": phase}
+                handler = self.templates[self.spec["onExit"]]
+                if "dag" not in handler:  # a single template: a DAG of one task
+                    task = {"name": handler["name"], "template": handler["name"]}
+                    handler = {"name": "onExit", "dag": {"tasks": [task]}}
+                exits = self._run_dag(handler, exit_scope, None)
+                nodes.update({f"{key} (onExit)": node for key, node in exits.items()})
         return Run(name=scope["workflow.name"], phase=phase, nodes=nodes)
 
-    def _run_dag(self, template: dict[str, Any], scope: dict[str, str]) -> dict[str, Node]:
+    @contextlib.contextmanager
+    def _mutexes(self, scope: dict[str, str]) -> Iterator[None]:
+        """Hold the workflow's mutexes (waiting for them, as a Pending workflow does)."""
+        sync = self.spec.get("synchronization", {})
+        _check_keys("synchronization", sync, {"mutexes"})
+        locks = self.buffer_root / ".locks"
+        with contextlib.ExitStack() as stack:
+            for mutex in sync.get("mutexes", []):
+                key = substitute(mutex["name"], scope)
+                namespace = mutex.get("namespace", scope["workflow.namespace"])
+                locks.mkdir(exist_ok=True)
+                handle = stack.enter_context((locks / f"{namespace}.{key}.lock").open("w"))
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    LOG.info("Waiting for mutex %s (held by another run)", key)
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _run_dag(
+        self, template: dict[str, Any], scope: dict[str, str], deadline: float | None
+    ) -> dict[str, Node]:
         if "dag" not in template:
-            raise WorkflowError(f"entrypoint {template['name']!r} is not a DAG template")
+            raise WorkflowError(f"template {template['name']!r} is not a DAG template")
         tasks = {t["name"]: t for t in template["dag"]["tasks"]}
         waits = {name: _depends(task) for name, task in tasks.items()}
         nodes = {name: Node(name=name) for name in tasks}
-        running: dict[str, tuple[subprocess.Popen, Path, int]] = {}
-        daemons: dict[str, tuple[subprocess.Popen, Path]] = {}
+        pods: dict[str, _Pod] = {}
+        retry_at: dict[str, float] = {}
+        daemons: list[_Pod] = []
         try:
             while True:
+                if deadline is not None and time.time() > deadline:
+                    self._expire(nodes, pods, retry_at)
+                    return nodes
                 for name, task in tasks.items():
                     if nodes[name].phase == "Pending":
-                        upstream = [nodes[d].phase for d in waits[name]]
-                        if any(p in ("Failed", "Omitted", "Error") for p in upstream):
-                            nodes[name].phase = "Omitted"
-                        elif all(p == "Succeeded" for p in upstream):
-                            nodes[name].phase, nodes[name].started = "Running", time.time()
-                            running[name] = (*self._start_task(task, scope, nodes), 0)
-                if not running:
+                        self._schedule(name, task, waits[name], scope, nodes, pods)
+                for name, when in list(retry_at.items()):
+                    if time.time() >= when:
+                        del retry_at[name]
+                        self._launch(name, tasks[name], scope, nodes, pods)
+                for name, pod in list(pods.items()):
+                    if self._poll(name, pod, nodes, daemons):
+                        del pods[name]
+                        self._completed(name, pod.template, nodes, retry_at, scope, tasks, pods)
+                if all(node.phase in FINAL for node in nodes.values()) and not pods:
                     return nodes
                 time.sleep(0.05)
-                for name, (process, outputs, attempt) in list(running.items()):
-                    template_ = self.templates[tasks[name]["template"]]
-                    code = process.poll()
-                    if template_.get("daemon") and code is None:
-                        if self._ready(template_, outputs):  # a ready daemon lets the DAG go on
-                            del running[name]
-                            daemons[name] = (process, outputs)
-                            nodes[name].phase, nodes[name].finished = "Succeeded", time.time()
-                            LOG.info("Step %s ready (daemon)", name)
-                        continue
-                    if code is None:
-                        continue
-                    del running[name]
-                    if code != 0 and attempt < self._retries(template_):
-                        LOG.warning("Step %s failed (exit %d); retrying", name, code)
-                        time.sleep(self._backoff(template_, attempt))
-                        running[name] = (*self._start_task(tasks[name], scope, nodes), attempt + 1)
-                        continue
-                    self._finish(nodes[name], template_, code, outputs)
         finally:
-            for process, _ in daemons.values():  # the DAG is done: stop its daemons
-                process.terminate()
-                process.wait()
+            for pod in [*daemons, *pods.values()]:  # the DAG is done: stop its daemons
+                pod.process.terminate()
+                pod.process.wait()
 
-    def _start_task(
-        self, task: dict[str, Any], scope: dict[str, str], nodes: dict[str, Node]
-    ) -> tuple[subprocess.Popen, Path]:
+    def _schedule(
+        self,
+        name: str,
+        task: dict[str, Any],
+        waits: list[tuple[str, bool]],
+        scope: dict[str, str],
+        nodes: dict[str, Node],
+        pods: dict[str, _Pod],
+    ) -> None:
+        states = {_dependency(nodes[d].phase, only) for d, only in waits}
+        if "omit" in states:
+            nodes[name].phase = "Omitted"
+        elif states <= {"go"}:
+            task_scope = {**scope, **self._task_outputs(nodes)}
+            if "when" in task and not _when(substitute(task["when"], task_scope)):
+                nodes[name].phase = "Skipped"
+                LOG.info("Step %s skipped (when %s)", name, task["when"])
+                return
+            nodes[name].started = time.time()
+            self._launch(name, task, scope, nodes, pods)
+
+    def _launch(
+        self,
+        name: str,
+        task: dict[str, Any],
+        scope: dict[str, str],
+        nodes: dict[str, Node],
+        pods: dict[str, _Pod],
+    ) -> None:
+        """Start one attempt: a subprocess for a container, at once for a resource."""
+        node = nodes[name]
+        node.phase = "Running"
         task_scope = {**scope, **self._task_outputs(nodes)}
-        return self._start(task["template"], task_scope, self._arguments(task, task_scope))
+        template = self.templates[task["template"]]
+        inputs = self._inputs(template, self._arguments(task, task_scope))
+        local = {**task_scope, **{f"inputs.parameters.{k}": v for k, v in inputs.items()}}
+        if "resource" in template:
+            node.phase, node.message = self._resource(template, local)
+            node.finished = time.time()
+            LOG.info("Step %s %s %s", name, node.phase, node.message)
+        elif "container" in template:
+            try:
+                pods[name] = self._start(template, local)
+            except PodError as exc:
+                node.phase, node.message, node.finished = "Error", str(exc), time.time()
+        else:
+            raise WorkflowError(f"template {template['name']!r}: only container and resource")
+
+    def _poll(self, name: str, pod: _Pod, nodes: dict[str, Node], daemons: list[_Pod]) -> bool:
+        """True when the attempt has ended (its node phase is then set)."""
+        node = nodes[name]
+        code = pod.process.poll()
+        if pod.template.get("daemon") and code is None:
+            if self._ready(pod.template, pod.outputs):  # a ready daemon lets the DAG go on
+                daemons.append(pod)
+                node.phase, node.finished = "Succeeded", time.time()
+                LOG.info("Step %s ready (daemon)", name)
+                return True
+            return False
+        if code is None and pod.deadline is not None and time.time() > pod.deadline:
+            pod.process.kill()
+            pod.process.wait()
+            node.phase, node.message = "Failed", DEADLINE_MESSAGE
+        elif code is None:
+            return False
+        else:
+            node.phase = "Succeeded" if code == 0 else "Failed"
+            node.message = "" if code == 0 else f"Error (exit code {code})"
+        node.finished = time.time()
+        self._collect(node, pod.template, pod.outputs)
+        LOG.info("Step %s %s in %.1f s %s", name, node.phase, node.duration, node.message)
+        return True
+
+    def _completed(
+        self,
+        name: str,
+        template: dict[str, Any],
+        nodes: dict[str, Node],
+        retry_at: dict[str, float],
+        scope: dict[str, str],
+        tasks: dict[str, dict[str, Any]],
+        pods: dict[str, _Pod],
+    ) -> None:
+        node = nodes[name]
+        wait = self._retry_wait(template, node, scope)
+        if wait is None:
+            return
+        node.retries += 1
+        LOG.warning(
+            "Step %s %s (%s); retry %d in %.1f s",
+            name,
+            node.phase,
+            node.message,
+            node.retries,
+            wait,
+        )
+        node.phase = "Running"
+        if wait <= 0:
+            self._launch(name, tasks[name], scope, nodes, pods)
+        else:
+            retry_at[name] = time.time() + wait
+
+    def _retry_wait(
+        self, template: dict[str, Any], node: Node, scope: dict[str, str]
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None: no retry (Argo's rules)."""
+        strategy = template.get("retryStrategy")
+        if strategy is None or node.phase not in ("Failed", "Error"):
+            return None
+        _check_keys("retryStrategy", strategy, {"limit", "retryPolicy", "backoff"})
+        if "limit" in strategy and node.retries >= int(substitute(str(strategy["limit"]), scope)):
+            return None
+        policy = strategy.get("retryPolicy", "OnFailure")
+        retry = {
+            "Always": True,
+            "OnFailure": node.phase == "Failed",
+            "OnError": node.phase == "Error",
+            "OnTransientError": _transient(node.message),
+        }.get(policy)
+        if retry is None:
+            raise WorkflowError(f"unknown retryPolicy {policy!r}")
+        if not retry:
+            return None
+        backoff = strategy.get("backoff", {})
+        _check_keys("backoff", backoff, {"duration", "factor", "cap", "maxDuration"})
+        wait = seconds(backoff.get("duration", 0)) * float(backoff.get("factor", 1)) ** node.retries
+        if "cap" in backoff:
+            wait = min(wait, seconds(backoff["cap"]))
+        if "maxDuration" in backoff and time.time() + wait - node.started > seconds(
+            backoff["maxDuration"]
+        ):
+            node.message += "; Max duration limit exceeded"
+            return None
+        return wait
+
+    @staticmethod
+    def _expire(nodes: dict[str, Node], pods: dict[str, _Pod], retry_at: dict[str, float]) -> None:
+        """The workflow's activeDeadlineSeconds passed: fail what runs, start nothing more."""
+        for name, pod in pods.items():
+            pod.process.kill()
+            pod.process.wait()
+            nodes[name].phase, nodes[name].message = "Failed", "Step exceeded its deadline"
+            nodes[name].finished = time.time()
+        pods.clear()
+        for name in retry_at:
+            nodes[name].phase, nodes[name].message = "Failed", "Step exceeded its deadline"
+        retry_at.clear()
+        for node in nodes.values():
+            if node.phase == "Pending":
+                node.phase, node.message = "Omitted", "workflow deadline exceeded"
+        LOG.error("Workflow exceeded its activeDeadlineSeconds")
 
     def _ready(self, template: dict[str, Any], outputs: Path) -> bool:
         """Run the readiness probe's exec command (pod paths of outputs mapped to local)."""
-        probe = template.get("container", {}).get("readinessProbe", {}).get("exec")
+        probe = template["container"].get("readinessProbe", {}).get("exec")
         if probe is None:
             return True  # Argo treats a daemon without a probe as ready once started
         command = [_local_path(part, outputs) for part in probe["command"]]
         return subprocess.run(command, check=False).returncode == 0
 
-    def _execute(self, node: Node, template: dict[str, Any], scope: dict[str, str]) -> None:
-        node.started = time.time()
-        process, outputs = self._start(template["name"], scope, {})
-        process.wait()
-        self._finish(node, template, process.returncode, outputs)
-
-    def _finish(self, node: Node, template: dict[str, Any], code: int, outputs: Path) -> None:
-        node.finished = time.time()
-        node.phase = "Succeeded" if code == 0 else "Failed"
-        node.message = "" if code == 0 else f"exit code {code}"
+    def _collect(self, node: Node, template: dict[str, Any], outputs: Path) -> None:
+        """Output parameters (``valueFrom.path``, else its default) and the progress file."""
         for parameter in template.get("outputs", {}).get("parameters", []):
             source = parameter["valueFrom"]
             path = Path(_local_path(source["path"], outputs))
             node.outputs[parameter["name"]] = (
                 path.read_text().strip() if path.is_file() else source.get("default", "")
             )
-        LOG.info("Step %s %s in %.1f s", node.name, node.phase, node.duration)
+        progress = outputs / "progress"
+        if progress.is_file():
+            node.progress = progress.read_text().strip()
 
     @staticmethod
     def _task_outputs(nodes: dict[str, Node]) -> dict[str, str]:
@@ -192,55 +475,133 @@ class LocalEngine:
             for key, value in node.outputs.items()
         }
 
-    def _arguments(self, task: dict[str, Any], scope: dict[str, str]) -> dict[str, str]:
+    @staticmethod
+    def _arguments(task: dict[str, Any], scope: dict[str, str]) -> dict[str, str]:
         return {
             p["name"]: substitute(p.get("value", ""), scope)
             for p in task.get("arguments", {}).get("parameters", [])
         }
 
     @staticmethod
-    def _retries(template: dict[str, Any]) -> int:
-        return int(template.get("retryStrategy", {}).get("limit", 0))
+    def _inputs(template: dict[str, Any], arguments: dict[str, str]) -> dict[str, str]:
+        inputs = {}
+        for parameter in template.get("inputs", {}).get("parameters", []):
+            if parameter["name"] in arguments:
+                inputs[parameter["name"]] = arguments[parameter["name"]]
+            elif "value" in parameter:
+                inputs[parameter["name"]] = parameter["value"]
+            else:
+                raise WorkflowError(
+                    f"template {template['name']!r}: input {parameter['name']!r} not supplied"
+                )
+        return inputs
 
-    @staticmethod
-    def _backoff(template: dict[str, Any], attempt: int) -> float:
-        backoff = template.get("retryStrategy", {}).get("backoff", {})
-        duration = float(str(backoff.get("duration", "0")).removesuffix("s") or 0)
-        return duration * float(backoff.get("factor", 1)) ** attempt
+    def _resource(self, template: dict[str, Any], scope: dict[str, str]) -> tuple[str, str]:
+        """Act on a resource template's manifest: only PVCs (buffer directories) are local."""
+        resource = template["resource"]
+        _check_keys("resource", resource, {"action", "manifest", "flags", "setOwnerReference"})
+        if template.get("outputs"):
+            raise WorkflowError(f"template {template['name']!r}: resource outputs unsupported")
+        manifest = yaml.safe_load(substitute(resource["manifest"], scope))
+        if manifest.get("kind") != "PersistentVolumeClaim":
+            raise WorkflowError(
+                f"template {template['name']!r}: a {manifest.get('kind')} needs Kubernetes; "
+                "the local engine creates only PersistentVolumeClaims"
+            )
+        name = manifest["metadata"]["name"]
+        if not PVC_NAME.match(name):
+            return "Failed", f'PersistentVolumeClaim "{name}" is invalid: metadata.name'
+        path = self.buffer_root / name
+        action = resource["action"]
+        if action == "apply":
+            path.mkdir(exist_ok=True)
+            return "Succeeded", f"persistentvolumeclaim/{name} applied"
+        if action == "create":
+            if path.exists():
+                return "Failed", f'persistentvolumeclaims "{name}" already exists'
+            path.mkdir()
+            return "Succeeded", f"persistentvolumeclaim/{name} created"
+        if action == "get":
+            return ("Succeeded", "") if path.is_dir() else ("Failed", f'"{name}" not found')
+        if action == "delete":
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif "--ignore-not-found" not in resource.get("flags", []):
+                return "Failed", f'persistentvolumeclaims "{name}" not found'
+            return "Succeeded", f"persistentvolumeclaim/{name} deleted"
+        raise WorkflowError(f"resource action {action!r} unsupported")
 
-    def _start(
-        self, template_name: str, scope: dict[str, str], inputs: dict[str, str]
-    ) -> tuple[subprocess.Popen, Path]:
-        template = self.templates[template_name]
-        if "container" not in template:
-            raise WorkflowError(f"template {template_name!r} is not a container template")
-        declared = {
-            p["name"]: p.get("value", "") for p in template.get("inputs", {}).get("parameters", [])
-        }
-        scope = {
-            **scope,
-            **{f"inputs.parameters.{k}": v for k, v in {**declared, **inputs}.items()},
-        }
-        container = template["container"]
+    def _mounts(self, container: dict[str, Any], scope: dict[str, str]) -> None:
+        """Check the volume mounts: /buffer/<claim> of an existing PVC, or an emptyDir."""
         for mount in container.get("volumeMounts", []):
             path = substitute(mount["mountPath"], scope)
-            if not BUFFER_MOUNT.match(path):
-                raise WorkflowError(f"volume mount {path!r} is not a /buffer/<name> mount")
+            volume = self.volumes.get(mount["name"])
+            if volume is None:
+                raise WorkflowError(f"volume {mount['name']!r} is not declared in spec.volumes")
+            if "emptyDir" in volume:
+                continue
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            match = BUFFER_MOUNT.match(path)
+            if claim is None or match is None or substitute(claim, scope) != match.group(1):
+                raise WorkflowError(f"mount {path!r}: only PVC <name> at /buffer/<name>")
+            if not (self.buffer_root / match.group(1)).is_dir():
+                raise PodError(f'persistentvolumeclaim "{match.group(1)}" not found')
+
+    def _env(self, container: dict[str, Any], scope: dict[str, str]) -> dict[str, str]:
+        env = {}
+        for item in container.get("env", []):
+            if "value" in item or "valueFrom" not in item:
+                env[item["name"]] = substitute(item.get("value", ""), scope)
+                continue
+            ref = item["valueFrom"].get("resourceFieldRef")
+            if ref is None:
+                raise WorkflowError(f"env {item['name']}: only value and resourceFieldRef")
+            env[item["name"]] = self._resource_field(container, ref, scope)
+        return env
+
+    @staticmethod
+    def _resource_field(
+        container: dict[str, Any], ref: dict[str, str], scope: dict[str, str]
+    ) -> str:
+        """The downward API's value: requests default to limits, limits to the node's."""
+        kind, _, resource = ref["resource"].partition(".")
+        resources = container.get("resources", {})
+        value = resources.get(kind, {}).get(resource)
+        if value is None and kind == "requests":
+            value = resources.get("limits", {}).get(resource)
+        if value is not None:
+            amount = quantity(substitute(str(value), scope))
+        elif kind == "limits":
+            pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            amount = float({"cpu": os.cpu_count() or 1, "memory": pages}[resource])
+        else:
+            amount = 0.0
+        return str(math.ceil(amount / quantity(ref.get("divisor", "1"))))
+
+    def _start(self, template: dict[str, Any], scope: dict[str, str]) -> _Pod:
+        container = template["container"]
+        self._mounts(container, scope)
         command = [
             substitute(part, scope) for part in container["command"] + container.get("args", [])
         ]
         if command[0] == "batch-imaging":
             command = [sys.executable, "-m", "dag", *command[1:]]
-        outputs = Path(tempfile.mkdtemp(prefix=f"{template_name}-outputs-"))
+        outputs = Path(tempfile.mkdtemp(prefix=f"{template['name']}-outputs-"))
         env = {
             **os.environ,
             **self.env,
-            **{e["name"]: substitute(e.get("value", ""), scope) for e in container.get("env", [])},
+            **self._env(container, scope),
             BUFFER_ROOT_ENV: str(self.buffer_root),
             "BATCH_IMAGING_OUTPUTS": str(outputs),
             "ARGO_PROGRESS_FILE": str(outputs / "progress"),
         }
-        return subprocess.Popen(command, env=env), outputs
+        limit = template.get("activeDeadlineSeconds")
+        deadline = time.time() + seconds(substitute(str(limit), scope)) if limit else None
+        try:
+            process = subprocess.Popen(command, env=env)
+        except OSError as exc:
+            raise PodError(f"failed to start {command[0]}: {exc.strerror}") from None
+        return _Pod(process=process, outputs=outputs, template=template, deadline=deadline)
 
 
 def _local_path(text: str, outputs: Path) -> str:

@@ -1,25 +1,47 @@
-"""``batch-imaging run``: the embedded default — one processing block, run by the local engine."""
+"""Run the DAG on this machine with the local engine.
+
+``batch-imaging run`` creates a processing block in the embedded store and runs it in-process;
+``batch-imaging run-pb`` runs an EXISTING processing block of any configuration database, and
+:func:`start_detached` starts that as a process in its own session, so that it outlives the
+bridge that started it (a restarted bridge adopts it from the PB state).
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from dag.local import LocalEngine
 from dag.render import template_manifest
 from dag.workflow import NAME
 from steps import params as parameters
-from steps.configdb import ConfigDB, open_backend
+from steps.configdb import ConfigDB, connect, open_backend
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
 
 WORKFLOW = Workflow(type="batch", id="batch_imaging", version="0.2.0")
+HOSTNAME = socket.gethostname()
 
 
 def embedded_db(buffer_root: Path) -> str:
     """The embedded configuration store of a buffer root."""
     return str((buffer_root / ".sdp-config").resolve())
+
+
+def run_name(pb_id: str) -> str:
+    """The deterministic workflow name of a processing block's run."""
+    return f"{NAME}-{pb_id}"
+
+
+def pb_params(pb: ProcessingBlock, config_db: str) -> parameters.Params:
+    """The workflow parameters of a processing block (ParamsError names each bad field)."""
+    identity = {"pb_id": pb.id, "config_db": config_db, "sbi_id": pb.sbi_id or ""}
+    return parameters.parse({**pb.parameters, **identity})
 
 
 def run_local(
@@ -37,12 +59,17 @@ def run_local(
             or raw.get("pb_id")
             or new_pb_id("local", datetime.date.today(), db.run(lambda txn: txn.list_pbs()))
         )
-        params = parameters.load(params_file, **decoded, pb_id=pb_id, config_db=config_db)
+        params = parameters.load(params_file, **{**decoded, "pb_id": pb_id, "config_db": config_db})
         register(db, params, raw)
     finally:
         db.close()
+    return execute(params, buffer_root, run_name(params.pb_id))
+
+
+def execute(params: parameters.Params, buffer_root: Path, name: str) -> str:
+    """Run the rendered workflow template with the local engine; return its phase."""
     engine = LocalEngine(template_manifest(), buffer_root)
-    run = engine.run(params.as_strings(), name=f"{NAME}-{params.pb_id}")
+    run = engine.run(params.as_strings(), name=name)
     LOG.info("Workflow %s %s", run.name, run.phase)
     for node in run.nodes.values():
         LOG.info("  %-24s %-10s %6.1f s %s", node.name, node.phase, node.duration, node.message)
@@ -51,13 +78,89 @@ def run_local(
 
 def register(db: ConfigDB, params: parameters.Params, raw: dict) -> None:
     """Create (or reset, on a re-run) the processing block; as the processing controller,
-    mark its resources available (a local run has no dependencies)."""
+    mark its resources available (a local run has no dependencies) and record this process
+    as the run's follower, so that a bridge on the same database leaves it alone."""
     pb = ProcessingBlock(id=params.pb_id, workflow=WORKFLOW, parameters=raw)
-    state = PBState(status=PBStatus.STARTING, resources_available=True)
+    me = {"hostname": HOSTNAME, "pid": os.getpid()}
+    run = {"name": run_name(pb.id), "engine": "local", "bridge": me, **me, "submitted": _now()}
+    state = PBState(status=PBStatus.STARTING, resources_available=True, run=run)
     for txn in db.txn():
         if txn.get_pb(pb.id) is None:
             txn.create_pb(pb)
         if txn.get_state(pb.id) is None:
             txn.create_state(pb.id, state)
         else:
-            txn.update_state(pb.id, **state.model_dump(), reason=None)
+            txn.update_state(pb.id, **state.model_dump())
+
+
+def run_pb(config_db: str, pb_id: str, buffer_root: Path, name: str) -> str:
+    """Run an existing processing block as workflow ``name``; record the phase in its state
+    (``run.phase``) and return it."""
+    with ConfigDB(connect(config_db)) as db:
+        pb = db.run(lambda txn: txn.get_pb(pb_id))
+    if pb is None:
+        raise ValueError(f"processing block {pb_id} does not exist in {config_db}")
+    LOG.info("Running processing block %s as workflow %s (pid %d)", pb_id, name, os.getpid())
+    phase = execute(pb_params(pb, config_db), buffer_root, name)
+    finished = _now()
+    with ConfigDB(connect(config_db)) as db:
+
+        def record(txn) -> None:
+            run = dict(getattr(txn.get_state(pb_id), "run", None) or {})
+            if run.get("name") == name:
+                txn.update_state(pb_id, run={**run, "phase": phase, "finished": finished})
+
+        db.run(record)
+    return phase
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def start_detached(
+    config_db: str, pb_id: str, buffer_root: Path, name: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``batch-imaging run-pb`` in a new session, logging to ``log``; it survives its
+    parent (a bridge restart) and leads its own process group (its steps)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        *(sys.executable, "-m", "dag", "run-pb", pb_id),
+        *("--config-db", config_db, "--buffer-root", str(buffer_root), "--name", name),
+    ]
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def process_alive(pid: int, marker: str = "") -> bool:
+    """Whether process ``pid`` on this host is alive (not a zombie) and its command line
+    contains ``marker`` (so that a reused pid does not count)."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        if proc.is_dir():
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            return state not in ("Z", "X") and marker in (proc / "cmdline").read_text()
+        os.kill(pid, 0)
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_run_process(name: str) -> int | None:
+    """The pid of a live ``run-pb`` process on this host running workflow ``name``, if any."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "run-pb" in argv and name in argv and process_alive(int(proc.name), name):
+            return int(proc.name)
+    return None

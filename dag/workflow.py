@@ -1,29 +1,81 @@
 """The batch-imaging DAG, defined once with Hera.
 
-claim -> buffer-reserve -> simulate -> corrupt -> calibrate -> image, with release as the exit
-handler. Every task is a container template running ``batch-imaging step <name>`` with the
-workflow parameters passed as separate arguments (never through a shell).
+claim -> buffer PVCs -> buffer-reserve -> simulate -> corrupt -> calibrate -> image, with an
+optional DaskCluster beside them, and the ``exit`` DAG (release, DaskCluster removal) as the
+exit handler. Every step is a container template running ``batch-imaging step <name>`` with
+the workflow parameters passed as separate arguments (never through a shell).
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 from importlib.metadata import version
 
-from hera.workflows import DAG, Container, Parameter, WorkflowTemplate
+import yaml
+from hera.workflows import DAG, Container, Parameter, Resource, WorkflowTemplate
 from hera.workflows import models as m
 
 from steps.params import Params
 
 NAME = "batch-imaging"
+SERVICE_ACCOUNT = NAME
 STEPS = ("claim", "buffer-reserve", "simulate", "corrupt", "calibrate", "image")
 EXIT_STEP = "release"
 CLAIM_STEP = "claim"
 BUFFERS = {"buffer-vis": "buffer_vis", "buffer-img": "buffer_img"}
 HEAVY = {"simulate", "corrupt", "calibrate", "image"}
-OUTPUTS_DIR = "/tmp/outputs"
+MOUNTS_BUFFERS = HEAVY | {"buffer-reserve"}
+OUTPUTS_DIR = "/tmp/outputs"  # nosec B108 - on the pod's /tmp emptyDir
 IMAGE_ENV = "BATCH_IMAGING_IMAGE"
+UID = 10001  # the image's non-root user
+
+PB_LABEL = "sdp.skao.int/pb-id"
+SBI_LABEL = "sdp.skao.int/sbi-id"
+TITLE = "workflows.argoproj.io/title"
+DESCRIPTION = "workflows.argoproj.io/description"
+WORKFLOW_DEADLINE_S = 7 * 86400  # a safety net; each heavy step has step_deadline_s
+DASK_CLUSTER = "proc-{{workflow.parameters.pb_id}}-dask"
+LIGHT = m.ResourceRequirements(
+    requests={"cpu": "100m", "memory": "256Mi"}, limits={"cpu": "1", "memory": "1Gi"}
+)
+HEAVY_RESOURCES = m.ResourceRequirements(
+    requests={
+        "cpu": "{{workflow.parameters.cpu_request}}",
+        "memory": "{{workflow.parameters.memory_request}}",
+    },
+    limits={
+        "cpu": "{{workflow.parameters.cpu_limit}}",
+        "memory": "{{workflow.parameters.memory_limit}}",
+    },
+)
+# Pods that die for reasons of the cluster (eviction, node loss: Argo "Error") are retried;
+# a step that fails on its own (exit code) is not: it would fail the same way again.
+POD_RETRY = m.RetryStrategy(
+    limit="3",
+    retry_policy="OnError",
+    backoff=m.Backoff(duration="30s", factor="2", cap="5m", max_duration="1h"),
+)
+# Kubernetes API calls of resource templates are retried on Argo's transient errors.
+API_RETRY = m.RetryStrategy(
+    limit="5",
+    retry_policy="OnTransientError",
+    backoff=m.Backoff(duration="5s", factor="2", cap="1m", max_duration="10m"),
+)
+CONTAINER_SECURITY = m.SecurityContext(
+    allow_privilege_escalation=False,
+    read_only_root_filesystem=True,
+    run_as_non_root=True,
+    capabilities=m.Capabilities(drop=["ALL"]),
+)
+POD_SECURITY = m.PodSecurityContext(
+    run_as_non_root=True,
+    run_as_user=UID,
+    run_as_group=UID,
+    fs_group=UID,
+    seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
+)
 
 
 def default_image() -> str:
@@ -43,18 +95,52 @@ def _parameter_args() -> list[str]:
     return args
 
 
-def _template(step: str, image: str) -> Container:
+def _buffer_mounts() -> list[m.VolumeMount]:
+    return [
+        m.VolumeMount(name=volume, mount_path=f"/buffer/{{{{workflow.parameters.{parameter}}}}}")
+        for volume, parameter in BUFFERS.items()
+    ]
+
+
+def _buffer_volumes() -> list[m.Volume]:
+    return [
+        m.Volume(
+            name=volume,
+            persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+                claim_name=f"{{{{workflow.parameters.{parameter}}}}}"
+            ),
+        )
+        for volume, parameter in BUFFERS.items()
+    ]
+
+
+def _tmp_mount() -> m.VolumeMount:
+    return m.VolumeMount(name="tmp", mount_path="/tmp")  # nosec B108 - an emptyDir
+
+
+def _env(step: str) -> list[m.EnvVar]:
     env = [
         m.EnvVar(name="BATCH_IMAGING_OUTPUTS", value=OUTPUTS_DIR),
         m.EnvVar(name="WORKFLOW_NAME", value="{{workflow.name}}"),
     ]
     if step == EXIT_STEP:
         env.append(m.EnvVar(name="WORKFLOW_STATUS", value="{{workflow.status}}"))
-    mounts = [
-        m.VolumeMount(name=volume, mount_path=f"/buffer/{{{{workflow.parameters.{parameter}}}}}")
-        for volume, parameter in BUFFERS.items()
-        if step in HEAVY
-    ]
+    if step in HEAVY:
+        env += [
+            m.EnvVar(name="DASK_SCHEDULER_ADDRESS", value="{{workflow.parameters.dask_scheduler}}"),
+            # os.cpu_count() (Python >= 3.13) = the CPU request, so that the LocalCluster's
+            # workers x threads fit the pod's share of the node, not the whole node
+            m.EnvVar(
+                name="PYTHON_CPU_COUNT",
+                value_from=m.EnvVarSource(
+                    resource_field_ref=m.ResourceFieldSelector(resource="requests.cpu", divisor="1")
+                ),
+            ),
+        ]
+    return env
+
+
+def _container(step: str, image: str) -> Container:
     daemon = step == CLAIM_STEP  # holds the lease-bound claim while the DAG runs
     return Container(
         name=step,
@@ -68,14 +154,114 @@ def _template(step: str, image: str) -> Container:
         image=image,
         command=[NAME],
         args=["step", step, *_parameter_args()],
-        env=env,
-        volume_mounts=mounts or None,
+        env=_env(step),
+        resources=HEAVY_RESOURCES if step in HEAVY else LIGHT,
+        security_context=CONTAINER_SECURITY,
+        volume_mounts=[_tmp_mount(), *(_buffer_mounts() if step in MOUNTS_BUFFERS else [])],
+        active_deadline_seconds="{{workflow.parameters.step_deadline_s}}"
+        if step in HEAVY
+        else None,
+        retry_strategy=None if daemon else POD_RETRY,
         outputs=[
             Parameter(name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}", default=""))
             for name in step_outputs(step)
         ]
         or None,
     )
+
+
+def _labels() -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": NAME,
+        "app.kubernetes.io/part-of": "ska-sdp",
+        PB_LABEL: "{{workflow.parameters.pb_id}}",
+    }
+
+
+def buffer_pvc_manifest() -> dict:
+    """The buffer PVC a ``buffer-pvc`` task applies (name from its input parameter)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "{{inputs.parameters.name}}", "labels": _labels()},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "{{workflow.parameters.buffer_storage_class}}",
+            "resources": {"requests": {"storage": "{{workflow.parameters.buffer_size}}"}},
+        },
+    }
+
+
+def _dask_pod(image: str, component: str, args: list[str], ports: dict[str, int]) -> dict:
+    mounts = [_tmp_mount(), *(_buffer_mounts() if component == "worker" else [])]
+    volumes = [m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource())]
+    if component == "worker":
+        volumes += _buffer_volumes()
+    container = m.Container(
+        name=component,
+        image=image,
+        command=["dask", component],
+        args=args,
+        ports=[m.ContainerPort(name=n, container_port=p, protocol="TCP") for n, p in ports.items()],
+        resources=HEAVY_RESOURCES if component == "worker" else LIGHT,
+        security_context=CONTAINER_SECURITY,
+        volume_mounts=mounts,
+    )
+    return {
+        "containers": [_dump(container)],
+        "securityContext": _dump(POD_SECURITY),
+        "volumes": [_dump(volume) for volume in volumes],
+    }
+
+
+def _dump(model: m.BaseModel) -> dict:
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def dask_cluster_manifest(image: str) -> dict:
+    """The DaskCluster (kubernetes.dask.org/v1) of the heavy steps, when dask_cluster is set."""
+    scheduler_ports = {"tcp-comm": 8786, "http-dashboard": 8787}
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskCluster",
+        "metadata": {"name": DASK_CLUSTER, "labels": _labels()},
+        "spec": {
+            "worker": {
+                "replicas": "{{workflow.parameters.n_workers}}",
+                "spec": _dask_pod(
+                    image,
+                    "worker",
+                    ["--name", "$(DASK_WORKER_NAME)", "--dashboard-address", ":8788"],
+                    {"http-dashboard": 8788},
+                ),
+            },
+            "scheduler": {
+                "spec": _dask_pod(image, "scheduler", [], scheduler_ports),
+                "service": {
+                    "type": "ClusterIP",
+                    "selector": {
+                        "dask.org/cluster-name": DASK_CLUSTER,
+                        "dask.org/component": "scheduler",
+                    },
+                    "ports": [
+                        {"name": n, "protocol": "TCP", "port": p, "targetPort": n}
+                        for n, p in scheduler_ports.items()
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _manifest(document: dict) -> str:
+    # n_workers must become a YAML integer after substitution: unquote that one value
+    text = yaml.safe_dump(document, sort_keys=False, width=100)
+    return text.replace("'{{workflow.parameters.n_workers}}'", "{{workflow.parameters.n_workers}}")
+
+
+def dask_scheduler_address(pb_id: str) -> str:
+    """The scheduler of the DaskCluster a run with ``dask_cluster`` creates."""
+    return f"tcp://{DASK_CLUSTER.replace('{{workflow.parameters.pb_id}}', pb_id)}-scheduler:8786"
 
 
 def arguments() -> list[Parameter]:
@@ -90,24 +276,79 @@ def arguments() -> list[Parameter]:
 def workflow_template(image: str | None = None) -> WorkflowTemplate:
     """The WorkflowTemplate ``batch-imaging``."""
     image = image or default_image()
+    dask_enabled = "{{workflow.parameters.dask_cluster}} == true"
     with WorkflowTemplate(
         name=NAME,
+        annotations={
+            TITLE: "**SKA SDP batch imaging**",
+            DESCRIPTION: "Simulate, corrupt, calibrate and image one processing block "
+            "(`-p pb_id=...`); products in the PVCs `buffer_vis` and `buffer_img`.",
+        },
+        labels={"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "ska-sdp"},
         entrypoint="main",
-        on_exit=EXIT_STEP,
+        on_exit="exit",
         arguments=arguments(),
-        volumes=[
-            m.Volume(
-                name=volume,
-                persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
-                    claim_name=f"{{{{workflow.parameters.{parameter}}}}}"
-                ),
-            )
-            for volume, parameter in BUFFERS.items()
-        ],
+        service_account_name=SERVICE_ACCOUNT,
+        active_deadline_seconds=WORKFLOW_DEADLINE_S,
+        pod_gc=m.PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
+        ttl_strategy=m.TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
+        synchronization=m.Synchronization(
+            mutexes=[m.Mutex(name="batch-imaging-{{workflow.parameters.pb_id}}")]
+        ),
+        workflow_metadata=m.WorkflowMetadata(
+            labels_from={
+                PB_LABEL: m.LabelValueFrom(expression="workflow.parameters.pb_id"),
+                SBI_LABEL: m.LabelValueFrom(expression="workflow.parameters.sbi_id"),
+            },
+        ),
+        security_context=POD_SECURITY,
+        volumes=[*_buffer_volumes(), m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource())],
     ) as template:
-        containers = {step: _template(step, image) for step in (*STEPS, EXIT_STEP)}
+        containers = {step: _container(step, image) for step in (*STEPS, EXIT_STEP)}
+        buffer_pvc = Resource(
+            name="buffer-pvc",
+            inputs=[Parameter(name="name")],
+            action="apply",
+            manifest=_manifest(buffer_pvc_manifest()),
+            retry_strategy=API_RETRY,
+        )
+        dask_cluster = Resource(
+            name="dask-cluster",
+            action="create",
+            set_owner_reference=True,
+            manifest=_manifest(dask_cluster_manifest(image)),
+            retry_strategy=API_RETRY,
+        )
+        dask_cluster_delete = Resource(
+            name="dask-cluster-delete",
+            action="delete",
+            flags=["--ignore-not-found"],
+            manifest=_manifest(
+                {
+                    "apiVersion": "kubernetes.dask.org/v1",
+                    "kind": "DaskCluster",
+                    "metadata": {"name": DASK_CLUSTER},
+                }
+            ),
+            retry_strategy=API_RETRY,
+        )
         with DAG(name="main"):
-            tasks = [containers[step](name=step) for step in STEPS]
-            for before, after in zip(tasks, tasks[1:], strict=False):
+            claim = containers["claim"](name="claim")
+            pvcs = [
+                buffer_pvc(
+                    name=volume, arguments={"name": f"{{{{workflow.parameters.{parameter}}}}}"}
+                )
+                for volume, parameter in BUFFERS.items()
+            ]
+            dask = dask_cluster(name="dask-cluster", when=dask_enabled)
+            reserve = containers["buffer-reserve"](name="buffer-reserve")
+            heavy = [containers[step](name=step) for step in STEPS if step in HEAVY]
+            claim >> [*pvcs, dask]
+            pvcs >> reserve
+            [reserve, dask] >> heavy[0]
+            for before, after in itertools.pairwise(heavy):
                 before >> after
+        with DAG(name="exit"):
+            containers[EXIT_STEP](name=EXIT_STEP)
+            dask_cluster_delete(name="dask-cluster-delete", when=dask_enabled)
     return template

@@ -1,6 +1,13 @@
-"""buffer-reserve: create the visibility and image buffers and record them in the PB state."""
+"""buffer-reserve: check the buffers are mounted and writable; record them in the PB state.
+
+The buffers themselves are PVCs that the workflow's ``buffer-pvc`` resource tasks apply
+(idempotently) before this step; they outlive the run, as the SDP's buffer reservations did.
+This pod mounts them at ``/buffer/<name>`` (locally: ``<buffer root>/<name>``).
+"""
 
 from __future__ import annotations
+
+import tempfile
 
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, connect
@@ -10,13 +17,23 @@ from steps.params import Params
 OUTPUTS = ("buffer_vis", "buffer_img")
 
 
+class BufferError(RuntimeError):
+    """A buffer is not mounted or not writable."""
+
+
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
     LOG.info("Creating buffer reservations")
     for path in (buffers.vis, buffers.img):
-        path.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise BufferError(f"buffer {path.name} is not mounted at {path}")
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            raise BufferError(f"buffer {path.name} at {path} is not writable: {exc}") from None
         LOG.info("Buffer %s at %s", path.name, path)
     reservations = {
-        name: {"type": "buffer", "path": str(path)}
+        name: {"type": "buffer", "pvc": name, "size": params.buffer_size, "path": str(path)}
         for name, path in ((params.buffer_vis, buffers.vis), (params.buffer_img, buffers.img))
     }
     with ConfigDB(connect(params.config_db or None)) as db:

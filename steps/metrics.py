@@ -2,34 +2,93 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from astropy.wcs import WCS
+
+C_M_S = 299792458.0
+
+
+def _referenced(gains: np.ndarray) -> np.ndarray:
+    return gains * np.conj(gains[..., :1])
 
 
 def phase_rms(true_gains: np.ndarray, solved_gains: np.ndarray) -> float:
     """RMS (rad) of solved minus true gain phase, each referenced to station 0 (last axis)."""
-    true_ref = true_gains * np.conj(true_gains[..., :1])
-    solved_ref = solved_gains * np.conj(solved_gains[..., :1])
-    return float(np.sqrt(np.mean(np.angle(solved_ref * np.conj(true_ref)) ** 2)))
+    diff = np.angle(_referenced(solved_gains) * np.conj(_referenced(true_gains)))
+    return float(np.sqrt(np.mean(diff**2)))
+
+
+def station_uvw(
+    uvw: np.ndarray, ant1: np.ndarray, ant2: np.ndarray, nstations: int
+) -> np.ndarray:
+    """Station positions relative to station 0 in uvw (time, station, 3) metres.
+
+    Baseline uvw are ``pos[ant2] - pos[ant1]``; the baselines with station 0 give them.
+    """
+    out = np.zeros((uvw.shape[0], nstations, 3))
+    first = ant1 == 0
+    out[:, ant2[first]] = uvw[:, first]
+    second = ant2 == 0
+    out[:, ant1[second]] = -uvw[:, second]
+    return out
+
+
+def shift_removed_phase_rms(
+    true_gains: np.ndarray, solved_gains: np.ndarray, uvw0: np.ndarray, freqs_hz: np.ndarray
+) -> dict[str, float]:
+    """Phase error with the self-calibration position degeneracy removed.
+
+    A phase gradient ``2 pi (u dl + v dm) nu / c`` across the stations, common to all windows
+    and times, is indistinguishable from a shift (dl, dm) of the whole sky, so ICAL from an
+    empty model recovers the gains only up to it.  Fits (dl, dm) to the station-0 referenced
+    phase differences (window, time, station) by least squares and returns the rms of what
+    is left and the offset |(dl, dm)| (rad).
+    """
+    diff = np.angle(_referenced(solved_gains) * np.conj(_referenced(true_gains)))
+    k = 2 * np.pi * np.asarray(freqs_hz)[:, None, None] / C_M_S
+    design = np.stack(
+        [np.broadcast_to(k * uvw0[None, :, :, 0], diff.shape).ravel(),
+         np.broadcast_to(k * uvw0[None, :, :, 1], diff.shape).ravel()],
+        axis=1,
+    )  # fmt: skip
+    coef, *_ = np.linalg.lstsq(design, diff.ravel(), rcond=None)
+    left = diff.ravel() - design @ coef
+    return {"rms_rad": float(np.sqrt(np.mean(left**2))), "offset_rad": float(np.hypot(*coef))}
 
 
 def peak_near(image: np.ndarray, x: float, y: float, radius: int = 2) -> tuple[float, float, float]:
-    """Peak value near pixel (x, y) and its sub-pixel position (parabolic interpolation)."""
+    """Peak value near pixel (x, y) and its sub-pixel position.
+
+    The brightest pixel within ``radius`` is refined by a quadratic fit to the logarithm of its
+    3 x 3 neighbourhood (exact for an elliptical Gaussian such as a restored point source),
+    falling back to the pixel itself where the neighbourhood is not positive.
+    """
     ny, nx = image.shape
     x0, y0 = round(x), round(y)
     ys = slice(max(y0 - radius, 1), min(y0 + radius + 1, ny - 1))
     xs = slice(max(x0 - radius, 1), min(x0 + radius + 1, nx - 1))
     patch = image[ys, xs]
     py, px = np.unravel_index(np.argmax(patch), patch.shape)
-    py, px = py + ys.start, px + xs.start
-
-    def vertex(a: float, b: float, c: float) -> float:
-        denominator = a - 2 * b + c
-        return 0.0 if denominator == 0 else 0.5 * (a - c) / denominator
-
-    dx = vertex(image[py, px - 1], image[py, px], image[py, px + 1])
-    dy = vertex(image[py - 1, px], image[py, px], image[py + 1, px])
-    return float(image[py, px]), px + dx, py + dy
+    py, px = int(py + ys.start), int(px + xs.start)
+    box = image[py - 1 : py + 2, px - 1 : px + 2]
+    if box.shape != (3, 3) or np.any(box <= 0):
+        return float(image[py, px]), float(px), float(py)
+    dy, dx = np.mgrid[-1:2, -1:2]
+    design = np.stack(
+        [np.ones(9), dx.ravel(), dy.ravel(), dx.ravel() ** 2, dy.ravel() ** 2, (dx * dy).ravel()],
+        axis=1,
+    )
+    c, *_ = np.linalg.lstsq(design, np.log(box).ravel(), rcond=None)
+    hess = np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]])
+    if np.any(np.linalg.eigvalsh(hess) >= 0):
+        return float(image[py, px]), float(px), float(py)
+    ox, oy = np.linalg.solve(hess, -c[1:3])
+    if abs(ox) > 1 or abs(oy) > 1:
+        return float(image[py, px]), float(px), float(py)
+    log_peak = c[0] + c[1] * ox + c[2] * oy + c[3] * ox**2 + c[4] * oy**2 + c[5] * ox * oy
+    return float(np.exp(log_peak)), px + float(ox), py + float(oy)
 
 
 def source_table(
@@ -54,3 +113,20 @@ def source_table(
             }
         )
     return rows
+
+
+def step_timings(config_db: str, pb_id: str) -> dict[str, Any]:
+    """Duration (s) of every finished step of the processing block, from the PB state."""
+    from steps.configdb import ConfigDB, connect
+
+    try:
+        with ConfigDB(connect(config_db or None)) as db:
+            state = db.run(lambda txn: txn.get_state(pb_id))
+    except Exception:  # timings are informative only: never fail the step over them
+        return {}
+    steps = dict(getattr(state, "steps", None) or {}) if state else {}
+    return {
+        name: entry.get("duration_s")
+        for name, entry in steps.items()
+        if isinstance(entry, dict) and "duration_s" in entry
+    }

@@ -9,7 +9,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PB_ID = re.compile(r"^[A-Za-z0-9\-]{1,64}$")
 RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -42,12 +50,67 @@ class Params(BaseModel):
     config_db: str = Field(
         "", description="Configuration DB: etcd://HOST:PORT, a path, or empty for the default"
     )
+    sbi_id: str = Field(
+        "",
+        pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$",
+        description="Scheduling block instance id (a label of the run)",
+    )
+
+    # -- Kubernetes (Argo) ------------------------------------------------------------
+    buffer_size: str = Field(
+        "1Gi", pattern=r"^[0-9.]+([eE][0-9]+|[KMGTPE]i?)?$", description="Size of each buffer PVC"
+    )
+    buffer_storage_class: str = Field(
+        "standard",
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="Storage class of the buffer PVCs (it must offer ReadWriteMany)",
+    )
+    cpu_request: str = Field(
+        "2",
+        pattern=r"^[0-9.]+m?$",
+        description="CPU request of each heavy step (sizes its Dask LocalCluster)",
+    )
+    cpu_limit: str = Field("4", pattern=r"^[0-9.]+m?$", description="CPU limit of each heavy step")
+    memory_request: str = Field(
+        "4Gi",
+        pattern=r"^[0-9.]+([eE][0-9]+|[KMGTPE]i?)?$",
+        description="Memory request of each heavy step",
+    )
+    memory_limit: str = Field(
+        "8Gi",
+        pattern=r"^[0-9.]+([eE][0-9]+|[KMGTPE]i?)?$",
+        description="Memory limit of each heavy step",
+    )
+    step_deadline_s: int = Field(
+        21600, ge=60, le=604800, description="Deadline of each heavy step's pod (s)"
+    )
+    dask_cluster: bool = Field(
+        False,
+        description="Create a DaskCluster proc-<pb_id>-dask (dask-kubernetes operator) of "
+        "n_workers workers, removed at the end of the run",
+    )
+    dask_scheduler: str = Field(
+        "",
+        description="Dask scheduler of the heavy steps (tcp://HOST:8786); empty: a LocalCluster "
+        "in each step's pod (`batch-imaging submit` fills it in for dask_cluster)",
+    )
 
     # -- science ----------------------------------------------------------------------
-    configuration: Literal["ska1-low", "lowbd2"] = Field(
-        "ska1-low", description="Array layout: real SKA1-Low (AA4) or RASCIL's LOWBD2"
+    configuration: str = Field(
+        "ska1-low",
+        description="Array layout: ska1-low (real SKA1-Low, AA4), lowbd2 (RASCIL's LOWBD2) or a "
+        "layout CSV (name + WGS84 lon/lat/height, ITRF XYZ or ENU about a given centre): a path "
+        "or buffer:<name>/<file>",
     )
-    flux_limit: float = Field(3.0, ge=0, description="GLEAM sources brighter than this (Jy)")
+    sky_model: str = Field(
+        "gleam",
+        description="Sky: gleam (the shipped GLEAM subset, 10 deg around RA 0, Dec -30), "
+        "synthetic (seeded GLEAM-like population, any field) or a catalogue file (CSV or "
+        "WSClean/DP3 sourcedb): a path or buffer:<name>/<file>",
+    )
+    flux_limit: float = Field(
+        3.0, ge=0, description="gleam/synthetic: sources above this at 151 MHz (Jy)"
+    )
     phase_error: float = Field(1.0, ge=0, le=10, description="Station phase error sigma (rad)")
     seed: int = Field(180555, ge=0, lt=2**63, description="Random seed of the corruption")
     npixel: int = Field(1024, ge=32, le=16384, description="Image size (pixels, even)")
@@ -62,6 +125,38 @@ class Params(BaseModel):
     )
     solver_niter: int = Field(50, ge=1, le=1000, description="Gain solver iterations")
     solver_tol: float = Field(1e-10, gt=0, le=1e-2, description="Gain solver tolerance")
+    algorithm: Literal["hogbom", "msclean", "mmclean"] = Field(
+        "mmclean", description="Deconvolution: Hogbom, multi-scale, or MS-MFS across windows"
+    )
+    scales: tuple[float, ...] = Field(
+        (0.0, 3.0, 10.0), min_length=1, description="msclean/mmclean scale sizes (pixels)"
+    )
+    nmoment: int = Field(2, ge=1, le=4, description="mmclean Taylor terms")
+    psf_support: int = Field(
+        128, ge=4, le=8192, description="Half-width of the PSF patch of the minor cycle (pixels)"
+    )
+    window_shape: Literal["none", "quarter", "no_edge"] = Field(
+        "none", description="Clean window: whole image, inner half, or all but a 16-pixel edge"
+    )
+    weighting: Literal["natural", "uniform", "robust"] = Field(
+        "natural", description="Imaging weights"
+    )
+    robust: float = Field(0.0, ge=-2, le=2, description="Briggs robustness (weighting=robust)")
+    calibration_context: str = Field(
+        "TGB", pattern=r"^T?G?B?$", description="Calibration terms solved in ICAL, in order"
+    )
+    t_first_selfcal: int = Field(1, ge=0, le=50, description="First major cycle solving T")
+    g_first_selfcal: int = Field(3, ge=0, le=50, description="First major cycle solving G")
+    b_first_selfcal: int = Field(4, ge=0, le=50, description="First major cycle solving B")
+    t_phase_only: bool = Field(True, description="T solves phase only")
+    g_phase_only: bool = Field(False, description="G solves phase only")
+    b_phase_only: bool = Field(False, description="B solves phase only")
+    t_interval_s: float = Field(0.0, ge=0, description="T solution interval (s, 0: integration)")
+    g_interval_s: float = Field(0.0, ge=0, description="G solution interval (s, 0: integration)")
+    b_interval_s: float = Field(1e5, ge=0, description="B solution interval (s, 0: integration)")
+    export_ms: bool = Field(
+        False, description="Also write each visibility store as a Measurement Set (*.ms)"
+    )
 
     @field_validator("pb_id")
     @classmethod
@@ -90,6 +185,11 @@ class Params(BaseModel):
             )
         return value
 
+    @field_validator("configuration", "sky_model")
+    @classmethod
+    def _file_reference(cls, value: str, info: ValidationInfo) -> str:
+        return file_reference(value, NAMED_FILES[info.field_name])
+
     @field_validator("npixel")
     @classmethod
     def _even(cls, value: int) -> int:
@@ -114,8 +214,12 @@ class Params(BaseModel):
                 f"-{HOUR_ANGLE_LIMIT_DEG:g}..+{HOUR_ANGLE_LIMIT_DEG:g} deg; "
                 f"allowed -90 <= dec < {highest:.2f}",
             )
-        nstations = station_count(self.configuration, self.rmax)
-        if nstations < 2:
+        self._check_sky()
+        if self.configuration not in NAMED_FILES["configuration"]:
+            stations = _readable(self.configuration, "configuration")
+            if stations is not None:
+                _check_rmax(stations, self.rmax)
+        elif (nstations := station_count(self.configuration, self.rmax)) < 2:
             raise _field_error(
                 "rmax",
                 self.rmax,
@@ -123,6 +227,26 @@ class Params(BaseModel):
                 f"(rmax >= {minimum_rmax(self.configuration):.1f} m)",
             )
         return self
+
+    def _check_sky(self) -> None:
+        """A synthetic sky is finite and a catalogue file parses (GLEAM's coverage of the
+        field is checked by simulate, which names the alternatives)."""
+        from steps.science import sky, synthetic
+
+        if self.sky_model == "synthetic":
+            if self.flux_limit <= 0:
+                raise _field_error("flux_limit", self.flux_limit, "must be > 0 for synthetic")
+            radius = sky.image_radius_deg(self.npixel, self.cellsize)
+            count = synthetic.expected_count(self.flux_limit, radius)
+            if count > MAX_SYNTHETIC_COMPONENTS:
+                raise _field_error(
+                    "flux_limit",
+                    self.flux_limit,
+                    f"gives ~{count:.0f} synthetic sources over this image (at most "
+                    f"{MAX_SYNTHETIC_COMPONENTS}); raise flux_limit or image a smaller field",
+                )
+        elif self.sky_model != "gleam":
+            _readable(self.sky_model, "sky_model")
 
     def frequencies(self) -> list[float]:
         """Centre frequency of each window (Hz): linspace(freq_min, freq_max, nfreqwin)."""
@@ -150,6 +274,67 @@ class Params(BaseModel):
             name: value if isinstance(value, str) else json.dumps(value)
             for name, value in self.model_dump().items()
         }
+
+
+NAMED_FILES = {"configuration": ("ska1-low", "lowbd2"), "sky_model": ("gleam", "synthetic")}
+BUFFER_FILE = re.compile(r"^buffer:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/(.+)$")
+MAX_SYNTHETIC_COMPONENTS = 100_000
+
+
+def file_reference(value: str, names: tuple[str, ...]) -> str:
+    """A named choice, ``buffer:<name>/<file>`` or an existing file (made absolute)."""
+    if value in names:
+        return value
+    if value.startswith("buffer:"):
+        match = BUFFER_FILE.match(value)
+        if not match or ".." in Path(match.group(3)).parts or match.group(3).startswith("/"):
+            raise ValueError(
+                "buffer:<name>/<file> needs a buffer name (RFC 1123 label) and a relative file "
+                "path inside it"
+            )
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"is neither {' nor '.join(names)} nor an existing file (relative paths are resolved "
+            f"against the working directory {Path.cwd()}; inside a buffer use buffer:<name>/<file>)"
+        )
+    return str(path.absolute())
+
+
+def _readable(reference: str, field: str) -> Any:
+    """Parse a catalogue (``sky_model``) or layout (``configuration``) file if it is reachable
+    here (a ``buffer:`` file may exist only where the buffers are mounted); None if not."""
+    from steps.buffers import buffer_root
+    from steps.science.catalogue import resolve
+
+    path = resolve(reference, buffer_root())
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    try:
+        return _parse_file(field, str(path), stat.st_mtime_ns, stat.st_size)
+    except ValueError as exc:
+        raise _field_error(field, reference, str(exc)) from None
+
+
+@lru_cache(maxsize=8)
+def _parse_file(field: str, path: str, mtime_ns: int, size: int) -> Any:
+    """Parsed file contents, cached while the file is unchanged (validation runs per step)."""
+    from steps.science.catalogue import read_catalogue
+    from steps.science.layout import read_layout
+
+    del mtime_ns, size  # cache key only
+    return read_layout(Path(path)) if field == "configuration" else read_catalogue(Path(path))
+
+
+def _check_rmax(stations: Any, rmax: float) -> None:
+    from steps.science.layout import check_rmax
+
+    try:
+        check_rmax(stations, rmax)
+    except ValueError as exc:
+        raise _field_error("rmax", rmax, str(exc)) from None
 
 
 def _field_error(field: str, value: Any, message: str) -> ValueError:

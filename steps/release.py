@@ -1,6 +1,8 @@
 """release (exit handler): set the PB FINISHED or FAILED from ``{{workflow.status}}``.
 
-Buffers are kept: they outlive the run, as the SDP's buffer reservations did.
+First the previews and ``report.html`` are written to the image buffer (from whatever products
+exist), so that a FINISHED block always has its report.  Buffers are kept: they outlive the
+run, as the SDP's buffer reservations did.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ OUTPUTS = ("status",)
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
-    del buffers
     workflow_status = os.environ.get("WORKFLOW_STATUS", "")
     run_name = os.environ.get("WORKFLOW_NAME", "")
     status = PBStatus.FINISHED if workflow_status == "Succeeded" else PBStatus.FAILED
@@ -27,11 +28,21 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             return False  # not ours: another run holds this block
         fields = {"status": status}
         if status is PBStatus.FAILED:
-            fields["reason"] = f"workflow {run_name} {workflow_status or 'ended'}"
+            failed = [
+                f"step {name} failed: {entry.get('message') or 'no message'}"
+                for name, entry in (getattr(state, "steps", None) or {}).items()
+                if isinstance(entry, dict) and entry.get("phase") == "Failed"
+            ]
+            fields["reason"] = "; ".join(
+                [f"workflow {run_name} {workflow_status or 'ended'}", *failed]
+            )
         txn.update_state(params.pb_id, **fields)
         return True
 
     with ConfigDB(connect(params.config_db or None)) as db:
+        state = db.run(lambda txn: txn.get_state(params.pb_id))
+        if state is not None and getattr(state, "workflow_run", run_name) == run_name:
+            publish(params, buffers, status.value, getattr(state, "steps", None) or {})
         ours = db.run(release)
     if not ours:
         LOG.warning("Processing block %s is held by another run; left unchanged", params.pb_id)
@@ -41,3 +52,17 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     else:
         LOG.error("Processing block %s FAILED (workflow %s)", params.pb_id, workflow_status)
     return {"status": status.value}
+
+
+def publish(params: Params, buffers: Buffers, status: str, steps: dict) -> None:
+    """Write the previews and the report; never fails the release (products may be missing)."""
+    if not buffers.img.is_dir():
+        LOG.warning("No image buffer at %s: no previews or report", buffers.img)
+        return
+    try:
+        from steps import previews, report
+
+        path = report.write(params, buffers, status, steps, previews.write_all(params, buffers))
+        LOG.info("Run report: %s", path)
+    except Exception as exc:  # the PB status must be set whatever happens here
+        LOG.warning("Run report not written: %s", exc)

@@ -13,17 +13,23 @@ import os
 import time
 from pathlib import Path
 
+from steps import manifest, resources
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, connect
 from steps.log import LOG
 from steps.params import Params, parse_strings
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
+# the steps whose products are recorded in the buffer manifests and reused when unchanged,
+# in the order they run (each reads its predecessors' products); the exit handler's products
+# are recorded too (the claim daemon runs beside the others: never)
+PIPELINE = ("simulate", "corrupt", "calibrate", "image")
+RECORDED = {*PIPELINE, "release"}
 
 
 def write_outputs(outputs: dict[str, str]) -> None:
     """Write output parameters where the template's ``valueFrom.path`` reads them."""
-    directory = Path(os.environ.get(OUTPUTS_ENV, "/tmp/outputs"))  # noqa: S108 - pod scratch
+    directory = Path(os.environ.get(OUTPUTS_ENV, "/tmp/outputs"))
     directory.mkdir(parents=True, exist_ok=True)
     for name, value in outputs.items():
         (directory / name).write_text(value)
@@ -45,18 +51,29 @@ def record(params: Params, step: str, entry: dict) -> None:
 def run_step(name: str, raw: dict[str, str]) -> int:
     """Run step ``name`` with string parameters; return its exit code."""
     params = parse_strings(raw)
-    module = importlib.import_module(f"steps.{name.replace('-', '_')}")
+    buffers = Buffers.of(params)
+    if name in PIPELINE:
+        resources.check(params, buffers.vis.parent)
+    dirs = [buffers.vis, buffers.img]
+    manifest.remove_temporaries(dirs)
     started = time.time()
     entry = {"started": _iso(started), "phase": "Running"}
-    try:
-        outputs = {k: str(v) for k, v in (module.run(params, Buffers.of(params)) or {}).items()}
-    except Exception as exc:
-        record(
-            params,
-            name,
-            {**entry, "finished": _iso(time.time()), "phase": "Failed", "message": str(exc)},
-        )
-        raise
+    reused = manifest.completed(dirs, name, params.model_dump()) if name in PIPELINE else None
+    if reused is not None:
+        LOG.info("Step %s: products complete and inputs unchanged; reusing them", name)
+        outputs = reused
+    else:
+        upstream = PIPELINE[: PIPELINE.index(name)] if name in PIPELINE else PIPELINE
+        before, inputs = manifest.snapshot(dirs), manifest.recorded_files(dirs, upstream)
+        module = importlib.import_module(f"steps.{name.replace('-', '_')}")
+        try:
+            outputs = {k: str(v) for k, v in (module.run(params, buffers) or {}).items()}
+        except Exception as exc:
+            failed = {"finished": _iso(time.time()), "phase": "Failed", "message": str(exc)}
+            record(params, name, {**entry, **failed})
+            raise
+        if name in RECORDED:
+            manifest.record(dirs, name, params.model_dump(), inputs, before, outputs)
     finished = time.time()
     write_outputs(outputs)
     record(
@@ -66,11 +83,11 @@ def run_step(name: str, raw: dict[str, str]) -> int:
             **entry,
             "finished": _iso(finished),
             "phase": "Succeeded",
+            "reused": reused is not None,
             "duration_s": round(finished - started, 3),
             "outputs": outputs,
         },
     )
-    LOG.debug("step %s took %.1f s", name, finished - started)
     return 0
 
 

@@ -1,27 +1,39 @@
-"""simulate: SKA1-Low visibilities of the GLEAM sky, attenuated by the station beam."""
+"""simulate: SKA1-Low visibilities of the chosen sky, attenuated by the station beam.
+
+The sky is the shipped GLEAM subset, a synthetic GLEAM-like population or a user catalogue
+(``sky_model``); the layout a shipped one or a user's CSV (``configuration``).  The sky
+actually simulated is written to the visibility buffer (``sky_model.csv``, read back by
+``read_sky``) and both choices, with provenance, go into the store's attributes.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from steps import store
-from steps.buffers import Buffers
+from steps.buffers import Buffers, buffer_root
 from steps.dask_ee import engine, map_windows
 from steps.log import LOG
 from steps.params import Params
-from steps.science import layout, predict, sky
+from steps.science import catalogue, layout, predict, sky, synthetic
 
 OUTPUTS = ("model", "components")
 
 
 def observation(params: Params) -> tuple[layout.Stations, store.Layout]:
     """Stations within rmax and the store coordinates of the observation."""
-    stations = layout.select_within(layout.load_stations(params.configuration), params.rmax)
+    stations = load_layout(params.configuration)
+    if stations.lines is not None:  # a user layout: name the file's lines if rmax is too small
+        layout.check_rmax(stations, params.rmax)
+    stations = layout.select_within(stations, params.rmax)
     hour_angles = np.radians(params.hour_angles_deg())
     ant1, ant2 = layout.baselines(len(stations.names))
     times = layout.observation_times(params.ra, hour_angles, stations.lon_deg)
@@ -37,46 +49,149 @@ def observation(params: Params) -> tuple[layout.Stations, store.Layout]:
     )
 
 
-def field_components(params: Params) -> tuple[sky.Components, np.ndarray]:
-    """GLEAM components inside the image and their apparent fluxes (nsrc, nwindow)."""
-    half_width = math.degrees(params.npixel * params.cellsize / 2)
-    components = sky.load_gleam(params.flux_limit, params.ra, params.dec, 2 * half_width)
-    l, m, _ = sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec)
-    inside = (np.abs(np.arcsin(l)) < params.npixel * params.cellsize / 2) & (
-        np.abs(np.arcsin(m)) < params.npixel * params.cellsize / 2
-    )
+def load_layout(configuration: str) -> layout.Stations:
+    """A shipped layout by name or a layout CSV (path or ``buffer:<name>/<file>``)."""
+    if configuration in layout.CONFIGURATIONS:
+        return layout.load_stations(configuration)
+    path = catalogue.resolve(configuration, buffer_root())
+    stations = layout.read_layout(path)
+    return replace(stations, provenance=f"{stations.provenance}, sha256 {_sha256(path)}")
+
+
+def sky_components(params: Params) -> tuple[sky.Components, str]:
+    """All components of the chosen sky model around the field, and their provenance."""
+    radius = sky.image_radius_deg(params.npixel, params.cellsize)
+    if params.sky_model == "gleam":
+        problem = sky.gleam_coverage_problem(
+            params.ra,
+            params.dec,
+            params.freq_min,
+            params.npixel,
+            params.cellsize,
+            sky.StationBeam(),
+        )
+        if problem:
+            raise ValueError(f"sky_model = 'gleam': {problem}")
+        return sky.load_gleam(params.flux_limit, params.ra, params.dec, radius), (
+            "GLEAM EGC (Hurley-Walker et al. 2017) subset within 10 deg of RA 0, Dec -30 "
+            f"(steps/data/gleam_ra0_dec-30.csv), S151 > {params.flux_limit:g} Jy"
+        )
+    if params.sky_model == "synthetic":
+        return synthetic.population(
+            params.seed, params.flux_limit, params.ra, params.dec, radius
+        ), (
+            f"synthetic GLEAM-like population, seed {params.seed} (stream "
+            f"{synthetic.SKY_STREAM}): N(>S) = {synthetic.COUNTS_PER_SR_ABOVE_1JY:g} sr^-1 "
+            f"(S / 1 Jy)^-{synthetic.COUNTS_SLOPE:g} at 151 MHz, S151 > {params.flux_limit:g} Jy, "
+            f"alpha ~ N({synthetic.ALPHA_MEAN:g}, {synthetic.ALPHA_SCATTER:g}), "
+            f"within {radius:.3f} deg of the phase centre"
+        )
+    path = catalogue.resolve(params.sky_model, buffer_root())
+    components = catalogue.read_catalogue(path)
+    return components, f"catalogue {path} ({len(components.names)} sources, sha256 {_sha256(path)})"
+
+
+def field_components(params: Params) -> tuple[sky.Components, np.ndarray, str]:
+    """Components inside the image, their apparent fluxes (nsrc, nwindow) and provenance.
+
+    An empty sky is an error (a field not covered by the chosen model, or a flux limit above
+    every source).
+    """
+    components, provenance = sky_components(params)
+    l, m, _ = sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec)  # noqa: E741
+    half = params.npixel * params.cellsize / 2
+    inside = (np.abs(np.arcsin(l)) < half) & (np.abs(np.arcsin(m)) < half)
+    if not inside.any():
+        raise ValueError(
+            f"sky_model = {params.sky_model!r}: none of its {len(components.names)} "
+            f"component(s) lies inside the {params.npixel} x {params.npixel} image at RA "
+            f"{params.ra:g}, Dec {params.dec:g} (flux_limit = {params.flux_limit:g} Jy)"
+        )
     components = components.select(inside)
     apparent = sky.apparent_flux(
         components, np.asarray(params.frequencies()), params.ra, params.dec, sky.StationBeam()
     )
-    return components, apparent
+    return components, apparent, provenance
 
 
-def write_sky(path: Path, components: sky.Components, apparent: np.ndarray, freqs) -> None:
-    """The simulated sky as CSV: position, intrinsic and apparent flux per window."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+SKY_COLUMNS = ("name", "ra_deg", "dec_deg", "flux_ref_jy", "alpha")
+SHAPE_COLUMNS = ("ref_freq_hz", "curvature", "major_arcsec", "minor_arcsec", "pa_deg")
+APPARENT = re.compile(r"^apparent_([0-9.]+)mhz_jy$")
+
+
+def write_sky(
+    path: Path, components: sky.Components, apparent: np.ndarray, freqs, origin: str
+) -> None:
+    """The simulated sky as CSV, the truth for the metrics (read it with ``read_sky``).
+
+    Columns: name, position, reference flux and spectral index; the apparent (beam-attenuated)
+    flux per window; reference frequency, curvature, Gaussian shape (0 for points) and the
+    origin (``sky_model``) of each component.
+    """
+    count = len(components.names)
+    ref = np.broadcast_to(np.asarray(components.ref_freq_hz, dtype=float), (count,))
+    curvature = np.zeros(count) if components.curvature is None else components.curvature
+    shapes = components.shapes()
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            ["name", "ra_deg", "dec_deg", "flux_151mhz_jy", "alpha"]
-            + [f"apparent_{f / 1e6:.4f}mhz_jy" for f in freqs]
-        )
+        apparent_columns = [f"apparent_{f / 1e6:.4f}mhz_jy" for f in freqs]
+        writer.writerow([*SKY_COLUMNS, *apparent_columns, *SHAPE_COLUMNS, "origin"])
         for i, name in enumerate(components.names):
             writer.writerow(
-                [name, f"{components.ra_deg[i]:.6f}", f"{components.dec_deg[i]:.6f}"]
-                + [f"{components.flux_ref_jy[i]:.6f}", f"{components.alpha[i]:.3f}"]
+                [name, f"{components.ra_deg[i]:.8f}", f"{components.dec_deg[i]:.8f}"]
+                + [f"{components.flux_ref_jy[i]:.9g}", f"{components.alpha[i]:.6g}"]
                 + [f"{a:.9g}" for a in apparent[i]]
+                + [f"{ref[i]:.9g}", f"{curvature[i]:.6g}"]
+                + [f"{np.degrees(shapes[i, 0]) * 3600:.6g}"]
+                + [f"{np.degrees(shapes[i, 1]) * 3600:.6g}", f"{np.degrees(shapes[i, 2]):.6g}"]
+                + [origin]
             )
     tmp.replace(path)
 
 
-def predict_window(index: int, path: Path, lmn: np.ndarray, flux: np.ndarray) -> None:
+def read_sky(path: Path) -> tuple[sky.Components, np.ndarray, np.ndarray]:
+    """The sky a run simulated (``sky_model.csv``): components, window frequencies (Hz,
+    to 100 Hz) and apparent fluxes (nsrc, nwindow) Jy."""
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+        handle.seek(0)
+        header = next(csv.reader(handle))
+    columns = [c for c in header if APPARENT.match(c)]
+    freqs = np.array([float(APPARENT.match(c).group(1)) * 1e6 for c in columns])
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) for r in rows], dtype=float)
+
+    components = sky.Components(
+        names=[r["name"] for r in rows],
+        ra_deg=column("ra_deg"),
+        dec_deg=column("dec_deg"),
+        flux_ref_jy=column("flux_ref_jy"),
+        ref_freq_hz=column("ref_freq_hz"),
+        alpha=column("alpha"),
+        curvature=column("curvature"),
+        major_arcsec=column("major_arcsec"),
+        minor_arcsec=column("minor_arcsec"),
+        pa_deg=column("pa_deg"),
+    )
+    apparent = np.array([[float(r[c]) for c in columns] for r in rows]).reshape(len(rows), -1)
+    return components, freqs, apparent
+
+
+def predict_window(
+    index: int, path: Path, lmn: np.ndarray, flux: np.ndarray, shape: np.ndarray
+) -> None:
     """Predict one window by direct DFT of the components and write it (a Dask task)."""
     group = zarr.open_group(path, mode="r")
     uvw = group["UVW"][:]
     freq = group["frequency"][index : index + 1]
     ntime, nbl, _ = uvw.shape
-    vis = predict.dft(uvw.reshape(-1, 3), freq, *lmn, flux[:, index : index + 1])
+    vis = predict.dft(uvw.reshape(-1, 3), freq, *lmn, flux[:, index : index + 1], shape)
     store.write_window(
         path,
         index,
@@ -88,14 +203,15 @@ def predict_window(index: int, path: Path, lmn: np.ndarray, flux: np.ndarray) ->
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
     stations, obs = observation(params)
-    components, apparent = field_components(params)
+    components, apparent, sky_provenance = field_components(params)
     LOG.info(
-        "Simulating %d stations, %d baselines, %d times, %d windows, %d GLEAM components",
+        "Simulating %d stations, %d baselines, %d times, %d windows, %d components (%s sky)",
         len(stations.names),
         len(obs.antenna1),
         len(obs.times),
         len(obs.frequencies),
         len(components.names),
+        params.sky_model,
     )
     attrs = {
         "antenna_names": list(stations.names),
@@ -105,16 +221,30 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "configuration_provenance": stations.provenance,
         "phase_centre": {"ra_deg": params.ra, "dec_deg": params.dec, "frame": "icrs"},
         "hour_angles_deg": params.hour_angles_deg(),
-        "sky_model": "gleam",
-        "sky_model_provenance": "GLEAM EGC (Hurley-Walker et al. 2017) subset, steps/data",
+        "sky_model": params.sky_model,
+        "sky_model_provenance": sky_provenance,
+        "sky_components": len(components.names),
         "pb_id": params.pb_id,
         "creator": "batch-imaging simulate",
     }
     tmp = store.create(buffers.model, obs, attrs)
     lmn = np.stack(sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec))
-    write_sky(buffers.sky, components, apparent, obs.frequencies)
+    write_sky(buffers.sky, components, apparent, obs.frequencies, params.sky_model)
     with engine(params.n_workers) as client:
         LOG.info("Running simulation pipeline")
-        map_windows(client, "simulate", predict_window, len(obs.frequencies), tmp, lmn, apparent)
+        map_windows(
+            client,
+            "simulate",
+            predict_window,
+            len(obs.frequencies),
+            tmp,
+            lmn,
+            apparent,
+            components.shapes(),
+        )
     store.finalize(tmp, buffers.model)
+    if params.export_ms:
+        from steps.msexport import ms_path, write_ms
+
+        write_ms(ms_path(buffers.model), buffers.model)
     return {"model": str(buffers.model), "components": str(len(components.names))}

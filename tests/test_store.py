@@ -34,7 +34,11 @@ def test_windows_round_trip_and_attrs(tmp_path):
     assert not tmp.exists()
     ds = store.open_store(target)
     assert dict(ds.sizes) == {
-        "time": 4, "baseline_id": 3, "frequency": 3, "polarization": 1, "uvw_label": 3
+        "time": 4,
+        "baseline_id": 3,
+        "frequency": 3,
+        "polarization": 1,
+        "uvw_label": 3,
     }
     assert ds.attrs["pb_id"] == "pb-x"
     assert list(ds["baseline_antenna2_name"].values) == ["s1", "s2", "s2"]

@@ -1,4 +1,4 @@
-"""SKA1-Low station layouts, baselines, uvw coordinates and observation times.
+"""SKA1-Low station layouts (shipped or a user's CSV), baselines, uvw and observation times.
 
 Frames
 ------
@@ -17,6 +17,8 @@ import astropy.units as u
 import numpy as np
 from astropy.time import Time
 
+from steps.science.catalogue import CatalogueError, number
+
 DATA_DIR = Path(__file__).parent.parent / "data"
 
 WGS84_A = 6378137.0
@@ -28,6 +30,13 @@ SINGLE_INTEGRATION_S = 600.0
 CONFIGURATIONS = ("ska1-low", "lowbd2")
 SKA1_LOW_REF = (116.7644482, -26.82472208, 365.0)
 LOWBD2_REF = (116.76444824, -26.824722084, 300.0)
+DEFAULT_DIAMETER_M = 38.0
+LAYOUT_FRAMES = {  # a user layout's coordinate columns, by frame
+    "wgs84": ("lon_deg", "lat_deg", "height_m"),
+    "itrf": ("itrf_x_m", "itrf_y_m", "itrf_z_m"),
+    "enu": ("east_m", "north_m", "up_m"),
+}
+LAYOUT_KEYS = ("centre_lon_deg", "centre_lat_deg", "centre_height_m", "diameter_m")
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +58,7 @@ class Stations:
     itrf: np.ndarray
     name: str
     provenance: str
+    lines: list[int] | None = None  # file line of each station (user layouts)
 
 
 def geodetic_to_ecef(lon_deg: np.ndarray, lat_deg: np.ndarray, height_m: np.ndarray) -> np.ndarray:
@@ -61,6 +71,20 @@ def geodetic_to_ecef(lon_deg: np.ndarray, lat_deg: np.ndarray, height_m: np.ndar
     y = (n + height_m) * np.cos(lat) * np.sin(lon)
     z = (n * (1.0 - e2) + height_m) * np.sin(lat)
     return np.stack(np.broadcast_arrays(x, y, z), axis=-1)
+
+
+def ecef_to_geodetic(xyz: np.ndarray) -> tuple[float, float, float]:
+    """ECEF (3,) metres -> WGS84 longitude, latitude (deg) and ellipsoidal height (m)."""
+    x, y, z = (float(c) for c in xyz)
+    e2 = WGS84_F * (2.0 - WGS84_F)
+    p = np.hypot(x, y)
+    lat = np.arctan2(z, p * (1.0 - e2))
+    for _ in range(8):  # fixed-point iteration; converges to < 1 mm within a few steps
+        n = WGS84_A / np.sqrt(1.0 - e2 * np.sin(lat) ** 2)
+        height = p / np.cos(lat) - n
+        lat = np.arctan2(z, p * (1.0 - e2 * n / (n + height)))
+    n = WGS84_A / np.sqrt(1.0 - e2 * np.sin(lat) ** 2)
+    return float(np.degrees(np.arctan2(y, x))), float(np.degrees(lat)), float(p / np.cos(lat) - n)
 
 
 def _enu_matrix(lon_deg: float, lat_deg: float) -> np.ndarray:
@@ -89,7 +113,7 @@ def _read_csv(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
 
 
 def load_stations(configuration: str = "ska1-low") -> Stations:
-    """Load ``ska1-low`` (current layout, WGS84) or ``lowbd2`` (RASCIL's LOWBD2)."""
+    """Load ``ska1-low`` (current layout, WGS84), ``lowbd2`` (RASCIL's LOWBD2) or a layout CSV."""
     if configuration == "ska1-low":
         names, values, cols = _read_csv(DATA_DIR / "ska1_low_stations.csv")
         lon, lat, h = (values[:, cols.index(c)] for c in ("lon_deg", "lat_deg", "height_m"))
@@ -103,9 +127,12 @@ def load_stations(configuration: str = "ska1-low") -> Stations:
         ref, diameter = LOWBD2_REF, 35.0
         itrf = geodetic_to_ecef(*ref) + enu @ _enu_matrix(ref[0], ref[1])
         provenance = "ska1_low_lowbd2.csv (ARL LOWBD2.csv, x,y,z read as local E,N,U as RASCIL)"
+    elif Path(configuration).is_file():
+        return read_layout(Path(configuration))
     else:
         raise ValueError(
-            f"unknown configuration {configuration!r}; allowed: {', '.join(CONFIGURATIONS)}"
+            f"unknown configuration {configuration!r}; allowed: {', '.join(CONFIGURATIONS)} "
+            "or a layout CSV file"
         )
     return Stations(
         names=names,
@@ -121,24 +148,177 @@ def load_stations(configuration: str = "ska1-low") -> Stations:
     )
 
 
+def read_layout(path: Path) -> Stations:
+    """A user's layout CSV, validated row by row (errors name file, line and field).
+
+    Leading ``# key = value`` lines may give ``centre_lon_deg``, ``centre_lat_deg``,
+    ``centre_height_m`` (the WGS84 array reference point; required for ENU) and
+    ``diameter_m`` (default 38).  The header row has ``name`` and the columns of one frame:
+    ``lon_deg, lat_deg, height_m`` (WGS84 geodetic, ellipsoidal height),
+    ``itrf_x_m, itrf_y_m, itrf_z_m`` (ITRF/ECEF) or ``east_m, north_m, up_m`` (local
+    tangent plane about the centre).  Other columns are ignored.  Without a centre, WGS84
+    and ITRF layouts are referred to their mean position.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogueError(path, 0, "file", f"cannot read: {exc}") from None
+    meta: dict[str, float] = {}
+    meta_lines: dict[str, int] = {}
+    body: list[tuple[int, list[str]]] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if raw.lstrip().startswith("#"):
+            key, sep, value = raw.lstrip()[1:].partition("=")
+            key = key.strip()
+            if sep and key in LAYOUT_KEYS:
+                meta[key] = number(
+                    path, line, key, value, _META_RANGES[key][0], _META_RANGES[key][1]
+                )
+                meta_lines[key] = line
+        elif raw.strip():
+            body.append((line, [c.strip() for c in raw.split(",")]))
+    if not body:
+        raise CatalogueError(path, 1, "header", "no header row")
+    (header_line, header), rows = body[0], body[1:]
+    frame = max(LAYOUT_FRAMES, key=lambda f: sum(c in header for c in LAYOUT_FRAMES[f]))
+    for column in ("name", *LAYOUT_FRAMES[frame]):
+        if column not in header:
+            options = "; ".join(", ".join(c) for c in LAYOUT_FRAMES.values())
+            raise CatalogueError(
+                path, header_line, column, f"missing column (name plus one of: {options})"
+            )
+    columns = [header.index(c) for c in LAYOUT_FRAMES[frame]]
+    names: list[str] = []
+    lines: list[int] = []
+    coords = np.zeros((len(rows), 3))
+    for i, (line, cells) in enumerate(rows):
+        if len(cells) != len(header):
+            raise CatalogueError(path, line, "row", f"{len(cells)} cells for {len(header)} columns")
+        name = cells[header.index("name")]
+        if not name:
+            raise CatalogueError(path, line, "name", "is empty")
+        if name in names:
+            first = lines[names.index(name)]
+            raise CatalogueError(path, line, "name", f"station {name!r} repeats line {first}")
+        for j, column in enumerate(columns):
+            check, allowed = _COORD_RANGES[LAYOUT_FRAMES[frame][j]]
+            coords[i, j] = number(path, line, header[column], cells[column], check, allowed)
+        names.append(name)
+        lines.append(line)
+    if len(names) < 2:
+        raise CatalogueError(
+            path, header_line, "rows", f"{len(names)} station(s); at least 2 needed"
+        )
+    centre = [meta.get(k) for k in LAYOUT_KEYS[:3]]
+    if frame == "wgs84":
+        itrf = geodetic_to_ecef(coords[:, 0], coords[:, 1], coords[:, 2])
+    elif frame == "itrf":
+        itrf = coords
+        radius = np.linalg.norm(itrf, axis=1)
+        bad = np.flatnonzero(np.abs(radius - 6.37e6) > 5e4)
+        if bad.size:
+            raise CatalogueError(
+                path,
+                lines[bad[0]],
+                "itrf_x_m",
+                f"geocentric distance {radius[bad[0]]:.0f} m is "
+                "not on the Earth's surface (ITRF metres expected)",
+            )
+    else:
+        missing = [k for k, v in zip(LAYOUT_KEYS[:3], centre, strict=True) if v is None]
+        if missing:
+            raise CatalogueError(
+                path,
+                header_line,
+                missing[0],
+                "an ENU layout needs '# centre_lon_deg = ...', "
+                "'# centre_lat_deg = ...' and '# centre_height_m = ...' lines before the header",
+            )
+        ref0 = geodetic_to_ecef(*centre)
+        itrf = ref0 + coords @ _enu_matrix(centre[0], centre[1])
+    if any(v is None for v in centre):
+        lon, lat, height = ecef_to_geodetic(itrf.mean(axis=0))
+        provenance_centre = "mean station position"
+    else:
+        lon, lat, height = centre
+        provenance_centre = f"centre from line {meta_lines['centre_lon_deg']}"
+    enu = (itrf - geodetic_to_ecef(lon, lat, height)) @ _enu_matrix(lon, lat).T
+    return Stations(
+        names=names,
+        xyz=_celestial_xyz(itrf, lon),
+        lon_deg=lon,
+        lat_deg=lat,
+        height_m=height,
+        diameter_m=meta.get("diameter_m", DEFAULT_DIAMETER_M),
+        enu=enu,
+        itrf=itrf,
+        name=str(path),
+        provenance=f"{path} ({frame}, {len(names)} stations, reference: {provenance_centre})",
+        lines=lines,
+    )
+
+
+_META_RANGES = {
+    "centre_lon_deg": (lambda x: -180.0 <= x <= 360.0, "-180 .. 360 deg"),
+    "centre_lat_deg": (lambda x: -90.0 <= x <= 90.0, "-90 .. 90 deg"),
+    "centre_height_m": (lambda x: -1e4 <= x <= 1e5, "-10 km .. 100 km"),
+    "diameter_m": (lambda x: 0.0 < x <= 1e3, "0 < diameter <= 1000 m"),
+}
+_COORD_RANGES = {
+    "lon_deg": _META_RANGES["centre_lon_deg"],
+    "lat_deg": _META_RANGES["centre_lat_deg"],
+    "height_m": _META_RANGES["centre_height_m"],
+    **{c: (lambda x: abs(x) <= 1e7, "|x| <= 1e7 m") for c in LAYOUT_FRAMES["itrf"]},
+    **{c: (lambda x: abs(x) <= 1e6, "|x| <= 1000 km") for c in LAYOUT_FRAMES["enu"]},
+}
+
+
 def select_within(stations: Stations, rmax_m: float) -> Stations:
     """Keep stations within ``rmax_m``.
 
-    ``ska1-low``: horizontal distance from the reference point <= rmax.
     ``lowbd2``: RASCIL's rule, 3-D distance from the mean position < rmax.
+    Otherwise: horizontal distance from the reference point <= rmax.
     """
-    if stations.name == "lowbd2":
-        keep = np.linalg.norm(stations.enu - stations.enu.mean(axis=0), axis=1) < rmax_m
-    else:
-        keep = np.hypot(stations.enu[:, 0], stations.enu[:, 1]) <= rmax_m
-    idx = np.flatnonzero(keep)
+    keep = np.flatnonzero(_inside(stations, rmax_m))
     return replace(
         stations,
-        names=[stations.names[i] for i in idx],
-        xyz=stations.xyz[idx],
-        enu=stations.enu[idx],
-        itrf=stations.itrf[idx],
+        names=[stations.names[i] for i in keep],
+        xyz=stations.xyz[keep],
+        enu=stations.enu[keep],
+        itrf=stations.itrf[keep],
         provenance=f"{stations.provenance}; rmax={rmax_m:g} m",
+        lines=None if stations.lines is None else [stations.lines[i] for i in keep],
+    )
+
+
+def _distances(stations: Stations) -> np.ndarray:
+    """The distance each layout's rmax rule compares (see ``select_within``)."""
+    if stations.name == "lowbd2":
+        return np.linalg.norm(stations.enu - stations.enu.mean(axis=0), axis=1)
+    return np.hypot(stations.enu[:, 0], stations.enu[:, 1])
+
+
+def _inside(stations: Stations, rmax_m: float) -> np.ndarray:
+    distance = _distances(stations)
+    return distance < rmax_m if stations.name == "lowbd2" else distance <= rmax_m
+
+
+def check_rmax(stations: Stations, rmax_m: float) -> None:
+    """Raise CatalogueError (file, line, field ``rmax``) if fewer than 2 stations are in rmax."""
+    distance = _distances(stations)
+    if np.count_nonzero(_inside(stations, rmax_m)) >= 2:
+        return
+    nearest = np.argsort(distance)[:2]
+    lines = stations.lines or list(range(1, len(stations.names) + 1))
+    listed = ", ".join(
+        f"line {lines[i]} ({stations.names[i]}, {distance[i]:.1f} m)" for i in nearest
+    )
+    raise CatalogueError(
+        stations.name,
+        lines[nearest[1]],
+        "rmax",
+        f"rmax = {rmax_m:g} m selects fewer than 2 stations; the nearest to the reference point "
+        f"are {listed}, so rmax must be >= {distance[nearest[1]]:.1f} m",
     )
 
 

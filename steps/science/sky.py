@@ -1,4 +1,4 @@
-"""Sky model: GLEAM point components, direction cosines and the SKA1-Low station beam."""
+"""Sky model: point and Gaussian components, direction cosines and the SKA1-Low station beam."""
 
 from __future__ import annotations
 
@@ -12,53 +12,88 @@ from scipy.ndimage import map_coordinates
 DATA_DIR = Path(__file__).parent.parent / "data"
 
 GLEAM_REF_FREQ_HZ = 151e6
+GLEAM_CENTRE_DEG = (0.0, -30.0)  # the shipped subset: within 10 deg of (RA, Dec)
+GLEAM_RADIUS_DEG = 10.0
 BEAM_FREQ_HZ = 100e6
+ARCSEC = np.pi / (180.0 * 3600.0)
 
 
 @dataclass(frozen=True, eq=False)
 class Components:
-    """Point components with Stokes I spectra.
+    """Point and elliptical Gaussian components with Stokes I spectra.
 
-    ``band_flux_jy`` (nsrc, nband) at ``band_freqs_hz`` is interpolated
-    log-log; without it the power law ``flux_ref_jy * (nu / ref_freq_hz) ** alpha``
-    is used.
+    ``band_flux_jy`` (nsrc, nband) at ``band_freqs_hz`` is interpolated log-log; without it
+    the spectrum is the log-parabola
+    ``log10 S = log10 flux_ref_jy + alpha x + curvature x^2``, ``x = log10(nu / ref_freq_hz)``.
+    ``ref_freq_hz`` is one frequency or one per component.  Gaussians have FWHM
+    ``major_arcsec`` >= ``minor_arcsec`` > 0 and the major axis at ``pa_deg`` east of north;
+    points have zero axes.
     """
 
     names: list[str]
     ra_deg: np.ndarray
     dec_deg: np.ndarray
     flux_ref_jy: np.ndarray
-    ref_freq_hz: float
+    ref_freq_hz: float | np.ndarray
     alpha: np.ndarray
     band_freqs_hz: np.ndarray | None = None
     band_flux_jy: np.ndarray | None = None
+    curvature: np.ndarray | None = None
+    major_arcsec: np.ndarray | None = None
+    minor_arcsec: np.ndarray | None = None
+    pa_deg: np.ndarray | None = None
 
     def select(self, keep: np.ndarray) -> Components:
         """The components where ``keep`` (a boolean mask or index array) selects."""
         index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[index]
+
+        ref = self.ref_freq_hz
         return replace(
             self,
             names=[self.names[i] for i in index],
             ra_deg=self.ra_deg[index],
             dec_deg=self.dec_deg[index],
             flux_ref_jy=self.flux_ref_jy[index],
+            ref_freq_hz=ref[index] if isinstance(ref, np.ndarray) else ref,
             alpha=self.alpha[index],
-            band_flux_jy=None if self.band_flux_jy is None else self.band_flux_jy[index],
+            band_flux_jy=pick(self.band_flux_jy),
+            curvature=pick(self.curvature),
+            major_arcsec=pick(self.major_arcsec),
+            minor_arcsec=pick(self.minor_arcsec),
+            pa_deg=pick(self.pa_deg),
         )
 
     def flux_at(self, freqs_hz: np.ndarray) -> np.ndarray:
         """Flux density (nsrc, nfreq) Jy; beyond the bands the end segments are extrapolated."""
         freqs = np.atleast_1d(np.asarray(freqs_hz, dtype=float))
         if self.band_flux_jy is None or self.band_freqs_hz is None:
-            return (
-                self.flux_ref_jy[:, None]
-                * (freqs[None, :] / self.ref_freq_hz) ** self.alpha[:, None]
+            ref = np.broadcast_to(np.asarray(self.ref_freq_hz, dtype=float), self.alpha.shape)
+            x = np.log10(freqs[None, :] / ref[:, None])
+            curvature = np.zeros_like(self.alpha) if self.curvature is None else self.curvature
+            return self.flux_ref_jy[:, None] * 10.0 ** (
+                self.alpha[:, None] * x + curvature[:, None] * x**2
             )
         logf = np.log(self.band_freqs_hz)
         logs = np.log(self.band_flux_jy)
         i = np.clip(np.searchsorted(logf, np.log(freqs)), 1, logf.size - 1)
         frac = (np.log(freqs) - logf[i - 1]) / (logf[i] - logf[i - 1])
         return np.exp(logs[:, i - 1] + frac * (logs[:, i] - logs[:, i - 1]))
+
+    def shapes(self) -> np.ndarray:
+        """(nsrc, 3): major and minor FWHM (rad) and position angle (rad); zeros for points."""
+        zeros = np.zeros(len(self.names))
+        columns = [
+            zeros if values is None else np.asarray(values, dtype=float) * scale
+            for values, scale in (
+                (self.major_arcsec, ARCSEC),
+                (self.minor_arcsec, ARCSEC),
+                (self.pa_deg, np.pi / 180.0),
+            )
+        ]
+        return np.stack(columns, axis=1)
 
 
 def angular_separation_deg(
@@ -153,6 +188,56 @@ class StationBeam:
         l, m = np.broadcast_arrays(np.asarray(l, dtype=float), np.asarray(m, dtype=float))  # noqa: E741
         value = np.clip(self._sample(l, m, BEAM_FREQ_HZ / freq_hz), 0.0, None) / self.norm
         return np.where(l**2 + m**2 < 1.0, value, 0.0)
+
+    def sidelobe_radius_deg(self, freq_hz: float) -> float:
+        """Radius (deg) of the peak of the first sidelobe of the azimuthally averaged beam.
+
+        The averaged profile falls to its first minimum (the main lobe's edge), rises to the
+        first sidelobe's peak and then falls only slowly onto a ~6 % floor, so the peak is the
+        last radius where this beam model gives the sky a distinct response.
+        """
+        radius = np.radians(np.arange(0.0, 30.0, 0.05))
+        azimuth = np.radians(np.arange(0.0, 360.0, 10.0))[:, None]
+        l = np.sin(radius) * np.sin(azimuth)  # noqa: E741
+        m = np.sin(radius) * np.cos(azimuth)
+        profile = self.power(l, m, BEAM_FREQ_HZ).mean(axis=0)
+        rising = np.flatnonzero(np.diff(profile) > 0)[0]  # first minimum
+        peak = rising + int(np.argmax(np.diff(profile[rising:]) < 0))
+        sin_r = np.sin(radius[peak]) * BEAM_FREQ_HZ / freq_hz
+        return 90.0 if sin_r >= 1.0 else float(np.degrees(np.arcsin(sin_r)))
+
+
+def image_radius_deg(npixel: int, cell_rad: float) -> float:
+    """Half-diagonal (deg) of a square SIN-projected image: a cap that contains it."""
+    half = npixel * cell_rad / 2
+    return float(np.degrees(np.arcsin(min(1.0, np.hypot(half, half)))))
+
+
+def gleam_coverage_problem(
+    ra_deg: float,
+    dec_deg: float,
+    freq_min_hz: float,
+    npixel: int,
+    cell_rad: float,
+    beam: StationBeam,
+) -> str | None:
+    """Why the shipped GLEAM subset does not cover a field, or None if it does.
+
+    The field is the part of the image within the first sidelobe (its peak, at the lowest
+    frequency) of the station beam; it must lie inside the subset's 10 deg circle.
+    """
+    needed = min(image_radius_deg(npixel, cell_rad), beam.sidelobe_radius_deg(freq_min_hz))
+    offset = float(angular_separation_deg(np.array(ra_deg), np.array(dec_deg), *GLEAM_CENTRE_DEG))
+    if offset + needed <= GLEAM_RADIUS_DEG:
+        return None
+    return (
+        f"the shipped GLEAM subset covers only {GLEAM_RADIUS_DEG:g} deg around RA "
+        f"{GLEAM_CENTRE_DEG[0]:g}, Dec {GLEAM_CENTRE_DEG[1]:g} deg, but this field (image and "
+        f"station beam to its first sidelobe at {freq_min_hz / 1e6:g} MHz) reaches "
+        f"{offset + needed:.1f} deg from that centre; use sky_model = 'synthetic' (a "
+        f"GLEAM-like population for any field) or a catalogue file (CSV or sourcedb path, "
+        f"or buffer:<name>/<file>)"
+    )
 
 
 def apparent_flux(

@@ -1,0 +1,161 @@
+"""``batch-imaging outputs`` (what a run produced, where) and ``batch-imaging export-ms``.
+
+Products live in two buffers per processing block: locally ``<buffer root>/<buffer>/...``, on
+Kubernetes the PersistentVolumeClaim named after the buffer, mounted at ``/buffer/<buffer>``
+in the workflow's pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from steps.buffers import Buffers
+from steps.configdb import ConfigDB, open_backend
+from steps.params import Params, parse
+
+POD_ROOT = "/buffer"
+
+
+def catalogue() -> tuple[tuple[str, str, str], ...]:
+    """(buffer, relative path, what it is) of each product, in the order the steps write them."""
+    from steps import previews, report
+
+    return (
+        ("vis", "model.zarr", "simulated (uncorrupted) visibilities, Zarr (MSv4 names)"),
+        ("vis", "model.ms", "simulated visibilities as a Measurement Set v2 (export_ms)"),
+        ("vis", "sky_model.csv", "simulated GLEAM components: position, apparent flux per window"),
+        ("vis", "gains_true.zarr", "station gains applied by corrupt (the truth)"),
+        ("vis", "corrupted.zarr", "corrupted visibilities, Zarr"),
+        ("vis", "gains_solved.zarr", "station gains solved by calibrate"),
+        ("vis", "calibrated.zarr", "calibrated visibilities, Zarr"),
+        ("vis", "calibrated.ms", "MS v2: DATA corrupted, CORRECTED_DATA calibrated (export_ms)"),
+        ("img", "deconvolved.fits", "CLEAN model cube (Jy/pixel)"),
+        ("img", "residual.fits", "residual cube (Jy/beam)"),
+        ("img", "restored.fits", "restored cube (Jy/beam)"),
+        ("img", previews.PSF_FILE, "PSF of the centre window"),
+        ("img", "metrics.json", "figures of merit and the source table"),
+        ("img", previews.CONVERGENCE_FILE, "ICAL phase and residual rms per major cycle"),
+        ("img", previews.DIRECTORY, "preview PNGs (restored, residual, PSF, uv, gains, ICAL)"),
+        ("img", report.REPORT_FILE, "self-contained run report (open in a browser)"),
+    )
+
+
+@dataclass(frozen=True)
+class Product:
+    """One product of a run."""
+
+    pvc: str
+    relative: str
+    description: str
+    local: Path
+    size: int | None  # bytes; None if absent locally
+
+    @property
+    def pod_path(self) -> str:
+        return f"{POD_ROOT}/{self.pvc}/{self.relative}"
+
+
+def size_of(path: Path) -> int | None:
+    """Bytes in a file or directory tree; None if it does not exist."""
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None
+
+
+def human(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def products(params: Params, buffer_root: Path) -> list[Product]:
+    """Every catalogued product of a run, present or not, with its local and PVC location."""
+    buffers = Buffers.of(params, buffer_root)
+    names = {"vis": params.buffer_vis, "img": params.buffer_img}
+    folders = {"vis": buffers.vis, "img": buffers.img}
+    rows = [
+        Product(names[b], rel, text, folders[b] / rel, size_of(folders[b] / rel))
+        for b, rel, text in catalogue()
+    ]
+    known = {p.local for p in rows}
+    for b, folder in folders.items():  # anything else a step (or a newer version) wrote
+        if folder.is_dir():
+            rows += [
+                Product(names[b], path.name, "", path, size_of(path))
+                for path in sorted(folder.iterdir())
+                if path not in known and not path.name.startswith(".")
+            ]
+    return rows
+
+
+def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> Params:
+    """The parameters of a run from the configuration DB (the latest block if no id given);
+    a block the DB does not hold gets the default buffer names."""
+    store = Path(config_db) if config_db else buffer_root / ".sdp-config"
+    if config_db is None and not store.exists():
+        if pb_id is None:
+            raise FileNotFoundError(f"no runs under {buffer_root} (no {store}); give a PB_ID")
+        return parse({"pb_id": pb_id})
+    with ConfigDB(open_backend(str(config_db or store.resolve()))) as db:
+        ids = db.run(lambda txn: txn.list_pbs())
+        pb_id = pb_id or (max(ids) if ids else None)
+        if pb_id is None:
+            raise FileNotFoundError(f"the configuration DB {store} holds no processing block")
+        pb = db.run(lambda txn: txn.get_pb(pb_id))
+    parameters = dict(pb.parameters) if pb is not None else {}
+    return parse({**parameters, "pb_id": pb_id})
+
+
+def cmd_outputs(args: argparse.Namespace) -> int:
+    params = run_params(Path(args.buffer_root), args.pb_id, args.config_db)
+    rows = products(params, Path(args.buffer_root))
+    width = max(len(p.relative) for p in rows)
+    print(f"Products of processing block {params.pb_id}")
+    for pvc in dict.fromkeys(p.pvc for p in rows):
+        mine = [p for p in rows if p.pvc == pvc]
+        print(f"\nBuffer {pvc}")
+        print(f"  local:      {mine[0].local.parent.resolve()}/")
+        print(f"  Kubernetes: PVC {pvc}, mounted at {POD_ROOT}/{pvc}/ in the workflow's pods")
+        for p in mine:
+            print(f"    {p.relative:<{width}}  {human(p.size):>10}  {p.description}")
+    print(
+        "\n'-': not written (yet) or not present here.  From Kubernetes, copy out of any pod "
+        f"that mounts the claim:\n  kubectl cp <pod>:{POD_ROOT}/{params.buffer_img}/report.html "
+        "./report.html"
+    )
+    return 0
+
+
+def cmd_export_ms(args: argparse.Namespace) -> int:
+    from steps.msexport import write_ms
+
+    corrected = Path(args.corrected) if args.corrected else None
+    out = write_ms(Path(args.out), Path(args.store), corrected)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``outputs`` and ``export-ms`` to the ``batch-imaging`` command."""
+    outputs = subparsers.add_parser("outputs", help="list the products of a run and where they are")
+    outputs.add_argument("pb_id", nargs="?", metavar="PB_ID", help="processing block (latest)")
+    outputs.add_argument("--buffer-root", default="buffers", help="where buffers live (./buffers)")
+    outputs.add_argument("--config-db", default=None, help="etcd://HOST:PORT or a path")
+    outputs.set_defaults(func=cmd_outputs)
+
+    export = subparsers.add_parser("export-ms", help="write a visibility store as an MS v2")
+    export.add_argument("store", help="Zarr visibility store (written as DATA)")
+    export.add_argument("out", help="Measurement Set to write (replaced if it exists)")
+    export.add_argument(
+        "--corrected", default=None, help="store of the same layout written as CORRECTED_DATA"
+    )
+    export.set_defaults(func=cmd_export_ms)

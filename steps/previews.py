@@ -1,0 +1,251 @@
+"""Preview PNGs of a run (matplotlib, WCS axes via astropy), written to ``<image buffer>/previews``.
+
+Each preview is drawn from stored products only, so that it can be made at the end of any run
+(the release step) and is skipped, with a warning, when its inputs are missing.  Every PNG is
+``FIGSIZE`` at ``DPI`` (``PIXELS``), without tight cropping, so its size is known.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import zarr
+from astropy.visualization import AsinhStretch, ImageNormalize
+from astropy.wcs import WCS
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from steps import store
+from steps.buffers import Buffers
+from steps.log import LOG
+from steps.params import Params
+from steps.science import fitsio, imaging
+
+FIGSIZE = (7.0, 6.0)  # inches
+DPI = 100
+PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # width, height
+DIRECTORY = "previews"
+PSF_FILE = "psf.fits"
+CONVERGENCE_FILE = "ical_convergence.json"
+MAX_UV_POINTS = 200_000
+MAX_STATIONS = 6
+PSF_ZOOM_PX = 32  # half-width of the PSF preview
+
+
+def directory(buffers: Buffers) -> Path:
+    """Where previews are written."""
+    return buffers.img / DIRECTORY
+
+
+def _figure(wcs: WCS | None = None) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    ax = fig.add_subplot(projection=wcs) if wcs is not None else fig.add_subplot()
+    return fig, ax
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=DPI, format="png")
+    tmp.replace(path)
+    return path
+
+
+def _plane(path: Path) -> tuple[np.ndarray, WCS, str]:
+    """The mean over frequency of a FITS cube, its celestial WCS and a description."""
+    data, header = fitsio.read_image(path)
+    cube = data.reshape(-1, data.shape[-2], data.shape[-1])
+    label = "" if len(cube) == 1 else f"MFS: mean of {len(cube)} windows"
+    return cube.mean(axis=0), WCS(header).celestial, label
+
+
+def _sky_image(image: np.ndarray, wcs: WCS, title: str, unit: str, symmetric: bool) -> Figure:
+    fig, ax = _figure(wcs)
+    if symmetric:
+        limit = float(np.percentile(np.abs(image), 99.9)) or 1.0
+        shown = ax.imshow(image, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    else:
+        norm = ImageNormalize(
+            image, vmin=float(np.percentile(image, 1)), vmax=float(image.max()),
+            stretch=AsinhStretch(0.02),
+        )  # fmt: skip
+        shown = ax.imshow(image, origin="lower", cmap="inferno", norm=norm)
+    ax.set_xlabel("Right ascension (ICRS)")
+    ax.set_ylabel("Declination (ICRS)")
+    ax.coords.grid(color="white" if not symmetric else "grey", alpha=0.3, linestyle=":")
+    ax.set_title(title)
+    fig.colorbar(shown, ax=ax, label=unit, fraction=0.046, pad=0.04)
+    return fig
+
+
+def restored(buffers: Buffers, out: Path) -> Path:
+    """The restored image (MFS mean over windows), asinh stretch."""
+    image, wcs, label = _plane(buffers.image("restored"))
+    title = f"Restored image {f'({label})' if label else ''}".strip()
+    return _save(_sky_image(image, wcs, title, "Jy/beam", symmetric=False), out)
+
+
+def residual(buffers: Buffers, out: Path) -> Path:
+    """The residual image (MFS mean over windows), symmetric colour scale."""
+    image, wcs, label = _plane(buffers.image("residual"))
+    rms = float(np.sqrt(np.mean(image**2)))
+    title = f"Residual {f'({label}) ' if label else ''}rms {rms:.3g} Jy/beam"
+    return _save(_sky_image(image, wcs, title, "Jy/beam", symmetric=True), out)
+
+
+def write_psf(params: Params, buffers: Buffers) -> Path:
+    """PSF of the centre window as FITS (``psf.fits`` in the image buffer), from the
+    calibrated store's uvw and weights; an existing ``psf.fits`` is kept."""
+    path = buffers.img / PSF_FILE
+    if path.exists():
+        return path
+    ds = store.open_store(buffers.calibrated)
+    obs = store.layout_of(ds)
+    centre = len(obs.frequencies) // 2
+    _, weight, flag = store.read_window(buffers.calibrated, centre)
+    psf, _ = imaging.make_psf(
+        obs.uvw.reshape(-1, 3),
+        obs.frequencies[centre : centre + 1],
+        np.where(flag, 0.0, weight).reshape(-1, 1).astype(np.float64),
+        params.npixel,
+        params.cellsize,
+        params.epsilon,
+    )
+    fitsio.write_image(
+        path, psf, params.ra, params.dec, params.cellsize,
+        obs.frequencies[centre : centre + 1], obs.channel_width, bunit="",
+    )  # fmt: skip
+    return path
+
+
+def psf(params: Params, buffers: Buffers, out: Path) -> Path:
+    """The centre window's PSF, zoomed on the main lobe."""
+    data, header = fitsio.read_image(write_psf(params, buffers))
+    image = data.reshape(-1, data.shape[-2], data.shape[-1])[0]
+    freq = header.get("CRVAL4", 0.0)
+    fig, ax = _figure(WCS(header).celestial)
+    shown = ax.imshow(image, origin="lower", cmap="viridis", vmin=-0.2, vmax=1.0)
+    centre = image.shape[0] // 2
+    half = min(PSF_ZOOM_PX, centre)
+    ax.set_xlim(centre - half, centre + half)
+    ax.set_ylim(centre - half, centre + half)
+    ax.set_xlabel("Right ascension (ICRS)")
+    ax.set_ylabel("Declination (ICRS)")
+    ax.set_title(f"PSF at {freq / 1e6:.2f} MHz (natural weighting)")
+    fig.colorbar(shown, ax=ax, label="relative response", fraction=0.046, pad=0.04)
+    return _save(fig, out)
+
+
+def uv_coverage(buffers: Buffers, out: Path) -> Path:
+    """uv coverage in wavelengths of every window, with the conjugate points."""
+    data = buffers.calibrated if buffers.calibrated.exists() else buffers.model
+    store.open_store(data)  # refuses an incomplete store
+    group = zarr.open_group(data, mode="r")
+    uvw = group["UVW"][:].reshape(-1, 3)
+    freqs = group["frequency"][:]
+    uv = (uvw[np.newaxis, :, :2] * (freqs[:, np.newaxis, np.newaxis] / imaging.C_M_S)).reshape(
+        -1, 2
+    )
+    step = max(1, len(uv) // MAX_UV_POINTS)
+    uv = uv[::step] / 1e3
+    fig, ax = _figure()
+    for sign in (1, -1):
+        ax.scatter(sign * uv[:, 0], sign * uv[:, 1], s=0.3, color="tab:blue", rasterized=True)
+    ax.set_aspect("equal")
+    ax.set_xlabel("u (kλ)")
+    ax.set_ylabel("v (kλ)")
+    ax.set_title(f"uv coverage: {len(freqs)} windows, {len(uvw)} baseline samples")
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def gain_phases(buffers: Buffers, out: Path) -> Path:
+    """True and solved gain phases (centre window, relative to station 0) over time."""
+    true = store.open_dataset(buffers.true_gains)
+    solved = store.open_dataset(buffers.solved_gains)
+    names = [str(n) for n in true["antenna_name"].values]
+    centre = true.sizes["frequency"] // 2
+    stations = np.linspace(1, len(names) - 1, min(MAX_STATIONS, len(names) - 1)).astype(int)
+    t0 = float(true["time"].values[0])
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    axes = fig.subplots(
+        (len(stations) + 1) // 2, 2, sharex=True, sharey=True, squeeze=False
+    ).ravel()
+    for ax, station in zip(axes, stations, strict=False):
+        for ds, style, label in ((true, "-", "true"), (solved, "o", "solved")):
+            gains = ds["GAIN"].values[min(centre, ds.sizes["frequency"] - 1)]
+            phase = np.degrees(np.angle(gains[:, station] * np.conj(gains[:, 0])))
+            hours = (ds["time"].values - t0) / 3600
+            ax.plot(hours, phase, style, label=label, markerfacecolor="none")
+        ax.set_title(names[station], fontsize=9)
+        ax.set_ylim(-180, 180)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(stations) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    fig.supxlabel("time since first sample (h)")
+    fig.supylabel(f"phase relative to {names[0]} (deg)")
+    fig.suptitle(f"Gain phases at {float(true['frequency'].values[centre]) / 1e6:.2f} MHz")
+    return _save(fig, out)
+
+
+def convergence_series(data: object) -> dict[str, list[float]]:
+    """Per-cycle series from ``ical_convergence.json``: a list of per-cycle records, a
+    ``{"cycles": [...]}`` object, or an object of lists; keys are kept as written."""
+    if isinstance(data, dict) and isinstance(data.get("cycles"), list):
+        data = data["cycles"]
+    if isinstance(data, list):
+        keys = {k for row in data if isinstance(row, dict) for k in row}
+        data = {k: [row.get(k) for row in data] for k in keys}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        key: [float(v) for v in values]
+        for key, values in data.items()
+        if isinstance(values, list)
+        and values
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        and key != "cycle"
+    }
+
+
+def ical_convergence(buffers: Buffers, out: Path) -> Path:
+    """Phase rms and residual rms (or whatever series the file holds) per major cycle."""
+    series = convergence_series(json.loads((buffers.img / CONVERGENCE_FILE).read_text()))
+    if not series:
+        raise ValueError(f"{CONVERGENCE_FILE} holds no per-cycle series")
+    fig, ax = _figure()
+    for key, values in sorted(series.items()):
+        ax.plot(np.arange(len(values)), values, "o-", label=key)
+    if all(v > 0 for values in series.values() for v in values):
+        ax.set_yscale("log")
+    ax.set_xlabel("major cycle")
+    ax.set_ylabel("value (units as in the key)")
+    ax.set_title("ICAL convergence")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
+    """Write every preview whose inputs exist; return name -> path of those written."""
+    out = directory(buffers)
+    makers: dict[str, Callable[[Path], Path]] = {
+        "restored": lambda path: restored(buffers, path),
+        "residual": lambda path: residual(buffers, path),
+        "psf": lambda path: psf(params, buffers, path),
+        "uv_coverage": lambda path: uv_coverage(buffers, path),
+        "gain_phases": lambda path: gain_phases(buffers, path),
+    }
+    if (buffers.img / CONVERGENCE_FILE).exists():
+        makers["ical_convergence"] = lambda path: ical_convergence(buffers, path)
+    written = {}
+    for name, make in makers.items():
+        try:
+            written[name] = make(out / f"{name}.png")
+        except Exception as exc:  # a missing or damaged product: skip this preview only
+            LOG.warning("preview %s skipped: %s", name, exc)
+    return written

@@ -1,0 +1,422 @@
+"""ICAL: self-calibration from an empty model with major/minor cycles (the loop's pure parts).
+
+Cycle 0 images the uncalibrated data and deconvolves it.  Each major cycle ``k = 1..nmajor``
+then predicts the model (ducc0), solves the calibration chain term by term (a term solves
+only when ``k >= first_selfcal``, starting from its previous solution, against the data
+corrected by the terms before it), applies the product of the solved terms, images the
+residual ``calibrated - model`` and deconvolves it, adding to the model.  Windows are solved
+independently (no global solution).
+
+Per-window work (predict, solve, apply, invert, and per-window CLEAN) runs where the window
+lives, through a ``mapper``; MS-MFS CLEAN reduces the windows' residuals to Taylor moments
+and runs on the caller (the coordinator).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from steps.metrics import phase_rms
+from steps.science import clean, deconvolve, gains, imaging
+
+# a mapper calls fn(window, *args_i) for every window (args_i per window) and returns results
+Mapper = Callable[[Callable[..., Any], Sequence[tuple]], list]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One calibration term: solved from cycle ``first_selfcal`` every ``interval`` integrations."""
+
+    name: str
+    first_selfcal: int
+    phase_only: bool
+    interval: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Imaging, deconvolution and calibration settings of one ICAL run."""
+
+    npixel: int
+    cell_rad: float
+    epsilon: float = 1e-6
+    weighting: str = "natural"
+    robust: float = 0.0
+    algorithm: str = "mmclean"
+    scales: tuple[float, ...] = (0.0, 3.0, 10.0)
+    nmoment: int = 2
+    niter: int = 1000
+    gain: float = 0.25
+    threshold: float = 0.1
+    fractional_threshold: float = 0.1
+    psf_support: int = 128
+    window_shape: str = "none"
+    nmajor: int = 5
+    terms: tuple[Term, ...] = ()
+    solver_niter: int = 50
+    solver_tol: float = 1e-10
+    nthreads: int = 1
+
+    def grid(self) -> dict[str, Any]:
+        return {"npixel": self.npixel, "cell_rad": self.cell_rad, "epsilon": self.epsilon}
+
+
+def terms_from(
+    context: str,
+    first_selfcal: dict[str, int],
+    phase_only: dict[str, bool],
+    interval_s: dict[str, float],
+    integration_time_s: float,
+) -> tuple[Term, ...]:
+    """The chain's terms in context order; an interval of 0 s means one per integration."""
+    out = []
+    for name in context:
+        seconds = interval_s[name]
+        per = 1 if seconds <= 0 else max(1, round(seconds / integration_time_s))
+        out.append(Term(name, first_selfcal[name], phase_only[name], per))
+    return tuple(out)
+
+
+@dataclass(eq=False)
+class Window:
+    """One frequency window's data, held where it is processed (a Dask worker).
+
+    ``vis``, ``weight`` (solver weights, 0 where flagged) and ``imaging_weight`` are
+    (ntimes, nbaselines); ``uvw`` (ntimes * nbaselines, 3) metres.
+    """
+
+    index: int
+    freq_hz: float
+    uvw: np.ndarray
+    vis: np.ndarray
+    weight: np.ndarray
+    imaging_weight: np.ndarray
+    ant1: np.ndarray
+    ant2: np.ndarray
+    nstations: int
+    psf: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    sumwt: float = 0.0
+    psf_s: float = 0.0
+
+
+def make_window(
+    index: int,
+    freq_hz: float,
+    uvw: np.ndarray,
+    vis: np.ndarray,
+    weight: np.ndarray,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    nstations: int,
+    settings: Settings,
+) -> Window:
+    """A window with its imaging weights and PSF (``psf_s``: the PSF's gridder time)."""
+    uvw2 = np.ascontiguousarray(uvw, dtype=np.float64).reshape(-1, 3)
+    freq = np.array([freq_hz])
+    wgt = np.asarray(weight, dtype=np.float64)
+    iw = imaging.weights(
+        uvw2,
+        freq,
+        wgt.reshape(-1, 1),
+        settings.npixel,
+        settings.cell_rad,
+        settings.weighting,  # type: ignore[arg-type]
+        settings.robust,
+    ).reshape(wgt.shape)
+    win = Window(
+        index,
+        float(freq_hz),
+        uvw2,
+        np.asarray(vis, dtype=np.complex128),
+        wgt,
+        iw,
+        np.asarray(ant1),
+        np.asarray(ant2),
+        nstations,
+    )
+    t0 = time.perf_counter()
+    win.psf, win.sumwt = imaging.make_psf(
+        uvw2, freq, iw.reshape(-1, 1), nthreads=settings.nthreads, **settings.grid()
+    )
+    win.psf_s = time.perf_counter() - t0
+    return win
+
+
+@dataclass(frozen=True)
+class SolveReport:
+    """A term's solution in one window and cycle: max iterations and mean weighted residual."""
+
+    term: str
+    iterations: int
+    residual: float
+
+
+def solve_chain(
+    win: Window,
+    model_vis: np.ndarray,
+    tables: dict[str, np.ndarray],
+    terms: Sequence[Term],
+    cycle: int,
+    niter: int,
+    tol: float,
+) -> tuple[dict[str, np.ndarray], list[SolveReport]]:
+    """Solve the active terms in order; return the tables (per time) and reports.
+
+    ``tables`` maps term name to gains (ntimes, nstations); inactive terms stay as they are
+    (unity before their first solution) and are not applied.  Amplitude solutions are
+    normalised to unit mean modulus per solution, since the overall scale is degenerate with
+    the model flux.
+    """
+    data = win.vis
+    new = dict(tables)
+    reports = []
+    for term in terms:
+        if cycle < term.first_selfcal:
+            continue
+        first = np.arange(0, data.shape[0], term.interval)
+        result = gains.solve_gains(
+            data,
+            model_vis,
+            win.weight,
+            win.ant1,
+            win.ant2,
+            win.nstations,
+            phase_only=term.phase_only,
+            niter=niter,
+            tol=tol,
+            initial=tables[term.name][first],
+            interval=term.interval,
+        )
+        g = result.gains
+        if not term.phase_only:
+            g = g / np.mean(np.abs(g), axis=1, keepdims=True)
+        per_time = g[result.slot]
+        new[term.name] = per_time
+        data = gains.apply_gains(data, per_time, win.ant1, win.ant2, inverse=True)
+        reports.append(
+            SolveReport(term.name, int(result.iterations.max()), float(result.residual.mean()))
+        )
+    return new, reports
+
+
+@dataclass(frozen=True, eq=False)
+class CycleResult:
+    """What one window returns from a major cycle."""
+
+    residual: np.ndarray
+    tables: dict[str, np.ndarray]
+    gain: np.ndarray
+    reports: list[SolveReport]
+    model_increment: np.ndarray | None
+    ncomponents: int
+    gridder_s: float
+    busy_s: float
+
+
+def window_cycle(
+    win: Window,
+    model: np.ndarray | None,
+    tables: dict[str, np.ndarray],
+    cycle: int,
+    settings: Settings,
+) -> CycleResult:
+    """Predict, solve, apply, image the residual and (per-window algorithms) deconvolve it."""
+    t_start = time.perf_counter()
+    freq = np.array([win.freq_hz])
+    gridder = 0.0
+    shape = win.vis.shape
+    if model is None or not np.any(model):
+        model_vis = np.zeros(shape, dtype=np.complex128)
+    else:
+        t0 = time.perf_counter()
+        model_vis = imaging.predict(
+            model, win.uvw, freq, settings.cell_rad, settings.epsilon, settings.nthreads
+        ).reshape(shape)
+        gridder += time.perf_counter() - t0
+    reports: list[SolveReport] = []
+    if np.any(model_vis):
+        tables, reports = solve_chain(
+            win, model_vis, tables, settings.terms, cycle, settings.solver_niter, settings.solver_tol
+        )
+    gain = combined_gain(tables, shape[0], win.nstations)
+    corrected = gains.apply_gains(win.vis, gain, win.ant1, win.ant2, inverse=True)
+    t0 = time.perf_counter()
+    residual, _ = imaging.invert(
+        win.uvw,
+        freq,
+        (corrected - model_vis).reshape(-1, 1),
+        win.imaging_weight.reshape(-1, 1),
+        nthreads=settings.nthreads,
+        **settings.grid(),
+    )
+    gridder += time.perf_counter() - t0
+    increment, ncomp = None, 0
+    if settings.algorithm != "mmclean":
+        increment, _, ncomp = deconvolve_single(residual, win.psf, settings)
+    return CycleResult(
+        residual, tables, gain, reports, increment, ncomp, gridder, time.perf_counter() - t_start
+    )
+
+
+def combined_gain(tables: dict[str, np.ndarray], ntimes: int, nstations: int) -> np.ndarray:
+    """Product of all terms' gains (ntimes, nstations)."""
+    total = np.ones((ntimes, nstations), dtype=np.complex128)
+    for table in tables.values():
+        total = total * table
+    return total
+
+
+def corrected_vis(win: Window, tables: dict[str, np.ndarray]) -> np.ndarray:
+    """The window's data corrected by the product of its solved terms."""
+    total = combined_gain(tables, win.vis.shape[0], win.nstations)
+    return gains.apply_gains(win.vis, total, win.ant1, win.ant2, inverse=True)
+
+
+def deconvolve_single(
+    residual: np.ndarray, psf: np.ndarray, settings: Settings
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Hogbom or multi-scale CLEAN of one window: (model increment, residual, components)."""
+    window = deconvolve.clean_window(settings.npixel, settings.window_shape)  # type: ignore[arg-type]
+    common = {
+        "gain": settings.gain,
+        "niter": settings.niter,
+        "threshold": settings.threshold,
+        "fractional_threshold": settings.fractional_threshold,
+        "window": window,
+        "psf_support": settings.psf_support,
+    }
+    if settings.algorithm == "hogbom":
+        return clean.hogbom(residual, psf, **common)
+    if settings.algorithm == "msclean":
+        return deconvolve.msclean(residual, psf, scales=settings.scales, **common)
+    raise ValueError(f"unknown algorithm {settings.algorithm!r}")
+
+
+def deconvolve_joint(
+    residuals: np.ndarray,
+    psfs: np.ndarray,
+    freqs_hz: np.ndarray,
+    sumwt: np.ndarray,
+    settings: Settings,
+) -> deconvolve.CleanResult:
+    """MS-MFS CLEAN of all windows' residuals (coordinator side)."""
+    return deconvolve.msmfs(
+        residuals,
+        psfs,
+        freqs_hz,
+        sumwt,
+        nmoment=settings.nmoment,
+        scales=settings.scales,
+        gain=settings.gain,
+        niter=settings.niter,
+        threshold=settings.threshold,
+        fractional_threshold=settings.fractional_threshold,
+        window=deconvolve.clean_window(settings.npixel, settings.window_shape),  # type: ignore[arg-type]
+        psf_support=settings.psf_support,
+    )
+
+
+@dataclass
+class IcalResult:
+    """Final per-window models, Taylor model, per-window tables and the convergence record."""
+
+    model: np.ndarray
+    taylor: np.ndarray
+    tables: list[dict[str, np.ndarray]]
+    gains: np.ndarray
+    convergence: list[dict[str, Any]]
+    gridder_s: float
+    minor_s: float
+    busy_s: float
+
+
+def run_ical(
+    windows: Sequence[Any],
+    freqs_hz: np.ndarray,
+    psfs: np.ndarray,
+    sumwt: np.ndarray,
+    ntimes: int,
+    nstations: int,
+    settings: Settings,
+    mapper: Mapper,
+    true_gains: np.ndarray | None = None,
+    log: Callable[..., None] | None = None,
+) -> IcalResult:
+    """The ICAL loop over ``windows`` (objects or handles the mapper understands).
+
+    ``true_gains`` (nwindow, ntimes, nstations), if given, adds the phase error against the
+    truth to each cycle's convergence record; ``log`` receives a line per cycle.
+    """
+    nwin = len(windows)
+    npix = settings.npixel
+    freqs = np.asarray(freqs_hz, dtype=np.float64)
+    ref = float(freqs.mean())
+    nt = min(settings.nmoment, nwin) if settings.algorithm == "mmclean" else 1
+    taylor_w = deconvolve.taylor_weights(freqs, ref, nt)
+    model = np.zeros((nwin, npix, npix))
+    taylor = np.zeros((nt, npix, npix))
+    unit = np.ones((ntimes, nstations), dtype=np.complex128)
+    tables = [{t.name: unit.copy() for t in settings.terms} for _ in range(nwin)]
+    gain_all = np.ones((nwin, ntimes, nstations), dtype=np.complex128)
+    record: list[dict[str, Any]] = []
+    gridder = minor = busy = 0.0
+    for cycle in range(settings.nmajor + 1):
+        t_cycle = time.perf_counter()
+        args = [(model[i] if cycle else None, tables[i], cycle, settings) for i in range(nwin)]
+        results: list[CycleResult] = mapper(window_cycle, args)
+        tables = [r.tables for r in results]
+        gain_all = np.stack([r.gain for r in results])
+        residuals = np.stack([r.residual for r in results])
+        gridder += sum(r.gridder_s for r in results)
+        busy += sum(r.busy_s for r in results)
+        t0 = time.perf_counter()
+        if settings.algorithm == "mmclean":
+            found = deconvolve_joint(residuals, psfs, freqs, sumwt, settings)
+            taylor += found.model
+            model += deconvolve.cube_from_taylor(found.model, taylor_w)
+            ncomp = found.ncomponents
+        else:
+            for i, r in enumerate(results):
+                model[i] += r.model_increment
+            taylor = deconvolve.moments(model, taylor_w, sumwt)
+            ncomp = sum(r.ncomponents for r in results)
+        minor += time.perf_counter() - t0
+        mfs_residual = deconvolve.moments(residuals, taylor_w[:1], sumwt)[0]
+        entry: dict[str, Any] = {
+            "cycle": cycle,
+            "solved_terms": sorted({rep.term for r in results for rep in r.reports}),
+            "residual_rms_jy": float(np.sqrt(np.mean(mfs_residual**2))),
+            "residual_peak_jy": float(np.max(np.abs(mfs_residual))),
+            "model_flux_jy": float(taylor[0].sum()),
+            "components": int(ncomp),
+            "solver_iterations": max((rep.iterations for r in results for rep in r.reports), default=0),
+            "time_s": round(time.perf_counter() - t_cycle, 3),
+        }
+        if true_gains is not None:
+            entry["phase_rms_rad"] = phase_rms(true_gains, gain_all)
+        record.append(entry)
+        if log is not None:
+            log(
+                "ICAL cycle %d: terms %s, residual rms %.3g Jy/beam, peak %.3g, %d components%s",
+                cycle,
+                "".join(entry["solved_terms"]) or "-",
+                entry["residual_rms_jy"],
+                entry["residual_peak_jy"],
+                entry["components"],
+                f", phase error {entry['phase_rms_rad']:.3g} rad" if true_gains is not None else "",
+            )
+    return IcalResult(model, taylor, tables, gain_all, record, gridder, minor, busy)
+
+
+def serial_mapper(windows: Sequence[Window]) -> Mapper:
+    """A mapper that runs every window here, in order."""
+
+    def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
+        return [fn(w, *a) for w, a in zip(windows, args, strict=True)]
+
+    return run

@@ -1,0 +1,120 @@
+"""Other fields end to end: a user catalogue at RA 150, Dec -60 lands where the file put it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from astropy.io import fits
+from astropy.wcs import WCS
+from dask.distributed import LocalCluster
+
+from steps import calibrate, corrupt, image, simulate
+from steps.buffers import Buffers
+from steps.dask_ee import SCHEDULER_ENV
+from steps.params import parse
+from steps.science import layout
+
+CATALOGUE = """name,ra_deg,dec_deg,flux_jy,ref_freq_hz,alpha
+east,154.0,-59.5,8.0,100e6,-0.7
+south,149.0,-62.0,5.0,150e6,-0.9
+north,151.0,-58.2,4.0,100e6,0.0
+"""
+SMALL = {
+    "n_workers": 1,
+    "nfreqwin": 2,
+    "ntimes": 3,
+    "rmax": 300.0,
+    "npixel": 256,
+    "cellsize": 0.001,
+    "niter": 200,
+    "nmajor": 2,
+    "ra": 150.0,
+    "dec": -60.0,
+    "pb_id": "pb-fields-00000000-00000",
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    """simulate -> corrupt -> calibrate -> image on an in-process Dask cluster."""
+    root = tmp_path_factory.mktemp("fields")
+    (root / "cat.csv").write_text(CATALOGUE)
+    params = parse({**SMALL, "sky_model": str(root / "cat.csv")})
+    buffers = Buffers.of(params, root / "buffers")
+    buffers.vis.mkdir(parents=True)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=4, processes=False, dashboard_address=None
+        ) as cluster,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
+        for step in (simulate, corrupt, calibrate, image):
+            step.run(params, buffers)
+    return params, buffers
+
+
+def test_sources_appear_where_the_file_put_them(run) -> None:
+    params, buffers = run
+    with fits.open(buffers.image("restored")) as hdul:
+        header, data = hdul[0].header, hdul[0].data
+    wcs = WCS(header).celestial
+    assert header["CRVAL1"] == pytest.approx(150.0) and header["CRVAL2"] == pytest.approx(-60.0)
+    components, freqs, apparent = simulate.read_sky(buffers.sky)
+    assert components.names == ["east", "south", "north"]
+    np.testing.assert_allclose(freqs, params.frequencies(), atol=100.0)
+    plane = data[params.nfreqwin // 2, 0]
+    for i in range(3):
+        x, y = wcs.world_to_pixel_values(components.ra_deg[i], components.dec_deg[i])
+        ix, iy = round(float(x)), round(float(y))
+        patch = plane[iy - 3 : iy + 4, ix - 3 : ix + 4]
+        py, px = np.unravel_index(np.argmax(patch), patch.shape)
+        assert abs(ix - 3 + px - x) <= 1 and abs(iy - 3 + py - y) <= 1, components.names[i]
+        assert patch.max() == pytest.approx(apparent[i, params.nfreqwin // 2], rel=0.1)
+    # the brightest pixel of the image is the brightest apparent source
+    x, y = wcs.world_to_pixel_values(components.ra_deg, components.dec_deg)
+    py, px = np.unravel_index(np.argmax(plane), plane.shape)
+    brightest = int(np.argmax(apparent[:, params.nfreqwin // 2]))
+    assert np.hypot(px - x[brightest], py - y[brightest]) <= 1
+
+
+def test_provenance_in_store_and_metrics(run) -> None:
+    params, buffers = run
+    attrs = zarr.open_group(buffers.model, mode="r").attrs
+    assert attrs["sky_model"] == params.sky_model and attrs["sky_components"] == 3
+    assert attrs["sky_model_provenance"].startswith(f"catalogue {params.sky_model} (3 sources")
+    assert "sha256" in attrs["sky_model_provenance"]
+    assert (
+        attrs["configuration"] == "ska1-low" and "rmax=300 m" in attrs["configuration_provenance"]
+    )
+    metrics = json.loads(buffers.metrics.read_text())
+    assert {row["name"] for row in metrics["sources"]} == {"east", "south", "north"}
+
+
+def test_gleam_outside_its_field_is_an_error_naming_the_alternatives() -> None:
+    with pytest.raises(ValueError) as error:
+        simulate.field_components(parse(SMALL))
+    message = str(error.value)
+    for fragment in ("sky_model = 'gleam'", "covers only 10 deg", "'synthetic'", "catalogue file"):
+        assert fragment in message
+
+
+def test_synthetic_field_and_a_layout_file(tmp_path: Path) -> None:
+    params = parse({**SMALL, "sky_model": "synthetic", "flux_limit": 1.0})
+    components, apparent, provenance = simulate.field_components(params)
+    assert len(components.names) > 10 and apparent.shape == (len(components.names), 2)
+    assert "seed 180555" in provenance
+    again, _, _ = simulate.field_components(params)
+    np.testing.assert_array_equal(components.ra_deg, again.ra_deg)
+    # a user layout (WGS84 CSV of the core, same centre) gives the shipped layout's baselines
+    rows = (layout.DATA_DIR / "ska1_low_stations.csv").read_text().splitlines()
+    path = tmp_path / "core.csv"
+    centre = "# centre_lon_deg = 116.7644482\n# centre_lat_deg = -26.82472208\n"
+    table = "\n".join(",".join(r.split(",")[:4]) for r in rows[:225])
+    path.write_text(f"{centre}# centre_height_m = 365.0\n{table}\n")
+    user, obs = simulate.observation(parse({**SMALL, "configuration": str(path)}))
+    shipped, ref = simulate.observation(parse(SMALL))
+    assert user.names == shipped.names
+    np.testing.assert_allclose(obs.uvw, ref.uvw, atol=1e-3)

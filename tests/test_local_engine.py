@@ -1,0 +1,415 @@
+"""The local engine honours Argo semantics, on tiny hand-written manifests whose containers
+run ``python -c`` (fast); plus the rendered WorkflowTemplate is accepted as it is."""
+
+from __future__ import annotations
+
+import fcntl
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dag.local import LocalEngine, WorkflowError, quantity, seconds
+from dag.render import template_manifest
+
+WRITE = "import os, sys; open(os.environ['BATCH_IMAGING_OUTPUTS'] + '/' + sys.argv[1], 'w')"
+
+
+def container(code: str, *args: str, **extra: Any) -> dict[str, Any]:
+    return {"image": "python", "command": [sys.executable, "-c", code], "args": list(args), **extra}
+
+
+def output(name: str, default: str | None = None) -> dict[str, Any]:
+    source: dict[str, Any] = {"path": f"/tmp/outputs/{name}"}
+    if default is not None:
+        source["default"] = default
+    return {"name": name, "valueFrom": source}
+
+
+def workflow(
+    templates: list[dict[str, Any]], tasks: list[dict[str, Any]], **spec: Any
+) -> dict[str, Any]:
+    dag = {"name": "main", "dag": {"tasks": tasks}}
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "t-"},
+        "spec": {"entrypoint": "main", "templates": [dag, *templates], **spec},
+    }
+
+
+def task(name: str, template: str, depends: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "template": template,
+        **({"depends": depends} if depends else {}),
+        **extra,
+    }
+
+
+ECHO = {  # writes its input to the output parameter "out" and reports progress
+    "name": "echo",
+    "inputs": {"parameters": [{"name": "text"}]},
+    "outputs": {"parameters": [output("out", "")]},
+    "container": container(
+        WRITE + ".write(sys.argv[2]); open(os.environ['ARGO_PROGRESS_FILE'], 'w').write('1/1')",
+        "out",
+        "{{inputs.parameters.text}}",
+    ),
+}
+FAIL = {"name": "fail", "container": container("raise SystemExit(3)")}
+
+
+def test_substitution_dependencies_outputs_and_progress(tmp_path: Path) -> None:
+    manifest = workflow(
+        [ECHO],
+        [
+            task(
+                "a",
+                "echo",
+                arguments={
+                    "parameters": [
+                        {"name": "text", "value": "{{workflow.parameters.x}}-{{workflow.name}}"}
+                    ]
+                },
+            ),
+            task(
+                "b",
+                "echo",
+                "a",
+                arguments={
+                    "parameters": [
+                        {"name": "text", "value": "got {{tasks.a.outputs.parameters.out}}"}
+                    ]
+                },
+            ),
+        ],
+        arguments={"parameters": [{"name": "x", "value": "default"}]},
+    )
+    run = LocalEngine(manifest, tmp_path).run({"x": "given"}, name="wf")
+    assert run.phase == "Succeeded"
+    assert run.nodes["a"].outputs == {"out": "given-wf"}
+    assert run.nodes["b"].outputs == {"out": "got given-wf"}
+    assert run.nodes["b"].started >= run.nodes["a"].finished
+    assert run.nodes["a"].progress == "1/1"
+
+
+def test_unknown_parameters_and_expressions_are_errors(tmp_path: Path) -> None:
+    manifest = workflow(
+        [ECHO],
+        [
+            task(
+                "a",
+                "echo",
+                arguments={
+                    "parameters": [{"name": "text", "value": "{{workflow.parameters.nope}}"}]
+                },
+            )
+        ],
+    )
+    with pytest.raises(WorkflowError, match="unknown workflow parameter"):
+        LocalEngine(manifest, tmp_path).run({"nope": "1"})
+    with pytest.raises(WorkflowError, match="unresolved expression"):
+        LocalEngine(manifest, tmp_path).run({})
+
+
+def test_failure_omits_dependents_and_the_exit_handler_sees_failed(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    handler = {
+        "name": "handler",
+        "container": container(
+            "import sys; open(sys.argv[1], 'w').write(sys.argv[2])",
+            str(status),
+            "{{workflow.status}}",
+        ),
+    }
+    manifest = workflow(
+        [ECHO, FAIL, handler],
+        [
+            task("bad", "fail"),
+            task(
+                "after", "echo", "bad", arguments={"parameters": [{"name": "text", "value": "x"}]}
+            ),
+        ],
+        onExit="handler",
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.phase == "Failed"
+    assert run.nodes["bad"].phase == "Failed"
+    assert run.nodes["bad"].message == "Error (exit code 3)"
+    assert run.nodes["after"].phase == "Omitted"
+    assert run.nodes["handler (onExit)"].phase == "Succeeded"
+    assert status.read_text() == "Failed"
+
+
+def test_retries_with_backoff_until_success(tmp_path: Path) -> None:
+    counter = tmp_path / "attempts"
+    flaky = {
+        "name": "flaky",
+        "retryStrategy": {
+            "limit": "3",
+            "retryPolicy": "OnFailure",
+            "backoff": {"duration": "0.2", "factor": "2", "cap": "1s"},
+        },
+        "container": container(
+            "import sys, pathlib; p = pathlib.Path(sys.argv[1]); "
+            "n = int(p.read_text() if p.exists() else 0) + 1; p.write_text(str(n)); "
+            "raise SystemExit(0 if n == 3 else 1)",
+            str(counter),
+        ),
+    }
+    started = time.monotonic()
+    run = LocalEngine(workflow([flaky], [task("f", "flaky")]), tmp_path).run({})
+    assert run.phase == "Succeeded"
+    assert counter.read_text() == "3" and run.nodes["f"].retries == 2
+    assert time.monotonic() - started >= 0.2 + 0.4  # duration x factor^retry
+
+
+@pytest.mark.parametrize(
+    ("policy", "limit", "attempts"),
+    [("OnError", "3", 1), ("Always", "2", 3), ("OnTransientError", "3", 1)],
+)
+def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempts: int) -> None:
+    counter = tmp_path / "attempts"
+    failing = {
+        "name": "failing",
+        "retryStrategy": {"limit": limit, "retryPolicy": policy},
+        "container": container(
+            "import sys; open(sys.argv[1], 'a').write('x'); raise SystemExit(1)", str(counter)
+        ),
+    }
+    run = LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
+    assert run.phase == "Failed"
+    assert len(counter.read_text()) == attempts
+
+
+def test_transient_error_pattern_makes_a_failure_retryable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRANSIENT_ERROR_PATTERN", r"exit code 75")
+    counter = tmp_path / "attempts"
+    failing = {
+        "name": "failing",
+        "retryStrategy": {"limit": "1", "retryPolicy": "OnTransientError"},
+        "container": container(
+            "import sys; open(sys.argv[1], 'a').write('x'); raise SystemExit(75)", str(counter)
+        ),
+    }
+    LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
+    assert counter.read_text() == "xx"
+
+
+def test_daemon_becomes_ready_then_is_stopped(tmp_path: Path) -> None:
+    daemon = {
+        "name": "daemon",
+        "daemon": True,
+        "container": container(
+            WRITE + ".write('yes'); import time; time.sleep(60)",
+            "ready",
+            readinessProbe={"exec": {"command": ["test", "-s", "/tmp/outputs/ready"]}},
+        ),
+    }
+    manifest = workflow(
+        [daemon, ECHO],
+        [
+            task("d", "daemon"),
+            task("e", "echo", "d", arguments={"parameters": [{"name": "text", "value": "x"}]}),
+        ],
+    )
+    started = time.monotonic()
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.phase == "Succeeded"
+    assert run.nodes["d"].phase == "Succeeded" and run.nodes["e"].phase == "Succeeded"
+    assert time.monotonic() - started < 30  # the daemon was terminated, not waited for
+
+
+def test_when_skips_and_depends_treats_skipped_as_done(tmp_path: Path) -> None:
+    echo = {"parameters": [{"name": "text", "value": "x"}]}
+    manifest = workflow(
+        [ECHO],
+        [
+            task("maybe", "echo", when="{{workflow.parameters.on}} == true", arguments=echo),
+            task("bare", "echo", "maybe", arguments=echo),
+            task("strict", "echo", "maybe.Succeeded", arguments=echo),
+        ],
+        arguments={"parameters": [{"name": "on", "value": "false"}]},
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert [run.nodes[n].phase for n in ("maybe", "bare", "strict")] == [
+        "Skipped",
+        "Succeeded",
+        "Omitted",
+    ]
+    assert run.phase == "Succeeded"
+    assert LocalEngine(manifest, tmp_path).run({"on": "true"}).nodes["strict"].phase == "Succeeded"
+
+
+PVC = """apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: '{{inputs.parameters.name}}'
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
+"""
+
+
+def pvc_template(action: str) -> dict[str, Any]:
+    return {
+        "name": f"pvc-{action}",
+        "inputs": {"parameters": [{"name": "name"}]},
+        "resource": {"action": action, "manifest": PVC},
+    }
+
+
+def test_pvc_resource_is_a_buffer_directory_and_is_mounted(tmp_path: Path) -> None:
+    use = {
+        "name": "use",
+        "container": container(
+            "import os, sys; root = os.environ['BATCH_IMAGING_BUFFER_ROOT']; "
+            "open(os.path.join(root, sys.argv[1], 'f'), 'w').write('1')",
+            "buf-a",
+            volumeMounts=[{"name": "buf", "mountPath": "/buffer/{{workflow.parameters.buf}}"}],
+        ),
+    }
+    manifest = workflow(
+        [pvc_template("apply"), use],
+        [
+            task(
+                "pvc",
+                "pvc-apply",
+                arguments={
+                    "parameters": [{"name": "name", "value": "{{workflow.parameters.buf}}"}]
+                },
+            ),
+            task("use", "use", "pvc"),
+        ],
+        arguments={"parameters": [{"name": "buf", "value": "buf-a"}]},
+        volumes=[
+            {"name": "buf", "persistentVolumeClaim": {"claimName": "{{workflow.parameters.buf}}"}}
+        ],
+    )
+    for _ in range(2):  # apply is idempotent and the PVC outlives the run
+        run = LocalEngine(manifest, tmp_path).run({})
+        assert run.phase == "Succeeded"
+    assert (tmp_path / "buf-a" / "f").read_text() == "1"
+    # create fails on an existing claim
+    create = workflow(
+        [pvc_template("create")],
+        [task("pvc", "pvc-create", arguments={"parameters": [{"name": "name", "value": "buf-a"}]})],
+    )
+    run = LocalEngine(create, tmp_path).run({})
+    assert run.nodes["pvc"].phase == "Failed" and "already exists" in run.nodes["pvc"].message
+    # a pod mounting a missing claim never starts: an Error
+    manifest["spec"]["templates"] = [
+        t for t in manifest["spec"]["templates"] if t["name"] != "pvc-apply"
+    ]
+    manifest["spec"]["templates"][0]["dag"]["tasks"] = [task("use", "use")]
+    run = LocalEngine(manifest, tmp_path).run({"buf": "buf-b"})
+    assert run.phase == "Error" and "not found" in run.nodes["use"].message
+
+
+def test_other_resources_need_kubernetes(tmp_path: Path) -> None:
+    cluster = {
+        "name": "dc",
+        "resource": {
+            "action": "create",
+            "manifest": "apiVersion: kubernetes.dask.org/v1\nkind: DaskCluster\n"
+            "metadata: {name: x}\n",
+        },
+    }
+    with pytest.raises(WorkflowError, match="needs Kubernetes"):
+        LocalEngine(workflow([cluster], [task("dc", "dc")]), tmp_path).run({})
+
+
+def test_template_and_workflow_deadlines(tmp_path: Path) -> None:
+    slow = {
+        "name": "slow",
+        "activeDeadlineSeconds": "{{workflow.parameters.limit}}",
+        "container": container("import time; time.sleep(30)"),
+    }
+    manifest = workflow(
+        [slow], [task("s", "slow")], arguments={"parameters": [{"name": "limit", "value": "1"}]}
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.nodes["s"].phase == "Failed" and "deadline" in run.nodes["s"].message
+    assert run.nodes["s"].duration < 10
+    manifest = workflow(
+        [slow, ECHO],
+        [
+            task("s", "slow"),
+            task("e", "echo", "s", arguments={"parameters": [{"name": "text", "value": "x"}]}),
+        ],
+        arguments={"parameters": [{"name": "limit", "value": "60"}]},
+        activeDeadlineSeconds=1,
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.phase == "Failed"
+    assert run.nodes["s"].message == "Step exceeded its deadline"
+    assert run.nodes["e"].phase == "Omitted"
+
+
+def test_mutex_makes_a_second_run_wait(tmp_path: Path) -> None:
+    manifest = workflow(
+        [ECHO],
+        [task("a", "echo", arguments={"parameters": [{"name": "text", "value": "x"}]})],
+        synchronization={"mutexes": [{"name": "pb-{{workflow.parameters.pb}}"}]},
+        arguments={"parameters": [{"name": "pb", "value": "1"}]},
+    )
+    (tmp_path / ".locks").mkdir()
+    with (tmp_path / ".locks" / "local.pb-1.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another run of the same PB holds it
+        result: list[str] = []
+        waiter = threading.Thread(
+            target=lambda: result.append(LocalEngine(manifest, tmp_path).run({}).phase)
+        )
+        waiter.start()
+        time.sleep(0.5)
+        assert not result  # still waiting
+        other = LocalEngine(manifest, tmp_path).run({"pb": "2"})  # another PB runs at once
+        assert other.phase == "Succeeded"
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(timeout=30)
+    assert result == ["Succeeded"]
+
+
+def test_resource_field_ref_env_from_the_container_resources(tmp_path: Path) -> None:
+    cpus = {
+        "name": "cpus",
+        "outputs": {"parameters": [output("n")]},
+        "container": container(
+            WRITE + ".write(os.environ['CPUS'])",
+            "n",
+            resources={"requests": {"cpu": "{{workflow.parameters.cpu}}"}},
+            env=[
+                {
+                    "name": "CPUS",
+                    "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}},
+                }
+            ],
+        ),
+    }
+    manifest = workflow(
+        [cpus], [task("c", "cpus")], arguments={"parameters": [{"name": "cpu", "value": "1500m"}]}
+    )
+    assert LocalEngine(manifest, tmp_path).run({}).nodes["c"].outputs == {"n": "2"}
+
+
+def test_unsupported_fields_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(WorkflowError, match="memoize"):
+        LocalEngine(workflow([{**ECHO, "memoize": {"key": "k"}}], []), tmp_path)
+
+
+def test_the_rendered_template_is_accepted(tmp_path: Path) -> None:
+    engine = LocalEngine(template_manifest(), tmp_path)
+    assert engine.templates["main"]["dag"]["tasks"][0]["name"] == "claim"
+
+
+def test_durations_and_quantities() -> None:
+    assert seconds("1h30m") == 5400 and seconds("30") == 30 and seconds("250ms") == 0.25
+    assert quantity("500m") == 0.5 and quantity("4Gi") == 4 * 2**30 and quantity("1e3") == 1000
+    with pytest.raises(WorkflowError):
+        seconds("soon")

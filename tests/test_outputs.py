@@ -1,0 +1,47 @@
+"""``batch-imaging outputs``: a run's products with sizes, locally and as PVC paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dag.cli import main
+from dag.outputs import POD_ROOT, human, products, run_params
+from tests.small_run import SmallRun, small_run
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
+    return small_run(tmp_path_factory)
+
+
+def test_products_of_the_run(run: SmallRun) -> None:
+    rows = {p.relative: p for p in products(run.params, run.root)}
+    for name in ("model.zarr", "calibrated.ms", "restored.fits", "report.html", "previews"):
+        assert rows[name].size and rows[name].size > 0, name
+        assert rows[name].description
+    assert rows["restored.fits"].pod_path == (f"{POD_ROOT}/{run.params.buffer_img}/restored.fits")
+    assert rows["model.zarr"].pvc == run.params.buffer_vis
+
+
+def test_run_params_from_the_config_db(run: SmallRun) -> None:
+    assert run_params(run.root, None, None).pb_id == run.params.pb_id  # the latest block
+    assert run_params(run.root, run.params.pb_id, None).nfreqwin == run.params.nfreqwin
+
+
+def test_cli_lists_sizes_and_pvcs(run: SmallRun, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["outputs", "--buffer-root", str(run.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"PVC {run.params.buffer_img}, mounted at {POD_ROOT}/{run.params.buffer_img}/" in out
+    assert "report.html" in out and "KiB" in out
+
+
+def test_cli_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["outputs", "--buffer-root", str(tmp_path)]) != 0
+    assert main(["outputs", "--buffer-root", str(tmp_path), "pb-x-20260101-00001"]) == 0
+    assert "buff-pb-x-20260101-00001-img" in capsys.readouterr().out
+
+
+def test_human_sizes() -> None:
+    assert [human(s) for s in (None, 12, 2048, 3 * 2**30)] == ["-", "12 B", "2.0 KiB", "3.0 GiB"]

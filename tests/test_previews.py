@@ -1,0 +1,73 @@
+"""Preview PNGs: made from a run's products, right size, not blank; robust to missing inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from steps import previews
+from steps.buffers import Buffers
+from steps.params import parse
+from tests.small_run import SmallRun, small_run
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
+    return small_run(tmp_path_factory)
+
+
+def _check_png(path: Path) -> None:
+    assert path.stat().st_size > 5_000
+    pixels = imread(path)
+    assert pixels.shape[1::-1] == previews.PIXELS  # (width, height)
+    assert pixels[..., :3].std() > 0.05  # drawn, not blank
+
+
+def test_release_wrote_every_preview(run: SmallRun) -> None:
+    directory = previews.directory(run.buffers)
+    for name in ("restored", "residual", "psf", "uv_coverage", "gain_phases"):
+        _check_png(directory / f"{name}.png")
+    assert (run.buffers.img / previews.PSF_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [
+            {"cycle": 0, "phase_rms_rad": 0.9, "residual_rms_jy": 0.5},
+            {"cycle": 1, "phase_rms_rad": 0.1, "residual_rms_jy": 0.05},
+        ],
+        {
+            "cycles": [
+                {"phase_rms_rad": 0.9, "residual_rms_jy": 0.5},
+                {"phase_rms_rad": 0.1, "residual_rms_jy": 0.05},
+            ]
+        },
+        {"phase_rms_rad": [0.9, 0.1], "residual_rms_jy": [0.5, 0.05], "note": "x"},
+    ],
+)
+def test_convergence_series_forms(data: object) -> None:
+    assert previews.convergence_series(data) == {
+        "phase_rms_rad": [0.9, 0.1],
+        "residual_rms_jy": [0.5, 0.05],
+    }
+
+
+def test_ical_convergence_preview(tmp_path: Path) -> None:
+    buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
+    buffers.img.mkdir()
+    series = {"phase_rms_rad": [1.0, 0.2, 0.01], "residual_rms_jy": [0.3, 0.05, 0.02]}
+    (buffers.img / previews.CONVERGENCE_FILE).write_text(json.dumps(series))
+    written = previews.write_all(parse({}), buffers)
+    assert list(written) == ["ical_convergence"]  # every other input is missing: skipped
+    _check_png(written["ical_convergence"])
+
+
+def test_missing_products_write_nothing(tmp_path: Path) -> None:
+    buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
+    assert previews.write_all(parse({}), buffers) == {}
+    assert not np.any([p.suffix == ".png" for p in tmp_path.rglob("*")])

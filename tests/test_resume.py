@@ -1,0 +1,110 @@
+"""Crash and resume: SIGKILL each heavy step at a random point, re-run, get identical products."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from astropy.io import fits
+
+from steps import manifest, store
+from steps.configdb import ConfigDB, open_backend
+from steps.runner import PIPELINE
+
+SMALL = {
+    "n_workers": 1,
+    "nfreqwin": 2,
+    "ntimes": 3,
+    "rmax": 300.0,
+    "npixel": 128,
+    "cellsize": 0.002,
+    "niter": 100,
+    "nmajor": 2,
+}
+
+
+def start(params_file: Path, root: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "dag", "run", str(params_file), "--buffer-root", str(root)]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+
+def step_phase(root: Path, pb_id: str, step: str) -> str | None:
+    with ConfigDB(open_backend(str(root / ".sdp-config"))) as db:
+        state = db.run(lambda txn: txn.get_state(pb_id))
+    steps = getattr(state, "steps", None) or {}
+    return steps.get(step, {}).get("phase")
+
+
+def kill_step(run: subprocess.Popen, root: Path, pb_id: str, step: str, rng: random.Random):
+    """Wait until ``step`` runs, let it work for a random moment, then SIGKILL its tree."""
+    deadline = time.monotonic() + 120
+    while step_phase(root, pb_id, step) != "Running":
+        assert run.poll() is None and time.monotonic() < deadline, f"{step} never started"
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.1, 1.5))
+    victims = [
+        p
+        for p in psutil.Process(run.pid).children(recursive=True)
+        if {"step", step} <= set(p.cmdline())
+    ]
+    assert victims, f"no process for step {step}"
+    for process in victims:
+        for child in [*process.children(recursive=True), process]:
+            child.send_signal(signal.SIGKILL)
+
+
+def products(root: Path, pb: str) -> dict[str, np.ndarray]:
+    vis, img = root / f"buff-{pb}-vis", root / f"buff-{pb}-img"
+    arrays = {}
+    for name in ("model", "corrupted", "calibrated"):
+        ds = store.open_store(vis / f"{name}.zarr")
+        arrays[name] = ds["VISIBILITY"].values
+    for name in ("gains_true", "gains_solved"):
+        arrays[name] = store.open_dataset(vis / f"{name}.zarr")["GAIN"].values
+    for name in ("deconvolved", "residual", "restored"):
+        arrays[name] = fits.getdata(img / f"{name}.fits")
+    return arrays
+
+
+def test_killed_steps_resume_to_identical_products(tmp_path):
+    rng = random.Random(20261126)
+    root = tmp_path / "buffers"
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({**SMALL, "pb_id": "pb-ref-20261126-00000"}))
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "dag", "run", str(reference), "--buffer-root", str(root)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+
+    pb = "pb-crash-20261126-00000"
+    params = tmp_path / "crash.json"
+    params.write_text(json.dumps({**SMALL, "pb_id": pb}))
+    for step in PIPELINE:  # each run is killed one step further on
+        run = start(params, root)
+        kill_step(run, root, pb, step, rng)
+        _, log = run.communicate(timeout=300)
+        assert run.returncode == 1, log[-2000:]
+        assert step_phase(root, pb, step) in ("Running", "Failed")  # killed: never finished
+        done = PIPELINE[: PIPELINE.index(step)]
+        for earlier in done[:-1]:  # everything before the last completed step was reused
+            assert f"Step {earlier}: products complete" in log
+
+    final = start(params, root)
+    _, log = final.communicate(timeout=300)
+    assert final.returncode == 0, log[-2000:]
+    for earlier in PIPELINE[:-1]:
+        assert f"Step {earlier}: products complete" in log
+    for buffer in (root / f"buff-{pb}-vis", root / f"buff-{pb}-img"):
+        assert manifest.verify(buffer) == []
+    expected, got = products(root, "pb-ref-20261126-00000"), products(root, pb)
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=name)

@@ -1,0 +1,163 @@
+"""Operator commands ``sdp assign|release|status`` on the embedded store and on a real etcd."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from dag.cli import main
+from dag.sdp import read_sbi
+from steps.configdb import ConfigDB, EtcdBackend, PBState, PBStatus, open_backend
+
+if TYPE_CHECKING:
+    from conftest import EtcdServer
+
+SEED = Path(__file__).resolve().parents[1] / "examples" / "sbi-mvp01-20200523-00000.json"
+SBI_ID = "sbi-mvp01-20200523-00000"
+REALTIME, BATCH = "pb-mvp01-20200523-00000", "pb-mvp01-20200523-00001"
+
+
+def sdp(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["sdp", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_seed_sbi_is_read_verbatim() -> None:
+    sbi, pbs = read_sbi(SEED, {})
+    assert sbi.id == SBI_ID and sbi.status == "ACTIVE" and sbi.max_length == 21600.0
+    assert sbi.scan_types[0]["id"] == "science"
+    assert (sbi.pb_realtime, sbi.pb_batch) == ([REALTIME], [BATCH])
+    assert not hasattr(sbi, "processing_blocks")
+    realtime, batch = pbs
+    assert realtime.workflow.id == "test_realtime" and realtime.sbi_id == SBI_ID
+    assert batch.workflow.id == "batch_imaging" and batch.workflow.version == "0.1.1"
+    assert batch.parameters["buffer_vis"] == "buff-pb-mvp01-20200523-00001-vis"
+    assert [d.pb_id for d in batch.dependencies] == [REALTIME]
+    assert batch.dependencies[0].type == ["none"]
+
+
+def test_overrides_go_into_batch_pbs_only() -> None:
+    _, (realtime, batch) = read_sbi(SEED, {"npixel": 128, "n_workers": 1})
+    assert realtime.parameters == {}
+    assert batch.parameters["npixel"] == 128 and batch.parameters["n_workers"] == 1
+    assert batch.parameters["nfreqwin"] == 8
+
+
+def test_assign_status_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "config")
+    code, out, _ = sdp(capsys, "assign", str(SEED), "--config-db", store, "-p", "npixel=128")
+    assert code == 0 and out == f"Assigned {SBI_ID}: processing blocks {REALTIME},{BATCH}\n"
+    code, _, err = sdp(capsys, "assign", str(SEED), "--config-db", store)
+    assert code == 2 and f"cannot assign {SBI_ID}: /sb/{SBI_ID} already exists" in err
+
+    with ConfigDB(open_backend(store)) as db:
+        assert db.run(lambda txn: txn.get_pb(BATCH)).parameters["npixel"] == 128
+        lease = db.lease(10)
+        for txn in db.txn():
+            txn.create_state(REALTIME, PBState(status="RUNNING"))
+            buffers = {"buff-x-img": {"type": "buffer", "path": "/buffer/buff-x-img"}}
+            state = PBState(status="RUNNING", deployments=buffers, workflow_run="batch-imaging-x")
+            txn.create_state(BATCH, state)
+            txn.take_pb(BATCH, lease)
+        code, out, _ = sdp(capsys, "status", "--config-db", store)
+        lease.revoke()
+    lines = out.splitlines()
+    assert lines[0].split() == ["SBI", "STATUS", "REAL-TIME", "PBS", "BATCH", "PBS"]
+    assert lines[1].split() == [SBI_ID, "ACTIVE", REALTIME, BATCH]
+    header = ["PB", "SBI", "WORKFLOW", "STATUS", "OWNER", "WORKFLOW RUN", "BUFFERS"]
+    assert re.split(r"\s{2,}", lines[3]) == header
+    assert lines[4].split() == [
+        *(REALTIME, SBI_ID, "realtime:test_realtime:0.2.2", "RUNNING", "-", "-", "-")
+    ]
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    assert lines[5].split() == [
+        *(BATCH, SBI_ID, "batch:batch_imaging:0.1.1", "RUNNING", owner, "batch-imaging-x"),
+        "buff-x-img",
+    ]
+
+    code, out, _ = sdp(capsys, "release", SBI_ID, "--config-db", store)
+    assert (
+        code == 0
+        and out == f"Released {SBI_ID}: real-time processing blocks FINISHED: {REALTIME}\n"
+    )
+    with ConfigDB(open_backend(store)) as db:
+        assert db.run(lambda txn: txn.get_state(REALTIME)).status == PBStatus.FINISHED
+        assert db.run(lambda txn: txn.get_state(BATCH)).status == PBStatus.RUNNING
+        assert db.run(lambda txn: txn.get_sbi(SBI_ID)).status == "FINISHED"
+        db.run(lambda txn: txn.update_state(BATCH, status="FAILED", reason="step image failed"))
+    code, out, _ = sdp(capsys, "status", "--config-db", store)
+    assert out.endswith(f"\n\n{BATCH}: step image failed\n")
+    assert sdp(capsys, "release", "sbi-unknown", "--config-db", store)[0] == 1
+
+
+def test_release_before_the_bridge_saw_the_realtime_pb(tmp_path: Path, capsys) -> None:
+    store = str(tmp_path / "config")
+    assert sdp(capsys, "assign", str(SEED), "--config-db", store)[0] == 0
+    assert sdp(capsys, "release", SBI_ID, "--config-db", store)[0] == 0
+    with ConfigDB(open_backend(store)) as db:
+        assert db.run(lambda txn: txn.get_state(REALTIME)).status == PBStatus.FINISHED
+        assert db.run(lambda txn: txn.get_state(BATCH)) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "invalid JSON at line 1"),
+        ("[]", "an SBI must be a JSON object"),
+        (json.dumps({"id": "sbi x"}), "Scheduling block instance id 'sbi x' does not match"),
+        (
+            json.dumps({"id": "sbi-1", "processing_blocks": [{"id": "pb-1"}]}),
+            "workflow\n  Field required",
+        ),
+        (
+            json.dumps(
+                {
+                    "id": "sbi-1",
+                    "processing_blocks": [
+                        {"id": "pb-1", "workflow": {"type": "batch", "id": "x", "version": "1"}},
+                        {"id": "pb-1", "workflow": {"type": "batch", "id": "x", "version": "1"}},
+                    ],
+                }
+            ),
+            "duplicate processing block id(s): pb-1",
+        ),
+    ],
+)
+def test_invalid_sbi_files(tmp_path: Path, capsys, content: str, message: str) -> None:
+    path = tmp_path / "sbi.json"
+    path.write_text(content)
+    code, _, err = sdp(capsys, "assign", str(path), "--config-db", str(tmp_path / "config"))
+    assert code == 2 and message in err
+    assert not (tmp_path / "config" / "store.json").exists()
+
+
+def test_config_db_defaults_to_sdp_config_host_and_port(
+    etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = EtcdBackend(port=etcd_server.client_port)
+    backend.client.delete("\0", range_end="\0")
+    backend.close()
+    monkeypatch.delenv("SDP_CONFIG_BACKEND", raising=False)
+    monkeypatch.setenv("SDP_CONFIG_HOST", "127.0.0.1")
+    monkeypatch.setenv("SDP_CONFIG_PORT", str(etcd_server.client_port))
+    assert sdp(capsys, "assign", str(SEED))[0] == 0
+    code, out, _ = sdp(capsys, "status")
+    assert code == 0 and f"{SBI_ID}  ACTIVE" in out
+    with ConfigDB(open_backend(etcd_server.url)) as db:
+        assert db.run(lambda txn: txn.list_pbs()) == [REALTIME, BATCH]
+
+
+def test_unreachable_config_db_is_a_clear_error(capsys, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"etcd://127.0.0.1:{sock.getsockname()[1]}"
+    assert sdp(capsys, "status", "--config-db", url)[0] == 1
+    assert f"Configuration database unavailable at {url}" in caplog.text
