@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from dag.render import example_manifest
+from pydantic import ValidationError
+
 from dag.runner import (
     HOSTNAME,
     find_run_process,
@@ -48,8 +49,8 @@ from steps.configdb import (
     ProcessingBlock,
     Transaction,
     open_backend,
+    url_from_env,
 )
-from steps.configdb.backend import _url_from_env
 from steps.log import LOG
 from steps.params import Params, ParamsError
 
@@ -109,7 +110,11 @@ class LocalRuns:
         child = self._children.get(name)
         if child is not None and child.poll() is not None:  # reap our own child
             del self._children[name]
-        pid = run.get("pid") or (child.pid if child else None) or find_run_process(name)
+        pid = (
+            run.get("pid")
+            or (child.pid if child else None)
+            or find_run_process(name, str(self.buffer_root))
+        )
         alive = pid is not None and process_alive(pid, name)
         if ours:  # after the liveness check, so that a finished run's last lines are copied
             self._copy_log(name, run.get("log"))
@@ -136,33 +141,33 @@ class LocalRuns:
 
 
 class ArgoRuns:
-    """Argo Workflows through Hera's ``WorkflowsService`` (``ARGO_SERVER``, ``ARGO_TOKEN``,
-    ``ARGO_NAMESPACE``): each run a Workflow of the ``batch-imaging`` WorkflowTemplate."""
+    """Argo Workflows through ``dag.argo`` (Hera's WorkflowsService, configured from
+    ``ARGO_SERVER``, ``ARGO_TOKEN``, ``ARGO_NAMESPACE`` as the argo CLI is): each run a
+    Workflow referencing the installed ``batch-imaging`` WorkflowTemplate, created under the
+    run's deterministic name (``dag.argo.submit`` uses generateName, so this adapts it)."""
 
     name = "argo"
 
     def __init__(self) -> None:
-        from hera.workflows import WorkflowsService
+        from dag import argo
 
-        server = os.environ.get("ARGO_SERVER", "")
-        if not server:
-            raise ValueError("ARGO_SERVER is not set (host:port of the Argo server)")
-        self.namespace = os.environ.get("ARGO_NAMESPACE", "argo")
-        self.service = WorkflowsService(
-            host=server if "://" in server else f"https://{server}",
-            token=os.environ.get("ARGO_TOKEN") or None,
-            namespace=self.namespace,
-            verify_ssl=os.environ.get("ARGO_INSECURE_SKIP_VERIFY", "") != "true",
-        )
+        self.service = argo.service()
+        self.namespace = self.service.namespace
+        self._body = argo.workflow_body
 
     def submit(self, pb_id: str, params: Params, name: str) -> dict[str, Any]:
         from hera.exceptions import AlreadyExists
         from hera.workflows.models import Workflow, WorkflowCreateRequest
 
-        manifest = example_manifest(params)
-        manifest["metadata"] = {"name": name, "labels": {"sdp.skao.int/pb-id": pb_id}}
-        request = WorkflowCreateRequest(workflow=Workflow.model_validate(manifest))
-        with contextlib.suppress(AlreadyExists):  # same deterministic name: it is ours
+        if params.dask_cluster and not params.dask_scheduler:
+            from dag.workflow import dask_scheduler_address
+
+            params = params.model_copy(update={"dask_scheduler": dask_scheduler_address(pb_id)})
+        body = self._body(params)
+        body["metadata"] = {**body["metadata"], "name": name}
+        body["metadata"].pop("generateName", None)
+        request = WorkflowCreateRequest(workflow=Workflow.model_validate(body))
+        with contextlib.suppress(AlreadyExists):  # same deterministic name: it is this run
             self.service.create_workflow(request, namespace=self.namespace)
         return {"namespace": self.namespace}
 
@@ -174,6 +179,9 @@ class ArgoRuns:
             workflow = self.service.get_workflow(run["name"], namespace=namespace)
         except NotFound:
             return Outcome("Missing", f"workflow {run['name']} not found in namespace {namespace}")
+        except Exception as exc:  # the server is unreachable or refuses: try again later
+            LOG.warning("Cannot get workflow %s from the Argo server: %s", run["name"], exc)
+            return None
         status = workflow.status
         phase = (status.phase if status else None) or "Pending"
         return Outcome(phase, (status.message if status else None) or "")
@@ -274,13 +282,13 @@ class Bridge:
         state = txn.get_state(pb_id)
         if state is not None and state.status in FINAL:
             run = dict(getattr(state, "run", None) or {})
-            if run.get("bridge") == self.me and run["name"] not in self._ended:
+            if run.get("bridge") == self.me and run.get("name") not in self._ended:
                 return Decision(state, "follow", run)  # until its process ends and is logged
             return Decision(state)
         try:
             pb = txn.get_pb(pb_id)
         except ValueError as exc:
-            return self._fail(txn, pb_id, state, f"invalid processing block: {_one_line(exc)}")
+            return self._fail(txn, pb_id, state, f"invalid processing block: {_entity_error(exc)}")
         if pb is None:  # deleted meanwhile
             return Decision(state)
         kind = (pb.workflow.type, pb.workflow.id)
@@ -423,7 +431,8 @@ class Bridge:
         if state is None or state.status in FINAL or run.get("name") != name:
             return None
         if phase == "Ended":  # the local run records its phase before it exits
-            phase = run.get("phase") or "Lost"
+            recorded = run.get("phase")
+            phase, message = (recorded, run.get("message", "")) if recorded else ("Lost", message)
         if phase == "Succeeded":
             return txn.update_state(pb_id, status=PBStatus.FINISHED)
         if phase in ("Failed", "Error"):
@@ -492,6 +501,15 @@ def _bridge_alive(bridge: dict[str, Any]) -> bool:
     return pid > 0 and (pid == os.getpid() or process_alive(pid))
 
 
+def _entity_error(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'entry'}: {error['msg']}"
+            for error in exc.errors()
+        )
+    return _one_line(exc)
+
+
 def _one_line(exc: Exception) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
@@ -511,7 +529,7 @@ def engine_for(name: str, buffer_root: Path) -> Engine:
 def config_db_url(value: str | None) -> str:
     """``--config-db``, or the SDP_CONFIG_* environment (SDP_CONFIG_HOST/PORT) as the SDP."""
     if not value:
-        return _url_from_env()
+        return url_from_env()
     if "://" in value:
         return value
     return str(Path(value).resolve())

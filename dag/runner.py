@@ -101,17 +101,22 @@ def run_pb(config_db: str, pb_id: str, buffer_root: Path, name: str) -> str:
     if pb is None:
         raise ValueError(f"processing block {pb_id} does not exist in {config_db}")
     LOG.info("Running processing block %s as workflow %s (pid %d)", pb_id, name, os.getpid())
-    phase = execute(pb_params(pb, config_db), buffer_root, name)
-    finished = _now()
+    outcome = {"phase": "", "message": ""}
+    try:
+        outcome["phase"] = execute(pb_params(pb, config_db), buffer_root, name)
+    except Exception as exc:  # the engine could not run it: say why in the PB state
+        outcome = {"phase": "Error", "message": f"{type(exc).__name__}: {exc}"}
+        LOG.error("Workflow %s could not run: %s", name, outcome["message"])
+    outcome["finished"] = _now()
     with ConfigDB(connect(config_db)) as db:
 
         def record(txn) -> None:
             run = dict(getattr(txn.get_state(pb_id), "run", None) or {})
             if run.get("name") == name:
-                txn.update_state(pb_id, run={**run, "phase": phase, "finished": finished})
+                txn.update_state(pb_id, run={**run, **outcome})
 
         db.run(record)
-    return phase
+    return outcome["phase"]
 
 
 def _now() -> str:
@@ -154,13 +159,14 @@ def process_alive(pid: int, marker: str = "") -> bool:
     return True
 
 
-def find_run_process(name: str) -> int | None:
-    """The pid of a live ``run-pb`` process on this host running workflow ``name``, if any."""
+def find_run_process(name: str, buffer_root: str) -> int | None:
+    """The pid of a live ``run-pb`` process on this host running workflow ``name`` in
+    ``buffer_root``, if any."""
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "run-pb" in argv and name in argv and process_alive(int(proc.name), name):
+        if {"run-pb", name, buffer_root} <= set(argv) and process_alive(int(proc.name), name):
             return int(proc.name)
     return None

@@ -184,6 +184,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         shifted["rms_rad"],
         record["position_offset_px"],
     )
+    if params.export_ms:  # DATA: corrupted, CORRECTED_DATA: calibrated
+        from steps.msexport import ms_path, write_ms
+
+        write_ms(ms_path(buffers.calibrated), buffers.corrupted, buffers.calibrated)
     return {"calibrated": str(buffers.calibrated), "phase_rms_rad": f"{rms:.6g}"}
 
 

@@ -1,4 +1,10 @@
-"""image: dirty image and PSF per window, Hogbom CLEAN with major cycles, restore, FITS."""
+"""image: final residual and restored images (per window and MFS) from ICAL's products.
+
+Each window's residual ``invert(calibrated - predict(model))`` is made on a Dask worker;
+the ICAL PSFs give the clean beams.  Writes FITS cubes (``deconvolved``, ``residual``,
+``restored``), MFS images (``mfs_restored``, ``mfs_residual``, ``mfs_model``, and
+``mfs_alpha``, the spectral index where the signal allows) and ``metrics.json``.
+"""
 
 from __future__ import annotations
 
@@ -6,82 +12,124 @@ import csv
 import json
 import math
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
+from astropy.wcs import WCS
 
 from steps import store
 from steps.buffers import Buffers
+from steps.calibrate import CONVERGENCE, MODEL_STORE
 from steps.dask_ee import engine, map_windows, threads_per_worker
 from steps.log import LOG
-from steps.metrics import phase_rms, source_table
+from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
-from steps.science import clean, fitsio, imaging, restore
+from steps.science import deconvolve, fitsio, imaging, restore
 
 OUTPUTS = ("restored", "restored_peak_jy", "dynamic_range")
+PSF_FILE = "psf.fits"
+ALPHA_SNR = 10.0  # spectral index where the restored MFS image exceeds this many residual rms
 
 
-def image_window(index: int, data: Path, params: Params, nthreads: int) -> dict:
-    """Deconvolve one window with Cotton-Schwab major cycles (a Dask task)."""
+def residual_window(index: int, data: Path, model: Path, params: Params, nthreads: int) -> dict:
+    """Residual image of one window: invert(calibrated - predict(model)) (a Dask task)."""
     group = zarr.open_group(data, mode="r")
     uvw = group["UVW"][:].reshape(-1, 3)
     freq = group["frequency"][index : index + 1]
     vis, weight, flag = store.read_window(data, index)
-    vis = vis.reshape(-1, 1).astype(np.complex128)
-    weight = np.where(flag, 0.0, weight).reshape(-1, 1).astype(np.float64)
-    grid = {"npixel": params.npixel, "cell_rad": params.cellsize, "epsilon": params.epsilon}
-    psf, _ = imaging.make_psf(uvw, freq, weight, nthreads=nthreads, **grid)
-    model = np.zeros((params.npixel, params.npixel))
-    residual_vis = vis
-    for cycle in range(params.nmajor):
-        residual, _ = imaging.invert(uvw, freq, residual_vis, weight, nthreads=nthreads, **grid)
-        component, _, found = clean.hogbom(
-            residual,
-            psf,
-            gain=params.gain,
-            niter=params.niter,
-            threshold=params.threshold,
-            fractional_threshold=params.fractional_threshold,
-        )
-        LOG.debug("window %d cycle %d: %d components", index, cycle, found)
-        if found == 0:
-            break
-        model += component
-        predicted = imaging.predict(
-            model, uvw, freq, params.cellsize, epsilon=params.epsilon, nthreads=nthreads
-        )
-        residual_vis = vis - predicted
-    residual, _ = imaging.invert(uvw, freq, residual_vis, weight, nthreads=nthreads, **grid)
-    return {"model": model, "residual": residual, "psf": psf}
+    wgt = np.where(flag, 0.0, weight).reshape(-1, 1).astype(np.float64)
+    iw = imaging.weights(
+        uvw, freq, wgt, params.npixel, params.cellsize, params.weighting, params.robust
+    )
+    plane = zarr.open_group(model, mode="r")["MODEL"][index]
+    started = time.perf_counter()
+    predicted = imaging.predict(plane, uvw, freq, params.cellsize, params.epsilon, nthreads)
+    residual, sumwt = imaging.invert(
+        uvw,
+        freq,
+        vis.reshape(-1, 1).astype(np.complex128) - predicted,
+        iw,
+        params.npixel,
+        params.cellsize,
+        params.epsilon,
+        nthreads,
+    )
+    return {"residual": residual, "sumwt": sumwt, "gridder_s": time.perf_counter() - started}
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
+    started = time.perf_counter()
     LOG.info("Imaging %d windows, %d x %d pixels", params.nfreqwin, params.npixel, params.npixel)
-    data = store.open_store(buffers.calibrated)
-    obs = store.layout_of(data)
-    threads = threads_per_worker(params.n_workers)
+    obs = store.layout_of(store.open_store(buffers.calibrated))
+    model_path = buffers.img / MODEL_STORE
+    products = store.open_dataset(model_path)
+    model = products["MODEL"].values
+    taylor = products["TAYLOR"].values
+    psfs = products["PSF"].values.astype(np.float64)
     with engine(params.n_workers) as client:
         planes = map_windows(
-            client, "image", image_window, len(obs.frequencies), buffers.calibrated, params, threads
+            client,
+            "image",
+            residual_window,
+            len(obs.frequencies),
+            buffers.calibrated,
+            model_path,
+            params,
+            threads_per_worker(params.n_workers),
         )
-    beams = [restore.fit_clean_beam(p["psf"], params.cellsize) for p in planes]
-    beam = max(beams, key=lambda b: b.bmaj_deg * b.bmin_deg)  # common beam: the largest
-    model = np.stack([p["model"] for p in planes])
     residual = np.stack([p["residual"] for p in planes])
-    restored = np.stack([restore.restore(p["model"], p["residual"], beam) for p in planes])
+    sumwt = np.array([p["sumwt"] for p in planes])
+    freqs = obs.frequencies
+    ref = float(freqs.mean())
+    beams = [restore.fit_clean_beam(p, params.cellsize) for p in psfs]
+    beam = max(beams, key=lambda b: b.bmaj_deg * b.bmin_deg)  # common beam: the largest
+    restored = np.stack([restore.restore(m, r, beam) for m, r in zip(model, residual, strict=True)])
+
+    nt = taylor.shape[0]
+    weights = deconvolve.taylor_weights(freqs, ref, 2 * nt - 1)
+    psf_mom = deconvolve.moments(psfs, weights, sumwt)
+    mfs_beam = restore.fit_clean_beam(psf_mom[0], params.cellsize)
+    res_mom = deconvolve.moments(residual, weights[:nt], sumwt)
+    # residual Taylor coefficients: the moment residuals through the PSF-peak Hessian
+    peak = psf_mom[:, params.npixel // 2, params.npixel // 2]
+    hess = peak[np.add.outer(np.arange(nt), np.arange(nt))]
+    res_taylor = np.tensordot(np.linalg.inv(hess / peak[0]), res_mom, axes=(1, 0))
+    mfs_restored = restore.restore(taylor, res_taylor, mfs_beam)
+    alpha = spectral_index(mfs_restored, res_mom[0])
+
     buffers.img.mkdir(parents=True, exist_ok=True)
-    header = {
-        "ra_deg": params.ra,
-        "dec_deg": params.dec,
-        "cell_rad": params.cellsize,
-        "freqs_hz": obs.frequencies,
-        "channel_width_hz": obs.channel_width,
+    header = {"ra_deg": params.ra, "dec_deg": params.dec, "cell_rad": params.cellsize}
+    cube = {**header, "freqs_hz": freqs, "channel_width_hz": obs.channel_width}
+    bandwidth = float(np.ptp(freqs)) + obs.channel_width
+    mfs = {**header, "freqs_hz": [ref], "channel_width_hz": bandwidth}
+    fitsio.write_image(buffers.image("deconvolved"), model, bunit="JY/PIXEL", **cube)
+    fitsio.write_image(buffers.image("residual"), residual, bunit="JY/BEAM", beam=beam, **cube)
+    fitsio.write_image(buffers.image("restored"), restored, bunit="JY/BEAM", beam=beam, **cube)
+    fitsio.write_image(buffers.image("mfs_model"), taylor[0], bunit="JY/PIXEL", **mfs)
+    fitsio.write_image(
+        buffers.image("mfs_residual"), res_mom[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
+    )
+    fitsio.write_image(
+        buffers.image("mfs_restored"), mfs_restored[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
+    )
+    if alpha is not None:
+        fitsio.write_image(buffers.image("mfs_alpha"), alpha, bunit="", beam=mfs_beam, **mfs)
+    centre = len(freqs) // 2
+    fitsio.write_image(
+        buffers.img / PSF_FILE,
+        psfs[centre],
+        bunit="",
+        **{**header, "freqs_hz": freqs[centre : centre + 1], "channel_width_hz": obs.channel_width},
+    )
+    metrics = measure(params, buffers, restored, residual, mfs_restored[0], res_mom[0], beam)
+    metrics["image_gridder_s"] = round(sum(p["gridder_s"] for p in planes), 3)
+    metrics["step_timings_s"] = {
+        **step_timings(params.config_db, params.pb_id),
+        "image": round(time.perf_counter() - started, 3),
     }
-    fitsio.write_image(buffers.image("deconvolved"), model, bunit="JY/PIXEL", beam=None, **header)
-    fitsio.write_image(buffers.image("residual"), residual, bunit="JY/BEAM", beam=beam, **header)
-    fitsio.write_image(buffers.image("restored"), restored, bunit="JY/BEAM", beam=beam, **header)
-    metrics = measure(params, buffers, restored, residual, beam)
     write_json(buffers.metrics, metrics)
     LOG.info(
         "Restored peak %.3f Jy/beam, residual rms %.3g Jy/beam, dynamic range %.0f",
@@ -96,20 +144,52 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     }
 
 
-def measure(params: Params, buffers: Buffers, restored, residual, beam) -> dict:
-    """Metrics of the centre window (as the seed exported) plus the gain phase error."""
+def spectral_index(mfs_restored: np.ndarray, residual0: np.ndarray) -> np.ndarray | None:
+    """``I_1 / I_0`` of the restored Taylor images where ``I_0 > ALPHA_SNR`` residual rms.
+
+    NaN elsewhere; None with a single Taylor term.
+    """
+    if mfs_restored.shape[0] < 2:
+        return None
+    rms = float(np.sqrt(np.mean(residual0**2)))
+    i0 = mfs_restored[0]
+    alpha = np.full(i0.shape, np.nan)
+    good = i0 > ALPHA_SNR * rms
+    alpha[good] = mfs_restored[1][good] / i0[good]
+    return alpha
+
+
+def measure(
+    params: Params,
+    buffers: Buffers,
+    restored: np.ndarray,
+    residual: np.ndarray,
+    mfs_restored: np.ndarray,
+    mfs_residual: np.ndarray,
+    beam: restore.Beam,
+) -> dict[str, Any]:
+    """Metrics of the centre window (as the seed exported) and of the MFS image."""
     centre = params.nfreqwin // 2
     _, header = fitsio.read_image(buffers.image("restored"))
-    from astropy.wcs import WCS
-
     wcs = WCS(header)
     with buffers.sky.open() as handle:
         rows = list(csv.DictReader(handle))
-    apparent_column = list(rows[0])[5 + centre] if rows else ""
+    apparent = [c for c in (rows[0] if rows else {}) if c.startswith("apparent_")]
+    names = [r["name"] for r in rows]
+    ra = np.array([float(r["ra_deg"]) for r in rows])
+    dec = np.array([float(r["dec_deg"]) for r in rows])
+    flux = np.array([[float(r[c]) for c in apparent] for r in rows]).reshape(len(rows), -1)
     peak = float(restored[centre].max())
     rms = float(np.sqrt(np.mean(residual[centre] ** 2)))
+    mfs_peak = float(mfs_restored.max())
+    mfs_rms = float(np.sqrt(np.mean(mfs_residual**2)))
     truth = store.open_dataset(buffers.true_gains)["GAIN"].values
     solved = store.open_dataset(buffers.solved_gains)["GAIN"].values
+    convergence_path = buffers.img / CONVERGENCE
+    convergence = json.loads(convergence_path.read_text()) if convergence_path.exists() else {}
+    cycles = convergence.get("cycles", [])
+    # the MFS image is at the mean frequency: its true flux is the windows' mean flux
+    mfs_flux = flux.mean(axis=1) if flux.size else np.zeros(len(rows))
     return {
         "pb_id": params.pb_id,
         "centre_window": centre,
@@ -117,20 +197,26 @@ def measure(params: Params, buffers: Buffers, restored, residual, beam) -> dict:
         "restored_peak_jy": peak,
         "residual_rms_jy": rms,
         "dynamic_range": peak / rms if rms > 0 else math.inf,
+        "mfs": {
+            "reference_frequency_hz": float(np.mean(params.frequencies())),
+            "restored_peak_jy": mfs_peak,
+            "residual_rms_jy": mfs_rms,
+            "dynamic_range": mfs_peak / mfs_rms if mfs_rms > 0 else math.inf,
+            "sources": source_table(mfs_restored, wcs, names, ra, dec, mfs_flux),
+        },
         "phase_rms_rad": phase_rms(truth, solved),
+        "phase_rms_rad_per_cycle": [c.get("phase_rms_rad") for c in cycles],
+        "phase_rms_shift_removed_rad": convergence.get("phase_rms_shift_removed_rad"),
+        "position_offset_px": convergence.get("position_offset_px"),
         "clean_beam": {
             "bmaj_deg": beam.bmaj_deg,
             "bmin_deg": beam.bmin_deg,
             "bpa_deg": beam.bpa_deg,
         },
         "sources": source_table(
-            restored[centre],
-            wcs,
-            [r["name"] for r in rows],
-            np.array([float(r["ra_deg"]) for r in rows]),
-            np.array([float(r["dec_deg"]) for r in rows]),
-            np.array([float(r[apparent_column]) for r in rows]),
+            restored[centre], wcs, names, ra, dec, flux[:, centre] if flux.size else flux
         ),
+        "ical": {k: v for k, v in convergence.items() if k != "cycles"},
     }
 
 

@@ -17,6 +17,7 @@ from astropy.visualization import AsinhStretch, ImageNormalize
 from astropy.wcs import WCS
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from steps import store
 from steps.buffers import Buffers
@@ -30,6 +31,7 @@ PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # width, height
 DIRECTORY = "previews"
 PSF_FILE = "psf.fits"
 CONVERGENCE_FILE = "ical_convergence.json"
+CONVERGENCE_SERIES = ("phase_rms_rad", "residual_rms_jy")  # plotted per major cycle
 MAX_UV_POINTS = 200_000
 MAX_STATIONS = 6
 PSF_ZOOM_PX = 32  # half-width of the PSF preview
@@ -193,27 +195,28 @@ def gain_phases(buffers: Buffers, out: Path) -> Path:
 
 
 def convergence_series(data: object) -> dict[str, list[float]]:
-    """Per-cycle series from ``ical_convergence.json``: a list of per-cycle records, a
-    ``{"cycles": [...]}`` object, or an object of lists; keys are kept as written."""
+    """The ``CONVERGENCE_SERIES`` of ``ical_convergence.json``, per cycle: from a list of
+    per-cycle records, a ``{"cycles": [...]}`` object, or an object of lists."""
     if isinstance(data, dict) and isinstance(data.get("cycles"), list):
         data = data["cycles"]
     if isinstance(data, list):
-        keys = {k for row in data if isinstance(row, dict) for k in row}
-        data = {k: [row.get(k) for row in data] for k in keys}
+        data = {
+            k: [row.get(k) for row in data if isinstance(row, dict)] for k in CONVERGENCE_SERIES
+        }
     if not isinstance(data, dict):
         return {}
     return {
         key: [float(v) for v in values]
         for key, values in data.items()
-        if isinstance(values, list)
+        if key in CONVERGENCE_SERIES
+        and isinstance(values, list)
         and values
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        and key != "cycle"
     }
 
 
 def ical_convergence(buffers: Buffers, out: Path) -> Path:
-    """Phase rms and residual rms (or whatever series the file holds) per major cycle."""
+    """Gain phase rms (rad) and MFS residual rms (Jy/beam) per major cycle."""
     series = convergence_series(json.loads((buffers.img / CONVERGENCE_FILE).read_text()))
     if not series:
         raise ValueError(f"{CONVERGENCE_FILE} holds no per-cycle series")
@@ -223,7 +226,8 @@ def ical_convergence(buffers: Buffers, out: Path) -> Path:
     if all(v > 0 for values in series.values() for v in values):
         ax.set_yscale("log")
     ax.set_xlabel("major cycle")
-    ax.set_ylabel("value (units as in the key)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("rad (phase) or Jy/beam (residual)")
     ax.set_title("ICAL convergence")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -58,6 +58,7 @@ def run_step(name: str, raw: dict[str, str]) -> int:
     manifest.remove_temporaries(dirs)
     started = time.time()
     entry = {"started": _iso(started), "phase": "Running"}
+    record(params, name, entry)
     reused = manifest.completed(dirs, name, params.model_dump()) if name in PIPELINE else None
     if reused is not None:
         LOG.info("Step %s: products complete and inputs unchanged; reusing them", name)

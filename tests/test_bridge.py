@@ -1,9 +1,12 @@
 """The SDP bridge against a real etcd, with bridges as separate processes as operators run them.
 
-One etcd and one buffer root serve the whole module; the tests run in file order and share
-the bridges they leave running (bridge "a" lives until the kill test).  Submissions are
-counted from the logs: every submission logs ``Submitted processing block <id>`` in its
-bridge's log, and every started run logs ``Running processing block <id>`` in the run's log.
+One etcd and one buffer root serve the whole module, and the tests run in file order as one
+story: bridge "a" starts before etcd; the seed's SBI is assigned with bridges "a" and "b"
+running; after the release both are SIGKILLed mid-run, and bridge "c" adopts the run; etcd is
+restarted under it; the bad-input and failing-step cases run on bridge "c" while the seed's
+run goes on; at last the seed's batch PB is FINISHED.  Submissions are counted from the logs:
+every submission logs ``Submitted processing block <id>`` in its bridge's log, and every
+started run logs ``Running processing block <id>`` in the run's log.
 """
 
 from __future__ import annotations
@@ -130,6 +133,12 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.1)
 
 
+def status_table(capsys: pytest.CaptureFixture[str], site: Site) -> str:
+    capsys.readouterr()
+    assert main(["sdp", "status", "--config-db", site.url]) == 0
+    return capsys.readouterr().out
+
+
 def batch_pb(pb_id: str, **fields: Any) -> dict[str, Any]:
     return {"id": pb_id, "workflow": WORKFLOW, "parameters": SMALL, **fields}
 
@@ -158,8 +167,8 @@ def test_etcd_down_at_start_retries_with_backoff_then_connects(site: Site) -> No
     site.wait_log("a", f"Connected to {site.url}; watching processing blocks")
 
 
-def test_seed_scenario_with_two_bridges(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
-    site.start_bridge("b")
+def test_assigned_batch_pb_waits_while_the_realtime_pb_runs(site: Site, capsys) -> None:
+    site.start_bridge("b")  # two bridges from now on
     site.wait_log("b", "Connected to")
     args = [arg for name, value in SMALL.items() for arg in ("-p", f"{name}={value}")]
     assert main(["sdp", "assign", str(SEED), "--config-db", site.url, *args]) == 0
@@ -169,52 +178,51 @@ def test_seed_scenario_with_two_bridges(site: Site, capsys: pytest.CaptureFixtur
     time.sleep(2.5)  # several reconciliation rounds of both bridges
     state = site.state(BATCH)
     assert state is not None and state.status == "WAITING" and not state.resources_available
-    capsys.readouterr()
-    assert main(["sdp", "status", "--config-db", site.url]) == 0
-    table = capsys.readouterr().out
+    table = status_table(capsys, site)
     assert f"{SBI_ID}  ACTIVE" in table
     assert "realtime:test_realtime:0.2.2  RUNNING" in table
     assert "batch:batch_imaging:0.1.1     WAITING" in table
+    for name in ("a", "b"):
+        site.wait_log(name, "INFO:batch_imaging:Waiting for resources to be available")
 
+
+def test_release_starts_the_batch_pb_exactly_once_with_two_bridges(site: Site) -> None:
     assert main(["sdp", "release", SBI_ID, "--config-db", site.url]) == 0
     assert site.state(REALTIME).status == "FINISHED"  # type: ignore[union-attr]
     running = site.wait_status(BATCH, "RUNNING", 30)
     assert running.resources_available
-    finished = site.wait_status(BATCH, "FINISHED")
-
-    image = site.buffers / "buff-pb-mvp01-20200523-00001-img"
-    for product in ("restored.fits", "residual.fits", "deconvolved.fits"):
-        assert (image / product).is_file(), product
-    assert set(finished.deployments) == {
-        "buff-pb-mvp01-20200523-00001-vis",
-        "buff-pb-mvp01-20200523-00001-img",
-    }
-    assert getattr(finished, "workflow_run", None) == f"batch-imaging-{BATCH}"
-    assert site.owner(BATCH) is None, "the claim is released at the end"
+    assert getattr(running, "workflow_run", None) == f"batch-imaging-{BATCH}"
+    wait_for(lambda: site.owner(BATCH) is not None, 10, "the DAG's claim of the batch PB")
+    wait_for(lambda: "pid" in site.state(BATCH).run, 10, "the run's pid")  # type: ignore[union-attr]
     assert site.submissions(BATCH) == 1 and site.runs_started(BATCH) == 1
-    submitter = next(
-        name for name in site.bridges if "Submitted processing block" in site.log(name)
-    )
-    wait_for(lambda: "Finished processing" in site.log(submitter), 10, "the run's last lines")
-    log = site.log(submitter)
-    seed_lines = [
-        "INFO:batch_imaging:Waiting for resources to be available",
-        "INFO:batch_imaging:Resources are available",
-        f"INFO:batch_imaging:Claimed processing block {BATCH}",
-        "INFO:batch_imaging:Finished processing",
-    ]
-    for line in seed_lines:
-        assert line in log, line
+    submitter = next(name for name in "ab" if "Submitted processing block" in site.log(name))
+    assert "INFO:batch_imaging:Resources are available for processing block" in site.log(submitter)
 
-    capsys.readouterr()
-    assert main(["sdp", "status", "--config-db", site.url]) == 0
-    table = capsys.readouterr().out
-    assert f"{SBI_ID}  FINISHED" in table
-    assert f"FINISHED  -      batch-imaging-{BATCH}  buff-{BATCH}-img,buff-{BATCH}-vis" in table
 
-    site.bridges["b"].terminate()
-    assert site.bridges["b"].wait(10) == 0
-    assert "Bridge stopped" in site.log("b")
+def test_killed_bridges_restarted_adopt_the_run(site: Site) -> None:
+    for name in "ab":
+        site.bridges[name].send_signal(signal.SIGKILL)
+        site.bridges[name].wait(10)
+    run = site.state(BATCH).run  # type: ignore[union-attr]
+    assert process_alive(run["pid"], run["name"]), "the run outlives its bridge"
+
+    site.start_bridge("c")
+    site.wait_log("c", f"Adopted workflow batch-imaging-{BATCH} of processing block {BATCH}")
+    state = site.state(BATCH)
+    assert state.status == "RUNNING"  # type: ignore[union-attr]
+    assert state.run["bridge"]["pid"] == site.bridges["c"].pid  # type: ignore[union-attr]
+
+
+def test_etcd_restarted_mid_run_the_bridge_carries_on(site: Site) -> None:
+    def reserved() -> bool:
+        return "buffer-reserve" in (getattr(site.state(BATCH), "steps", None) or {})
+
+    wait_for(reserved, 30, "the buffer reservations")  # then simulate runs for seconds
+    site.etcd.stop()
+    site.wait_log("c", f"Configuration database unavailable at {site.url}", 15)
+    site.etcd.start()
+    site.wait_log("c", "is back; carrying on", 30)
+    assert site.bridges["c"].poll() is None
 
 
 def test_invalid_pbs_fail_with_a_reason_others_unaffected(site: Site) -> None:
@@ -243,7 +251,7 @@ def test_invalid_pbs_fail_with_a_reason_others_unaffected(site: Site) -> None:
         "pb-cycle-a": "cyclic dependency pb-cycle-a -> pb-cycle-b -> pb-cycle-a",
         "pb-cycle-b": "cyclic dependency pb-cycle-b -> pb-cycle-a -> pb-cycle-b",
         "pb-after-bad": "dependency pb-bad-params is FAILED",
-        "pb-not-an-entity": "invalid processing block: ",
+        "pb-not-an-entity": "invalid processing block: workflow: Field required",
     }
     for pb_id, reason in expected.items():
         state = site.wait_status(pb_id, "FAILED", 10)
@@ -252,8 +260,8 @@ def test_invalid_pbs_fail_with_a_reason_others_unaffected(site: Site) -> None:
     assert bad.startswith("invalid parameters: ") and "nfreqwin = 0" in bad
     assert site.state("pb-rt").status == "RUNNING"  # type: ignore[union-attr]
     assert site.state("pb-ok").status == "WAITING"  # type: ignore[union-attr]
-    assert site.bridges["a"].poll() is None
-    assert "Processing block pb-unknown FAILED: workflow batch:no_such_workflow" in site.log("a")
+    assert site.bridges["c"].poll() is None
+    assert "Processing block pb-unknown FAILED: workflow batch:no_such_workflow" in site.log("c")
 
 
 def test_failing_step_fails_the_pb_keeps_buffers_and_releases_the_claim(site: Site) -> None:
@@ -267,27 +275,89 @@ def test_failing_step_fails_the_pb_keeps_buffers_and_releases_the_claim(site: Si
     assert vis.is_dir() and (site.buffers / "buff-pb-fail-img").is_dir()
     wait_for(lambda: site.owner("pb-fail") is None, 15, "the claim of pb-fail to go")
     assert site.submissions("pb-fail") == 1
-    site.wait_log("a", "Processing block pb-fail FAILED: workflow batch-imaging-pb-fail Failed")
+    site.wait_log("c", "Processing block pb-fail FAILED: workflow batch-imaging-pb-fail Failed")
 
 
-def test_bridge_killed_mid_run_adopts_and_survives_etcd_restart(site: Site) -> None:
-    site.assign({"id": "sbi-adopt", "processing_blocks": [batch_pb("pb-adopt")]})
-    site.wait_status("pb-adopt", "RUNNING", 30)
-    site.bridges["a"].send_signal(signal.SIGKILL)
-    site.bridges["a"].wait(10)
-    assert site.state("pb-adopt").status == "RUNNING", "the run outlives its bridge"  # type: ignore[union-attr]
+def test_killed_run_fails_the_pb_and_is_not_resubmitted(site: Site) -> None:
+    site.assign({"id": "sbi-lost", "processing_blocks": [batch_pb("pb-lost")]})
+    site.wait_status("pb-lost", "RUNNING", 30)
+    wait_for(lambda: "pid" in site.state("pb-lost").run, 10, "the run's pid")  # type: ignore[union-attr]
+    os.kill(site.state("pb-lost").run["pid"], signal.SIGKILL)  # type: ignore[union-attr]
+    state = site.wait_status("pb-lost", "FAILED", 20)
+    assert "without recording a phase (killed?); not resubmitted" in (state.reason or "")
+    wait_for(lambda: site.owner("pb-lost") is None, 15, "the killed run's claim to go")
+    time.sleep(1.5)  # more reconciliation rounds: still one submission
+    assert site.submissions("pb-lost") == 1 and site.runs_started("pb-lost") == 1
 
-    site.start_bridge("c")
-    site.wait_log("c", "Adopted workflow batch-imaging-pb-adopt of processing block pb-adopt")
-    site.etcd.stop()  # restarted while bridge c follows the run
-    site.wait_log("c", f"Configuration database unavailable at {site.url}", 15)
-    site.etcd.start()
-    site.wait_log("c", "is back; carrying on", 30)
 
-    state = site.wait_status("pb-adopt", "FINISHED")
-    assert (site.buffers / "buff-pb-adopt-img" / "restored.fits").is_file()
-    assert site.submissions("pb-adopt") == 1 and site.runs_started("pb-adopt") == 1
-    assert "Submitted processing block pb-adopt" in site.log("a")
-    assert "Submitted processing block" not in site.log("c")
-    assert state.run["bridge"]["pid"] == site.bridges["c"].pid  # type: ignore[attr-defined]
-    assert site.bridges["c"].poll() is None
+def test_batch_pb_finishes_with_images_in_its_buffer(site: Site, capsys) -> None:
+    finished = site.wait_status(BATCH, "FINISHED")
+    image = site.buffers / f"buff-{BATCH}-img"
+    for product in ("restored.fits", "residual.fits", "deconvolved.fits"):
+        assert (image / product).is_file(), product
+    assert set(finished.deployments) == {f"buff-{BATCH}-vis", f"buff-{BATCH}-img"}
+    assert site.owner(BATCH) is None, "the claim is released at the end"
+    assert site.submissions(BATCH) == 1 and site.runs_started(BATCH) == 1
+    assert f"Submitted processing block {BATCH}" not in site.log("c")
+
+    run_log = (site.buffers / ".runs" / f"batch-imaging-{BATCH}.log").read_text()
+    seed_lines = [
+        f"INFO:batch_imaging:Claimed processing block {BATCH}",
+        "INFO:batch_imaging:Waiting for resources to be available",
+        "INFO:batch_imaging:Resources are available",
+        "INFO:batch_imaging:Creating buffer reservations",
+        "INFO:batch_imaging:Running simulation pipeline",
+        "INFO:batch_imaging:Running ICAL pipeline",
+        "INFO:batch_imaging:Finished processing",
+    ]
+    positions = [run_log.index(line) for line in seed_lines]
+    assert positions == sorted(positions)
+    site.wait_log("c", "INFO:batch_imaging:Finished processing", 10)  # copied by its bridge
+
+    table = status_table(capsys, site)
+    assert f"{SBI_ID}  FINISHED" in table
+    assert f"FINISHED  -      batch-imaging-{BATCH}  buff-{BATCH}-img,buff-{BATCH}-vis" in table
+    site.bridges["c"].terminate()
+    assert site.bridges["c"].wait(10) == 0
+    assert "Bridge stopped" in site.log("c")
+
+
+def test_bridge_on_the_embedded_store(tmp_path: Path) -> None:
+    store = tmp_path / "config"
+    log = tmp_path / "bridge.log"
+    with open(log, "wb") as output:
+        bridge = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "dag", "bridge", "--config-db", str(store)),
+                *("--buffer-root", str(tmp_path / "buffers")),
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        sbi = {
+            "id": "sbi-embedded",
+            "processing_blocks": [
+                {"id": "pb-rt", "workflow": REALTIME_WORKFLOW, "parameters": {}},
+                batch_pb("pb-batch", dependencies=[{"pb_id": "pb-rt", "type": ["none"]}]),
+                batch_pb("pb-unknown", workflow={**WORKFLOW, "id": "no_such_workflow"}),
+            ],
+        }
+        path = tmp_path / "sbi.json"
+        path.write_text(json.dumps(sbi))
+        assert main(["sdp", "assign", str(path), "--config-db", str(store)]) == 0
+        with ConfigDB(open_backend(str(store))) as db:
+
+            def statuses() -> dict[str, str]:
+                states = {
+                    pb: db.run(lambda txn, pb=pb: txn.get_state(pb))
+                    for pb in ("pb-rt", "pb-batch", "pb-unknown")
+                }
+                return {pb: state.status.value for pb, state in states.items() if state}
+
+            expected = {"pb-rt": "RUNNING", "pb-batch": "WAITING", "pb-unknown": "FAILED"}
+            wait_for(lambda: statuses() == expected, 20, f"{expected} (log: {log.read_text()})")
+    finally:
+        bridge.terminate()
+        assert bridge.wait(10) == 0

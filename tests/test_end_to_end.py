@@ -10,6 +10,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from steps.metrics import peak_near
 from steps.science import sky
 
 SMALL = {
@@ -87,6 +88,8 @@ def test_brightest_source_restored_at_its_position_and_flux(run):
             components.ra_deg[brightest], components.dec_deg[brightest]
         )
         plane = data[window, 0]
-        py, px = np.unravel_index(np.argmax(plane), plane.shape)
-        assert abs(px - x) <= 0.5 and abs(py - y) <= 0.5, (px, x, py, y)
-        assert plane[py, px] == pytest.approx(apparent[brightest, window], rel=0.05)
+        # sub-pixel peak: ICAL from an empty model leaves the sky free to shift by a fraction
+        # of a pixel (a phase gradient self-calibration cannot determine)
+        peak, px, py = peak_near(plane, float(x), float(y))
+        assert math.hypot(px - x, py - y) <= 0.5, (px, x, py, y)
+        assert peak == pytest.approx(apparent[brightest, window], rel=0.05)

@@ -32,6 +32,8 @@ def test_release_wrote_every_preview(run: SmallRun) -> None:
     for name in ("restored", "residual", "psf", "uv_coverage", "gain_phases"):
         _check_png(directory / f"{name}.png")
     assert (run.buffers.img / previews.PSF_FILE).is_file()
+    if (run.buffers.img / previews.CONVERGENCE_FILE).exists():  # written by ICAL
+        _check_png(directory / "ical_convergence.png")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from .backend import (
     WatchEvent,
     connect,
     open_backend,
+    url_from_env,
     wire_key,
 )
 from .client import ConfigCollision, ConfigDB, ConfigDBConflict, ConfigNotFound, Transaction
@@ -57,5 +58,6 @@ __all__ = [
     "connect",
     "new_pb_id",
     "open_backend",
+    "url_from_env",
     "wire_key",
 ]

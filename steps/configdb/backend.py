@@ -579,7 +579,8 @@ class _FileWatch(Watch):
             self._seen = {path: revision for path, (_, revision) in current.items()}
 
 
-def _url_from_env() -> str:
+def url_from_env() -> str:
+    """The database the SDP_CONFIG_* environment names (default etcd at 127.0.0.1:2379)."""
     kind = os.environ.get("SDP_CONFIG_BACKEND", "etcd3")
     if kind == "etcd3":
         host = os.environ.get("SDP_CONFIG_HOST", DEFAULT_HOST)
@@ -594,7 +595,7 @@ def _url_from_env() -> str:
 
 def open_backend(url: str | None = None) -> Backend:
     """Open ``etcd://HOST:PORT``, ``file://PATH`` or a path; None reads the SDP_CONFIG_* env."""
-    url = url or _url_from_env()
+    url = url or url_from_env()
     if url.startswith("etcd://"):
         parts = urlsplit(url)
         return EtcdBackend(parts.hostname or DEFAULT_HOST, parts.port or DEFAULT_PORT)
@@ -607,7 +608,7 @@ def open_backend(url: str | None = None) -> Backend:
 
 def connect(url: str | None = None, retries: int = 10, backoff_s: float = 0.5) -> Backend:
     """Open the backend, waiting with exponential backoff while the server is unavailable."""
-    url = url or _url_from_env()
+    url = url or url_from_env()
     delay = backoff_s
     for _ in range(retries):
         try:

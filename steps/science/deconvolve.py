@@ -141,13 +141,14 @@ def _scan_tiles(
     """Refresh the best masked criterion (and its flat index) of the tiles touching a box."""
     ny, nx = crit.shape[1], crit.shape[2]
     c = crit[p]
+    mp = mask[p]
     for ty in range(y0 // TILE, (y1 - 1) // TILE + 1):
         for tx in range(x0 // TILE, (x1 - 1) // TILE + 1):
             best = -1.0
             arg = -1
             for y in range(ty * TILE, min(ny, (ty + 1) * TILE)):
                 for x in range(tx * TILE, min(nx, (tx + 1) * TILE)):
-                    if mask[y, x] and c[y, x] > best:
+                    if mp[y, x] and c[y, x] > best:
                         best = c[y, x]
                         arg = y * nx + x
             tmax[p, ty, tx] = best
@@ -215,7 +216,7 @@ def _msmfs_kernel(
     """Clean ``res`` (ns, nt, ny, nx) in place, adding to ``comps``; return the iterations.
 
     ``psfs`` (ns, ns, 2 nt - 1, 2S, 2S) hold ``P_{s,p,k}`` centred at (S, S); ``hinv``
-    (ns, nt, nt).
+    (ns, nt, nt); ``mask`` (ns, ny, nx) where each scale may place components.
     """
     ns, nt, ny, nx = res.shape
     half = psfs.shape[-1] // 2
@@ -279,6 +280,21 @@ def _crop(image: np.ndarray, half: int) -> np.ndarray:
     return out
 
 
+def _stamp(model: np.ndarray, comps: np.ndarray, kernel: np.ndarray) -> None:
+    """Add ``kernel`` scaled by each component (nt, ny, nx) to ``model``, clipped at the edges."""
+    half = kernel.shape[0] // 2
+    ny, nx = model.shape[1:]
+    for y, x in zip(*np.nonzero(np.any(comps != 0.0, axis=0)), strict=True):
+        y0, y1, x0, x1 = (
+            max(0, y - half),
+            min(ny, y + half + 1),
+            max(0, x - half),
+            min(nx, x + half + 1),
+        )
+        patch = kernel[y0 - y + half : y1 - y + half, x0 - x + half : x1 - x + half]
+        model[:, y0:y1, x0:x1] += comps[:, y, x, None, None] * patch
+
+
 def msmfs(
     dirty: np.ndarray,
     psf: np.ndarray,
@@ -299,7 +315,8 @@ def msmfs(
     ``chan_weights`` are the channels' sums of weights (default equal); the reference
     frequency defaults to the mean of ``freqs_hz``.  ``psf_support`` limits the PSF patch to
     that many pixels either side of a component (None: twice the image).  ``nmoment`` is
-    reduced to the number of channels if larger.
+    reduced to the number of channels if larger.  A scale's components keep their whole kernel
+    inside the image (otherwise model and residual updates would disagree at the edges).
     """
     cube = np.asarray(dirty, dtype=np.float64)
     psfs_in = np.asarray(psf, dtype=np.float64)
@@ -336,13 +353,17 @@ def msmfs(
     idx = np.arange(nt)
     hess = psfs[np.arange(ns), np.arange(ns)][:, idx[:, None] + idx[None, :], half, half]
     hinv = np.linalg.inv(hess)
-    mask = np.ones((ny, nx), np.bool_) if window is None else np.asarray(window, np.bool_)
+    allowed = np.ones((ny, nx), np.bool_) if window is None else np.asarray(window, np.bool_)
+    # a scale's components keep their whole kernel inside the image
+    mask = np.zeros((ns, ny, nx), np.bool_)
+    for s, kernel in enumerate(kernels):
+        h = kernel.shape[0] // 2
+        mask[s, h : ny - h, h : nx - h] = allowed[h : ny - h, h : nx - h]
     comps = np.zeros((ns, nt, ny, nx))
     n = _msmfs_kernel(res, hinv, psfs, comps, mask, gain, niter, t_abs)
-    model = sum(
-        (np.stack([smooth(c, k) for c in comps[s]]) for s, k in enumerate(kernels)),
-        start=np.zeros((nt, ny, nx)),
-    )
+    model = np.zeros((nt, ny, nx))
+    for s, kernel in enumerate(kernels):
+        _stamp(model, comps[s], kernel)
     return CleanResult(model=model, residual=res[0] * peak, ncomponents=int(n), threshold=t_abs)
 
 

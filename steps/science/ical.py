@@ -87,7 +87,8 @@ class Window:
     """One frequency window's data, held where it is processed (a Dask worker).
 
     ``vis``, ``weight`` (solver weights, 0 where flagged) and ``imaging_weight`` are
-    (ntimes, nbaselines); ``uvw`` (ntimes * nbaselines, 3) metres.
+    (ntimes, nbaselines); ``uvw`` (ntimes * nbaselines, 3) metres.  ``cache`` keeps the last
+    model prediction with its model version (lost harmlessly if the window is copied).
     """
 
     index: int
@@ -102,6 +103,7 @@ class Window:
     psf: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     sumwt: float = 0.0
     psf_s: float = 0.0
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 def make_window(
@@ -221,27 +223,40 @@ class CycleResult:
 def window_cycle(
     win: Window,
     model: np.ndarray | None,
+    version: int,
     tables: dict[str, np.ndarray],
     cycle: int,
     settings: Settings,
 ) -> CycleResult:
-    """Predict, solve, apply, image the residual and (per-window algorithms) deconvolve it."""
+    """Predict, solve, apply, image the residual and (per-window algorithms) deconvolve it.
+
+    ``version`` identifies the model: an unchanged model reuses the cached prediction.
+    """
     t_start = time.perf_counter()
     freq = np.array([win.freq_hz])
     gridder = 0.0
     shape = win.vis.shape
     if model is None or not np.any(model):
         model_vis = np.zeros(shape, dtype=np.complex128)
+    elif win.cache.get("version") == version:
+        model_vis = win.cache["model_vis"]
     else:
         t0 = time.perf_counter()
         model_vis = imaging.predict(
             model, win.uvw, freq, settings.cell_rad, settings.epsilon, settings.nthreads
         ).reshape(shape)
         gridder += time.perf_counter() - t0
+        win.cache.update(version=version, model_vis=model_vis)
     reports: list[SolveReport] = []
     if np.any(model_vis):
         tables, reports = solve_chain(
-            win, model_vis, tables, settings.terms, cycle, settings.solver_niter, settings.solver_tol
+            win,
+            model_vis,
+            tables,
+            settings.terms,
+            cycle,
+            settings.solver_niter,
+            settings.solver_tol,
         )
     gain = combined_gain(tables, shape[0], win.nstations)
     corrected = gains.apply_gains(win.vis, gain, win.ant1, win.ant2, inverse=True)
@@ -365,9 +380,12 @@ def run_ical(
     gain_all = np.ones((nwin, ntimes, nstations), dtype=np.complex128)
     record: list[dict[str, Any]] = []
     gridder = minor = busy = 0.0
+    version = 0  # bumped whenever the model changes
     for cycle in range(settings.nmajor + 1):
         t_cycle = time.perf_counter()
-        args = [(model[i] if cycle else None, tables[i], cycle, settings) for i in range(nwin)]
+        args = [
+            (model[i] if cycle else None, version, tables[i], cycle, settings) for i in range(nwin)
+        ]
         results: list[CycleResult] = mapper(window_cycle, args)
         tables = [r.tables for r in results]
         gain_all = np.stack([r.gain for r in results])
@@ -386,6 +404,7 @@ def run_ical(
             taylor = deconvolve.moments(model, taylor_w, sumwt)
             ncomp = sum(r.ncomponents for r in results)
         minor += time.perf_counter() - t0
+        version += ncomp > 0
         mfs_residual = deconvolve.moments(residuals, taylor_w[:1], sumwt)[0]
         entry: dict[str, Any] = {
             "cycle": cycle,
@@ -394,7 +413,9 @@ def run_ical(
             "residual_peak_jy": float(np.max(np.abs(mfs_residual))),
             "model_flux_jy": float(taylor[0].sum()),
             "components": int(ncomp),
-            "solver_iterations": max((rep.iterations for r in results for rep in r.reports), default=0),
+            "solver_iterations": max(
+                (rep.iterations for r in results for rep in r.reports), default=0
+            ),
             "time_s": round(time.perf_counter() - t_cycle, 3),
         }
         if true_gains is not None:

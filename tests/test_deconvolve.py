@@ -1,0 +1,133 @@
+"""Multi-scale and MS-MFS CLEAN on dirty images built from shifted copies of real PSFs."""
+
+import numpy as np
+import pytest
+
+from steps.science import deconvolve
+from steps.science.clean import hogbom
+from steps.science.imaging import make_psf
+
+NPIX = 128
+CELL = np.deg2rad(0.05)
+FREQS = np.linspace(0.9e8, 1.1e8, 5)
+REF = float(FREQS.mean())
+
+
+@pytest.fixture(scope="module")
+def big_psfs() -> np.ndarray:
+    """PSFs (nchan, 2 NPIX, 2 NPIX) per channel, so that any shift covers the image."""
+    rng = np.random.default_rng(5)
+    uvw = rng.standard_normal((600, 3)) * [150.0, 150.0, 30.0]
+    return np.stack(
+        [make_psf(uvw, FREQS[c : c + 1], np.ones((600, 1)), 2 * NPIX, CELL)[0] for c in range(5)]
+    )
+
+
+def _shifted(psf: np.ndarray, y: int, x: int) -> np.ndarray:
+    """The big PSF moved so that its peak lands on image pixel (y, x)."""
+    c = psf.shape[0] // 2
+    return psf[c - y : c - y + NPIX, c - x : c - x + NPIX]
+
+
+def test_scale_kernels() -> None:
+    assert deconvolve.scale_kernel(0).tolist() == [[1.0]]
+    for scale in (3, 10):
+        k = deconvolve.scale_kernel(scale)
+        assert k.shape[0] % 2 == 1
+        assert k.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(k, k[::-1, ::-1])
+        np.testing.assert_allclose(k, k.T)
+        c = k.shape[0] // 2
+        assert k[c, c] == k.max()
+        assert np.all(k >= 0)
+    assert deconvolve.spheroidal(np.array([0.0]))[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_msclean_scale0_matches_hogbom(big_psfs: np.ndarray) -> None:
+    psf = big_psfs[2]
+    dirty = 10 * _shifted(psf, 64, 64) + 4 * _shifted(psf, 40, 90) - 2 * _shifted(psf, 95, 30)
+    model, residual, n = deconvolve.msclean(
+        dirty, psf, scales=[0], niter=3000, fractional_threshold=1e-4, psf_support=None
+    )
+    h_model, _, _ = hogbom(dirty, psf, 0.25, 3000, 0.0, 1e-4)
+    assert 0 < n < 3000
+    for (y, x), flux in (((64, 64), 10.0), ((40, 90), 4.0), ((95, 30), -2.0)):
+        assert model[y, x] == pytest.approx(flux, rel=1e-3)
+    np.testing.assert_allclose(model, h_model, atol=2e-3)
+    assert np.max(np.abs(residual)) < 1e-3 * 10
+
+
+def test_msclean_extended_source(big_psfs: np.ndarray) -> None:
+    """A Gaussian blob is modelled far better with scales than with point components."""
+    psf = big_psfs[2]
+    yy, xx = np.mgrid[0:NPIX, 0:NPIX]
+    blob = np.exp(-((yy - 60) ** 2 + (xx - 70) ** 2) / (2 * 4.0**2))
+    blob *= 20.0 / blob.sum()
+    dirty = sum(blob[y, x] * _shifted(psf, y, x) for y, x in np.argwhere(blob > 1e-4))
+    kw = {"niter": 5000, "fractional_threshold": 0.01, "psf_support": None}
+    model, residual, n = deconvolve.msclean(dirty, psf, scales=[0, 3, 10], **kw)
+    points, _, p_n = deconvolve.msclean(dirty, psf, scales=[0], **kw)
+    assert model.sum() == pytest.approx(20.0, rel=0.05)
+    assert n < p_n
+    assert np.abs(model - blob).sum() < 0.5 * np.abs(points - blob).sum()
+    assert np.max(np.abs(residual)) < 0.011 * np.max(dirty)
+
+
+def test_msmfs_recovers_linear_spectra(big_psfs: np.ndarray) -> None:
+    """Sources with I(nu) = I0 + I1 x are recovered term by term."""
+    sources = [(64, 64, 10.0, -7.0), (40, 90, 5.0, 2.5), (100, 30, 3.0, 0.0)]
+    x = (FREQS - REF) / REF
+    dirty = np.stack(
+        [
+            sum((i0 + i1 * x[c]) * _shifted(big_psfs[c], y, xx) for y, xx, i0, i1 in sources)
+            for c in range(5)
+        ]
+    )
+    result = deconvolve.msmfs(
+        dirty,
+        big_psfs,
+        FREQS,
+        nmoment=2,
+        scales=[0],
+        niter=5000,
+        fractional_threshold=1e-5,
+        psf_support=None,
+    )
+    assert result.model.shape == (2, NPIX, NPIX)
+    for y, xx, i0, i1 in sources:
+        assert result.model[0, y, xx] == pytest.approx(i0, rel=1e-3)
+        assert result.model[1, y, xx] == pytest.approx(i1, abs=2e-2 * abs(i0))
+    assert np.max(np.abs(result.residual[0])) < 1e-3 * 10
+    cube = deconvolve.cube_from_taylor(result.model, deconvolve.taylor_weights(FREQS, REF, 2))
+    assert cube[0, 64, 64] == pytest.approx(10.0 - 7.0 * x[0], rel=1e-3)
+
+
+def test_msmfs_moments_and_weights() -> None:
+    taylor = deconvolve.taylor_weights([90.0, 100.0, 110.0], 100.0, 3)
+    np.testing.assert_allclose(taylor, [[1, 1, 1], [-0.1, 0, 0.1], [0.01, 0, 0.01]])
+    cube = np.arange(3.0)[:, None, None] * np.ones((3, 2, 2))
+    mom = deconvolve.moments(cube, taylor[:2], [1.0, 1.0, 2.0])
+    assert mom[0, 0, 0] == pytest.approx((0 + 1 + 4) / 4)
+    assert mom[1, 0, 0] == pytest.approx((0 * -0.1 + 0 + 2 * 2 * 0.1) / 4)
+
+
+def test_window_and_support(big_psfs: np.ndarray) -> None:
+    psf = big_psfs[2]
+    dirty = 10 * _shifted(psf, 64, 64) + 4 * _shifted(psf, 40, 90)
+    centred = _shifted(psf, NPIX // 2, NPIX // 2)
+    window = np.zeros(dirty.shape, bool)
+    window[20:60, 70:110] = True
+    model, _, n = deconvolve.msclean(
+        dirty, centred, scales=[0, 3], niter=500, fractional_threshold=0.0, window=window
+    )
+    assert n > 0
+    grown = np.zeros_like(window)
+    grown[18:62, 68:112] = True  # scale 3 spreads a component 2 pixels either side
+    assert np.all(model[~grown] == 0.0)
+    _, residual, n = deconvolve.msclean(dirty, centred, scales=[0], niter=1, psf_support=5)
+    assert n == 1
+    changed = np.argwhere(residual != dirty)
+    assert np.all(np.abs(changed - [64, 64]) <= 5)
+    assert deconvolve.clean_window(64, "quarter").sum() == 32 * 32
+    assert deconvolve.clean_window(64, "no_edge", edge=4).sum() == 56 * 56
+    assert deconvolve.clean_window(64) is None
