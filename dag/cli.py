@@ -74,7 +74,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         buffer = Path(args.buffer_root) / args.buffer
     problems = manifest.verify(buffer)
     for problem in problems:
-        print(f"{buffer}: {problem}")
+        print(f"{buffer}: {problem}", file=sys.stderr)
     if problems:
         return RUNTIME
     count = len(manifest.load(buffer)["files"])

@@ -9,7 +9,6 @@ bridge that started it (a restarted bridge adopts it from the PB state).
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from dag.local import LocalEngine
 from dag.render import template_manifest
 from dag.workflow import NAME
 from steps import params as parameters
+from steps import resources
 from steps.configdb import ConfigDB, connect, open_backend
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
@@ -47,19 +47,20 @@ def pb_params(pb: ProcessingBlock, config_db: str) -> parameters.Params:
 def run_local(
     params_file: Path, buffer_root: Path, overrides: dict[str, str], config_db: str | None = None
 ) -> str:
-    """Create the processing block, run the DAG on this machine, return the workflow phase."""
+    """Create the processing block, run the DAG on this machine, return the workflow phase.
+
+    Everything is validated (parameters, memory and disk) before anything is written."""
+    raw = parameters.read(params_file)
+    requested = {**raw, **parameters.decode_strings(overrides)} if isinstance(raw, dict) else raw
+    resources.check(parameters.parse(requested), buffer_root)
     buffer_root.mkdir(parents=True, exist_ok=True)
     config_db = config_db or embedded_db(buffer_root)
-    decoded = parameters.decode_strings(overrides)
-    raw = json.loads(Path(params_file).read_text()) if Path(params_file).is_file() else {}
     db = ConfigDB(open_backend(config_db))
     try:
-        pb_id = (
-            decoded.get("pb_id")
-            or raw.get("pb_id")
-            or new_pb_id("local", datetime.date.today(), db.run(lambda txn: txn.list_pbs()))
+        pb_id = requested.get("pb_id") or new_pb_id(
+            "local", datetime.date.today(), db.run(lambda txn: txn.list_pbs())
         )
-        params = parameters.load(params_file, **{**decoded, "pb_id": pb_id, "config_db": config_db})
+        params = parameters.parse({**requested, "pb_id": pb_id, "config_db": config_db})
         register(db, params, raw)
     finally:
         db.close()

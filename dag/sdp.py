@@ -27,7 +27,7 @@ from steps.configdb import (
     Transaction,
     open_backend,
 )
-from steps.params import ParamsError, decode_strings
+from steps.params import ParamsError, decode_strings, describe_errors
 
 ACTIVE, FINISHED = "ACTIVE", "FINISHED"
 
@@ -55,7 +55,8 @@ def read_sbi(path: Path, overrides: dict[str, Any]) -> tuple[SBI, list[Processin
             }
         )
     except (ValidationError, TypeError) as exc:
-        raise ParamsError(f"{path}: invalid SBI: {exc}") from None
+        detail = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ParamsError(f"{path}: invalid SBI: {detail}") from None
     ids = [pb.id for pb in pbs]
     duplicates = sorted({pb_id for pb_id in ids if ids.count(pb_id) > 1})
     if duplicates:

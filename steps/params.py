@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -352,13 +353,21 @@ def _field_error(field: str, value: Any, message: str) -> ValueError:
     return ValueError(f"{field} = {value!r}: {message}")
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_errors(exc: ValidationError, allowed: Iterable[str] = ()) -> str:
+    """One line naming each invalid field, its value and what is allowed."""
+    return "; ".join(_describe(error, list(allowed)) for error in exc.errors())
+
+
+def _describe(error: Any, allowed: list[str]) -> str:
     location = ".".join(str(part) for part in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if not location:  # raised by the model validator: the message names the field itself
         return message
     if error["type"] == "extra_forbidden":
-        return f"{location}: unknown parameter (allowed: {', '.join(Params.model_fields)})"
+        known = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{location}: unknown key{known}"
+    if error["type"] == "missing":
+        return f"{location}: required but missing"
     return f"{location} = {error.get('input')!r}: {message}"
 
 
@@ -369,7 +378,7 @@ def parse(data: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        raise ParamsError("; ".join(_describe(e) for e in exc.errors())) from None
+        raise ParamsError(describe_errors(exc, Params.model_fields)) from None
 
 
 def parse_strings(data: dict[str, str]) -> Params:
@@ -392,19 +401,25 @@ def decode_strings(data: dict[str, str]) -> dict[str, Any]:
     return decoded
 
 
-def load(path: str | Path, **overrides: Any) -> Params:
-    """Read a JSON parameter file (duplicate keys are an error) and apply overrides."""
+def read(path: str | Path) -> Any:
+    """Read a JSON parameter file strictly: duplicate keys and NaN/Infinity are errors."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ParamsError(f"cannot read parameter file {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ParamsError(f"cannot read parameter file {path}: {reason}") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ParamsError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except ValueError as exc:
         raise ParamsError(f"{path}: {exc}") from None
+
+
+def load(path: str | Path, **overrides: Any) -> Params:
+    """Read and validate a JSON parameter file, with overrides applied."""
+    data = read(path)
     if isinstance(data, dict):
         data = {**data, **overrides}
     return parse(data)

@@ -51,7 +51,7 @@ def test_frequencies_and_hour_angles():
         ({"buffer_img": "x" * 64}, ["buffer_img", "RFC 1123"]),
         ({"buffer_img": "../etc"}, ["buffer_img", "../etc", "RFC 1123"]),
         ({"buffer_img": "buff-pb-mvp01-20200523-00001-vis"}, ["buffer_img", "differ"]),
-        ({"nfreqwins": 8}, ["nfreqwins", "unknown parameter", "nfreqwin"]),
+        ({"nfreqwins": 8}, ["nfreqwins", "unknown key", "nfreqwin"]),
         ({"npixel": 1023}, ["npixel", "1023", "even"]),
         ({"n_workers": "four"}, ["n_workers", "four", "integer"]),
         ({"ra": 360.0}, ["ra", "360.0", "less than 360"]),

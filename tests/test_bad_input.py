@@ -1,0 +1,230 @@
+"""Bad input catalogue: every malformed input fails cleanly, with one line, and leaves nothing.
+
+Each case runs the real ``batch-imaging`` command.  Usage errors (bad parameters, files,
+arguments) exit 2, runtime errors (a damaged store or buffer) exit 1; the last line of stderr
+names the problem, no traceback is shown, and no buffer or database entry is left behind.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from steps import manifest, store
+
+SEED = json.loads((Path(__file__).parents[1] / "examples" / "batch_imaging.json").read_text())
+SBI = json.loads(
+    (Path(__file__).parents[1] / "examples" / "sbi-mvp01-20200523-00000.json").read_text()
+)
+
+
+def params(**change):
+    return json.dumps({**SEED, **change})
+
+
+# (id, file contents or None, extra argv, exit code, fragment of the message)
+PARAMS_CASES = [
+    ("missing-file", None, [], 2, "cannot read parameter file"),
+    ("empty-file", "", [], 2, "invalid JSON at line 1"),
+    ("truncated-json", '{"nfreqwin": 8', [], 2, "invalid JSON"),
+    ("duplicate-keys", '{"nfreqwin": 8, "nfreqwin": 4}', [], 2, "duplicate key(s): nfreqwin"),
+    ("nan", '{"rmax": NaN}', [], 2, "NaN is not a number"),
+    ("infinity", '{"rmax": Infinity}', [], 2, "Infinity is not a number"),
+    ("not-an-object", "[1, 2, 3]", [], 2, "must be a JSON object"),
+    ("not-utf8", b"\xff\xfe{", [], 2, "not UTF-8"),
+    ("unknown-key", params(nfreqwins=8), [], 2, "nfreqwins: unknown key"),
+    ("wrong-type", params(n_workers="four"), [], 2, "n_workers = 'four'"),
+    ("boolean-count", params(nfreqwin=True), [], 2, "nfreqwin = True: must be a number"),
+    ("zero-workers", params(n_workers=0), [], 2, "n_workers = 0"),
+    ("negative-workers", params(n_workers=-3), [], 2, "n_workers = -3"),
+    ("zero-windows", params(nfreqwin=0), [], 2, "nfreqwin = 0"),
+    ("zero-times", params(ntimes=0), [], 2, "ntimes = 0"),
+    ("negative-times", params(ntimes=-5), [], 2, "ntimes = -5"),
+    ("freq-order", params(freq_min=1.2e8), [], 2, "freq_max = 110000000.0: must be >= freq_min"),
+    ("freq-out-of-band", params(freq_max=5e9), [], 2, "freq_max = 5000000000.0"),
+    ("rmax-zero", params(rmax=0), [], 2, "rmax = 0"),
+    ("rmax-one-station", params(rmax=5.0), [], 2, "at least 2 are needed"),
+    ("dec-never-up", params(dec=75.0), [], 2, "dec = 75.0: is below the horizon"),
+    ("ra-out-of-range", params(ra=-10.0), [], 2, "ra = -10.0"),
+    ("odd-npixel", params(npixel=1023), [], 2, "npixel = 1023: must be even"),
+    ("cellsize-zero", params(cellsize=0), [], 2, "cellsize = 0"),
+    ("phase-error-negative", params(phase_error=-1), [], 2, "phase_error = -1"),
+    ("absurd-size", params(npixel=16384, nfreqwin=512), [], 2, "GiB of memory available"),
+    ("absurd-visibilities", params(rmax=100000.0, ntimes=1440), [], 2, "GiB"),
+    ("traversal-buffer", params(buffer_vis="../etc"), [], 2, "buffer_vis = '../etc'"),
+    ("shell-buffer", params(buffer_img="x;rm -rf ~"), [], 2, "buffer_img = 'x;rm -rf ~'"),
+    ("non-ascii-buffer", params(buffer_img="bufé-img"), [], 2, "buffer_img = 'bufé-img'"),
+    ("overlong-buffer", params(buffer_vis="b" * 64), [], 2, "RFC 1123"),
+    ("same-buffers", params(buffer_img=SEED["buffer_vis"]), [], 2, "must differ"),
+    ("shell-pb-id", params(pb_id="pb-$(reboot)"), [], 2, "pb_id = 'pb-$(reboot)'"),
+    ("overlong-pb-id", params(pb_id="p" * 65), [], 2, "pb_id"),
+    ("unknown-layout", params(configuration="meerkat"), [], 2, "configuration"),
+    ("missing-sky-file", params(sky_model="nowhere/sky.csv"), [], 2, "sky_model"),
+    ("override-nan", params(), ["-p", "rmax=NaN"], 2, "rmax"),
+    ("override-no-equals", params(), ["-p", "nfreqwin"], 2, "expected NAME=VALUE"),
+    ("override-unknown", params(), ["-p", "colour=blue"], 2, "colour: unknown key"),
+]
+
+
+def batch_imaging(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dag", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, code: int, fragment: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert fragment in last, last
+
+
+@pytest.mark.parametrize(
+    ("contents", "argv", "code", "fragment"),
+    [case[1:] for case in PARAMS_CASES],
+    ids=[case[0] for case in PARAMS_CASES],
+)
+def test_run_rejects_bad_parameters_before_writing(tmp_path, contents, argv, code, fragment):
+    path = tmp_path / "params.json"
+    if isinstance(contents, bytes):
+        path.write_bytes(contents)
+    elif contents is not None:
+        path.write_text(contents)
+    result = batch_imaging("run", str(path), "--buffer-root", "buffers", *argv, cwd=tmp_path)
+    assert_clean_failure(result, code, fragment)
+    assert not (tmp_path / "buffers").exists(), "something was written"
+
+
+SBI_CASES = [
+    ("sbi-truncated", json.dumps(SBI)[:-20], "invalid JSON"),
+    ("sbi-bad-id", json.dumps({**SBI, "id": "sbi x!"}), "id = 'sbi x!'"),
+    (
+        "sbi-pb-without-workflow",
+        json.dumps({**SBI, "processing_blocks": [{"id": "pb-a-1", "parameters": {}}]}),
+        "workflow: required but missing",
+    ),
+    (
+        "sbi-duplicate-pb",
+        json.dumps({**SBI, "processing_blocks": SBI["processing_blocks"][:1] * 2}),
+        "duplicate processing block id",
+    ),
+    ("sbi-not-object", "[]", "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("contents", "fragment"), [c[1:] for c in SBI_CASES], ids=[c[0] for c in SBI_CASES]
+)
+def test_sdp_assign_rejects_bad_sbi(tmp_path, contents, fragment):
+    (tmp_path / "sbi.json").write_text(contents)
+    result = batch_imaging("sdp", "assign", "sbi.json", "--config-db", "db", cwd=tmp_path)
+    assert_clean_failure(result, 2, fragment)
+    status = batch_imaging("sdp", "status", "--config-db", "db", cwd=tmp_path)
+    assert "pb-" not in status.stdout, "a processing block was created"
+
+
+def small_store(path: Path) -> Path:
+    layout = store.Layout(
+        times=5e9 + 600.0 * np.arange(2),
+        frequencies=np.array([1e8]),
+        channel_width=1e6,
+        antenna1=np.array([0]),
+        antenna2=np.array([1]),
+        antenna_names=["a", "b"],
+        uvw=np.ones((2, 1, 3)),
+        integration_time=600.0,
+    )
+    attrs = {"antenna_names": ["a", "b"], "phase_centre": {"ra_deg": 0.0, "dec_deg": -30.0}}
+    return store.create(path, layout, attrs)
+
+
+def empty_store(tmp: Path) -> Path:
+    (tmp / "in.zarr").mkdir()
+    return tmp / "in.zarr"
+
+
+def corrupted_store(tmp: Path) -> Path:
+    path = store.finalize(small_store(tmp / "in.zarr"), tmp / "in.zarr")
+    (path / "zarr.json").write_text("{not json")
+    return path
+
+
+def incomplete_store(tmp: Path) -> Path:
+    return small_store(tmp / "in.zarr").rename(tmp / "in.zarr")
+
+
+def foreign_schema_store(tmp: Path) -> Path:
+    path = store.finalize(small_store(tmp / "in.zarr"), tmp / "in.zarr")
+    zarr.open_group(path, mode="r+").attrs["schema_version"] = 0
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (empty_store, "unreadable"),
+        (corrupted_store, "unreadable"),
+        (incomplete_store, "incomplete"),
+        (foreign_schema_store, "schema version 0"),
+        (lambda tmp: tmp / "missing.zarr", "does not exist"),
+    ],
+    ids=["empty", "corrupted", "incomplete", "foreign-schema", "missing"],
+)
+def test_export_ms_refuses_bad_stores(tmp_path, make, fragment):
+    source = make(tmp_path)
+    result = batch_imaging("export-ms", str(source), "out.ms", cwd=tmp_path)
+    assert_clean_failure(result, 1, fragment)
+    assert not list(tmp_path.glob("*out.ms*")), "a partial Measurement Set was left"
+
+
+def test_verify_reports_a_foreign_or_tampered_buffer(tmp_path):
+    buffer = tmp_path / "buff-x-img"
+    buffer.mkdir()
+    result = batch_imaging("verify", str(buffer), cwd=tmp_path)
+    assert_clean_failure(result, 1, "no manifest.json")
+    before = manifest.snapshot([buffer])
+    (buffer / "restored.fits").write_bytes(b"SIMPLE" * 100)
+    manifest.record([buffer], "image", {}, [], before, {})
+    assert batch_imaging("verify", str(buffer), cwd=tmp_path).returncode == 0
+    (buffer / "restored.fits").write_bytes(b"SIMPLF" * 100)
+    result = batch_imaging("verify", str(buffer), cwd=tmp_path)
+    assert_clean_failure(result, 1, "restored.fits: sha256 differs")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["step", "teleport"], "invalid choice: 'teleport'"),
+        (["run"], "the following arguments are required: params"),
+        (["params", "validate"], "params validate needs a FILE"),
+        (["sdp", "release", "sbi-nope", "--config-db", "db"], "sbi-nope does not exist"),
+    ],
+    ids=[
+        "unknown-command",
+        "unknown-step",
+        "run-without-file",
+        "validate-without-file",
+        "release-unknown-sbi",
+    ],
+)
+def test_cli_usage_errors(tmp_path, argv, fragment):
+    result = batch_imaging(*argv, cwd=tmp_path)
+    assert result.returncode in (1, 2)
+    assert "Traceback" not in result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "p.json").write_text(params(nfreqwin=0))
+    result = batch_imaging("--debug", "run", "p.json", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr
