@@ -68,9 +68,18 @@ def run_local(
 
 
 def execute(params: parameters.Params, buffer_root: Path, name: str) -> str:
-    """Run the rendered workflow template with the local engine; return its phase."""
+    """Run the rendered workflow template with the local engine; return its phase.
+
+    If the engine cannot even start the workflow (no exit handler ran), the processing
+    block is marked FAILED with the reason here."""
     engine = LocalEngine(template_manifest(), buffer_root)
-    run = engine.run(params.as_strings(), name=name)
+    try:
+        run = engine.run(params.as_strings(), name=name)
+    except Exception as exc:
+        with ConfigDB(connect(params.config_db)) as db:
+            reason = f"workflow {name} could not run: {exc}"
+            db.run(lambda txn: txn.update_state(params.pb_id, status="FAILED", reason=reason))
+        raise
     LOG.info("Workflow %s %s", run.name, run.phase)
     for node in run.nodes.values():
         LOG.info("  %-24s %-10s %6.1f s %s", node.name, node.phase, node.duration, node.message)

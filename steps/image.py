@@ -23,7 +23,7 @@ from astropy.wcs import WCS
 from steps import store
 from steps.buffers import Buffers
 from steps.calibrate import CONVERGENCE, MODEL_STORE
-from steps.dask_ee import engine, map_windows, threads_per_worker
+from steps.dask_ee import engine, map_windows
 from steps.log import LOG
 from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
@@ -78,7 +78,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             buffers.calibrated,
             model_path,
             params,
-            threads_per_worker(params.n_workers),
+            1,  # one gridder thread: bit-reproducible products (see calibrate)
         )
     residual = np.stack([p["residual"] for p in planes])
     sumwt = np.array([p["sumwt"] for p in planes])

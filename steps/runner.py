@@ -28,8 +28,11 @@ RECORDED = {*PIPELINE, "release"}
 
 
 def write_outputs(outputs: dict[str, str]) -> None:
-    """Write output parameters where the template's ``valueFrom.path`` reads them."""
-    directory = Path(os.environ.get(OUTPUTS_ENV, "/tmp/outputs"))
+    """Write output parameters where the template's ``valueFrom.path`` reads them
+    (``$BATCH_IMAGING_OUTPUTS``, set by the template; without it there is no reader)."""
+    if OUTPUTS_ENV not in os.environ:
+        return
+    directory = Path(os.environ[OUTPUTS_ENV])
     directory.mkdir(parents=True, exist_ok=True)
     for name, value in outputs.items():
         (directory / name).write_text(value)

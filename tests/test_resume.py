@@ -1,4 +1,7 @@
-"""Crash and resume: SIGKILL each heavy step at a random point, re-run, get identical products."""
+"""Crash and resume: SIGKILL each heavy step at a random point, re-run, get identical products.
+
+The reference run uses one Dask worker and the crashed one two, so the comparison also
+shows that products do not depend on the number of workers (determinism)."""
 
 import json
 import random
@@ -87,7 +90,7 @@ def test_killed_steps_resume_to_identical_products(tmp_path):
 
     pb = "pb-crash-20261126-00000"
     params = tmp_path / "crash.json"
-    params.write_text(json.dumps({**SMALL, "pb_id": pb}))
+    params.write_text(json.dumps({**SMALL, "pb_id": pb, "n_workers": 2}))
     for step in PIPELINE:  # each run is killed one step further on
         run = start(params, root)
         kill_step(run, root, pb, step, rng)
