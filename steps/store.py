@@ -51,7 +51,7 @@ def create(path: Path, layout: Layout, attrs: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
-    ntime, nbl, nfreq, npol = layout.shape
+    ntime, nbl, _, npol = layout.shape
     dims = ("time", "baseline_id", "frequency", "polarization")
     chunks = (ntime, nbl, 1, npol)
     names = np.asarray(layout.antenna_names, dtype=object)

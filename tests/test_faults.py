@@ -4,6 +4,7 @@ The buffers live on a small tmpfs mounted by the test (root is needed to mount; 
 root), so the faults are real ENOSPC / EROFS errors from the kernel.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -81,10 +82,8 @@ def test_disk_full_mid_run_fails_cleanly_and_resumes(tmp_path, tmpfs):
     free = os.statvfs(tmpfs)
     filler = tmpfs / "filler"
     with filler.open("wb") as handle:  # leave the corrupt step almost nothing
-        try:
+        with contextlib.suppress(OSError):
             handle.write(b"\0" * (free.f_bavail * free.f_frsize - 4096))
-        except OSError:
-            pass
     _, log = run.communicate(timeout=300)
     assert run.returncode == 1, log[-2000:]
     assert "Traceback" not in log

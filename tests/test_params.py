@@ -81,7 +81,7 @@ def test_strings_as_argo_passes_them_round_trip():
 def test_load_rejects_duplicate_keys_and_nan(tmp_path):
     path = tmp_path / "p.json"
     path.write_text('{"nfreqwin": 8, "nfreqwin": 4}')
-    with pytest.raises(ParamsError, match="duplicate key.*nfreqwin"):
+    with pytest.raises(ParamsError, match=r"duplicate key.*nfreqwin"):
         load(path)
     path.write_text('{"rmax": NaN}')
     with pytest.raises(ParamsError, match="NaN is not a number"):
