@@ -81,9 +81,9 @@ def test_disk_full_mid_run_fails_cleanly_and_resumes(tmp_path, tmpfs):
         time.sleep(0.02)
     free = os.statvfs(tmpfs)
     filler = tmpfs / "filler"
-    with filler.open("wb") as handle:  # leave the corrupt step almost nothing
-        with contextlib.suppress(OSError):
-            handle.write(b"\0" * (free.f_bavail * free.f_frsize - 4096))
+    # leave the corrupt step almost nothing
+    with filler.open("wb") as handle, contextlib.suppress(OSError):
+        handle.write(b"\0" * (free.f_bavail * free.f_frsize - 4096))
     _, log = run.communicate(timeout=300)
     assert run.returncode == 1, log[-2000:]
     assert "Traceback" not in log
