@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from tqdm import tqdm
+
 LOG = logging.getLogger("batch_imaging")
 T = TypeVar("T")
 
@@ -23,11 +25,16 @@ def setup(debug: bool = False) -> None:
 
 
 def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
-    """Yield items while reporting N/M to ``$ARGO_PROGRESS_FILE`` (Argo) and to the log."""
+    """Yield items while reporting N/M: to ``$ARGO_PROGRESS_FILE`` (the Argo UI), as a
+    progress bar on a terminal, and to the log otherwise."""
     path = os.environ.get("ARGO_PROGRESS_FILE")
     started = time.monotonic()
-    for done, item in enumerate(items, start=1):
-        yield item
-        if path:
-            Path(path).write_text(f"{done}/{total}\n")
-        LOG.info("%s: %d/%d done (%.1f s)", what, done, total, time.monotonic() - started)
+    with tqdm(total=total, desc=what, unit="window", disable=not sys.stderr.isatty()) as bar:
+        for done, item in enumerate(items, start=1):
+            yield item
+            bar.update()
+            if path:
+                Path(path).write_text(f"{done}/{total}\n")
+            if bar.disable:
+                elapsed = time.monotonic() - started
+                LOG.info("%s: %d/%d done (%.1f s)", what, done, total, elapsed)

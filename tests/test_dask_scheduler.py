@@ -1,0 +1,102 @@
+"""The heavy steps on an existing Dask cluster: real ``dask scheduler`` and ``dask worker``
+processes on loopback, given to the workflow as ``dask_scheduler``."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dask.distributed import Client
+
+SMALL = {
+    "nfreqwin": 2,
+    "ntimes": 2,
+    "rmax": 300.0,
+    "npixel": 128,
+    "cellsize": 0.002,
+    "niter": 50,
+    "nmajor": 1,
+}
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    processes = [
+        subprocess.Popen(
+            [
+                BIN / "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists():
+        assert time.monotonic() < deadline, "the scheduler did not start"
+        time.sleep(0.1)
+    address = json.loads(scheduler_file.read_text())["address"]
+    processes.append(
+        subprocess.Popen(
+            [
+                BIN / "dask",
+                "worker",
+                address,
+                "--nworkers",
+                "2",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    with Client(address) as client:
+        client.wait_for_workers(2, timeout=60)
+    yield address
+    for process in reversed(processes):
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_steps_run_on_the_given_scheduler(tmp_path, cluster):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(SMALL))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dag",
+            "run",
+            str(params),
+            "--buffer-root",
+            str(tmp_path / "b"),
+            "-p",
+            f"dask_scheduler={cluster}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Dask EE: scheduler {cluster}" in result.stderr
+    assert "LocalCluster" not in result.stderr and "dashboard http" not in result.stderr
+    with Client(cluster) as client:
+        prefixes = client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.task_prefixes)
+        )
+    for task in ("predict_window", "corrupt_window"):
+        assert task in prefixes, prefixes
