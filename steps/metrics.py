@@ -20,9 +20,7 @@ def phase_rms(true_gains: np.ndarray, solved_gains: np.ndarray) -> float:
     return float(np.sqrt(np.mean(diff**2)))
 
 
-def station_uvw(
-    uvw: np.ndarray, ant1: np.ndarray, ant2: np.ndarray, nstations: int
-) -> np.ndarray:
+def station_uvw(uvw: np.ndarray, ant1: np.ndarray, ant2: np.ndarray, nstations: int) -> np.ndarray:
     """Station positions relative to station 0 in uvw (time, station, 3) metres.
 
     Baseline uvw are ``pos[ant2] - pos[ant1]``; the baselines with station 0 give them.
