@@ -21,11 +21,11 @@ from steps.params import Params
 
 NAME = "batch-imaging"
 SERVICE_ACCOUNT = NAME
-STEPS = ("claim", "buffer-reserve", "simulate", "corrupt", "calibrate", "image")
+STEPS = ("claim", "buffer-reserve", "simulate", "corrupt", "calibrate", "image", "report")
 EXIT_STEP = "release"
 CLAIM_STEP = "claim"
 BUFFERS = {"buffer-vis": "buffer_vis", "buffer-img": "buffer_img"}
-HEAVY = {"simulate", "corrupt", "calibrate", "image"}
+HEAVY = {"simulate", "corrupt", "calibrate", "image", "report"}
 MOUNTS_BUFFERS = HEAVY | {"buffer-reserve"}
 OUTPUTS_DIR = "/tmp/outputs"  # nosec B108 - on the pod's /tmp emptyDir
 IMAGE_ENV = "BATCH_IMAGING_IMAGE"

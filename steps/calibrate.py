@@ -3,8 +3,9 @@
 Every window is loaded once onto a Dask worker and stays there; each major cycle sends it
 the window's current model and receives its residual image and solved gains.  MS-MFS CLEAN
 runs here, on the moment images reduced across windows.  Writes the solved gain tables, the
-calibrated visibilities, the model (``ical_model.zarr`` in the image buffer, with the PSFs)
-and the convergence record ``ical_convergence.json``.
+calibrated visibilities, the model (``ical_model.zarr`` in the image buffer, with the PSFs
+and each window's final residual, made where the window lives so that ``image`` need not
+read the visibilities again) and the convergence record ``ical_convergence.json``.
 """
 
 from __future__ import annotations
@@ -88,12 +89,27 @@ def psf_of(win: ical.Window) -> tuple[np.ndarray, float, float]:
     return win.psf, win.sumwt, win.psf_s
 
 
-def write_calibrated(
-    win: ical.Window, tables: dict[str, np.ndarray], source: Path, target: Path
-) -> None:
-    """Write the window's corrected visibilities into the store being built (a Dask task)."""
-    _, weight, flag = store.read_window(source, win.index)
-    store.write_window(target, win.index, ical.corrected_vis(win, tables), weight, flag)
+def finish_window(
+    win: ical.Window,
+    model: np.ndarray,
+    tables: dict[str, np.ndarray],
+    source: Path,
+    target: Path,
+    settings: ical.Settings,
+) -> tuple[np.ndarray, float]:
+    """Write the window's corrected visibilities, chunk by chunk, into the store being built
+    and return its final residual image with its gridder time (a Dask task).
+
+    The residual ``invert(corrected - predict(model))`` is made here, where the window lives,
+    so that ``image`` only restores.
+    """
+    corrected = ical.corrected_vis(win, tables)
+    for times in store.time_chunks(target):
+        _, weight, flag = store.read_window(source, win.index, times)
+        store.write_window(target, win.index, corrected[times], weight, flag, times)
+    t0 = time.perf_counter()
+    residual = ical.final_residual(win, corrected, model, settings)
+    return residual, time.perf_counter() - t0
 
 
 def dask_mapper(client: Client, handles: Sequence[Any]) -> ical.Mapper:
@@ -122,7 +138,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     tmp = store.create(
         buffers.calibrated, obs, {**data.attrs, "creator": "batch-imaging calibrate"}
     )
-    with engine(params.n_workers) as client:
+    with engine(params.n_workers, [__name__]) as client:
         handles = [
             client.submit(load_window, i, buffers.corrupted, settings, pure=False)
             for i in range(nwin)
@@ -142,11 +158,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             truth,
             LOG.info,
         )
-        client.gather(
+        finals = dask_mapper(client, handles)(
+            finish_window,
             [
-                client.submit(write_calibrated, h, t, buffers.corrupted, tmp, pure=False)
-                for h, t in zip(handles, result.tables, strict=True)
-            ]
+                (result.model[i], result.tables[i], buffers.corrupted, tmp, settings)
+                for i in range(nwin)
+            ],
         )
     store.finalize(tmp, buffers.calibrated)
     table = store.gain_table(
@@ -160,11 +177,15 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     table.attrs["calibration_context"] = params.calibration_context
     store.write_dataset(table, buffers.solved_gains)
     buffers.img.mkdir(parents=True, exist_ok=True)
-    write_model(buffers.img / MODEL_STORE, result, psfs, sumwt, obs.frequencies, params)
+    residual = np.stack([f[0] for f in finals])
+    final_s = float(sum(f[1] for f in finals))
+    write_model(
+        buffers.img / MODEL_STORE, result, psfs, sumwt, residual, final_s, obs.frequencies, params
+    )
     rms = phase_rms(truth, result.gains)
     uvw0 = station_uvw(obs.uvw, obs.antenna1, obs.antenna2, nstations)
     shifted = shift_removed_phase_rms(truth, result.gains, uvw0, obs.frequencies)
-    gridder_s = result.gridder_s + float(sum(p[2] for p in psf_info))
+    gridder_s = result.gridder_s + float(sum(p[2] for p in psf_info)) + final_s
     record = {
         "algorithm": params.algorithm,
         "calibration_context": params.calibration_context,
@@ -198,15 +219,19 @@ def write_model(
     result: ical.IcalResult,
     psfs: np.ndarray,
     sumwt: np.ndarray,
+    residual: np.ndarray,
+    residual_gridder_s: float,
     freqs: np.ndarray,
     params: Params,
 ) -> None:
-    """The ICAL model per window and as Taylor terms, with the PSFs, as a complete store."""
+    """The ICAL model per window and as Taylor terms, with the PSFs and the final residual
+    images (Jy/beam, of the calibrated data less the model), as a complete store."""
     ds = xr.Dataset(
         {
             "MODEL": (("frequency", "y", "x"), result.model.astype(np.float64)),
             "TAYLOR": (("taylor", "y", "x"), result.taylor.astype(np.float64)),
             "PSF": (("frequency", "y", "x"), psfs.astype(np.float32)),
+            "RESIDUAL": (("frequency", "y", "x"), residual.astype(np.float64)),
             "SUMWT": (("frequency",), sumwt),
         },
         coords={"frequency": freqs},
@@ -216,6 +241,7 @@ def write_model(
             "reference_frequency_hz": float(np.mean(freqs)),
             "cell_rad": params.cellsize,
             "algorithm": params.algorithm,
+            "residual_gridder_s": round(residual_gridder_s, 3),
         },
     )
     store.write_dataset(ds, path)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from steps import store
 from steps.buffers import Buffers
-from steps.dask_ee import engine, map_windows
+from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
 from steps.params import Params
 from steps.science import gains
@@ -16,13 +17,15 @@ from steps.science import gains
 OUTPUTS = ("corrupted", "gains")
 
 
-def corrupt_window(index: int, source: Path, target: Path, window_gains: np.ndarray) -> None:
-    """Apply one window's gains (time, station) to its visibilities (a Dask task)."""
-    ds = store.open_store(source)
-    vis, weight, flag = store.read_window(source, index)
-    ant1, ant2 = ds["baseline_antenna1"].values, ds["baseline_antenna2"].values
-    corrupted = gains.apply_gains(vis.astype(np.complex128), window_gains[index], ant1, ant2)
-    store.write_window(target, index, corrupted, weight, flag)
+def corrupt_window(
+    index: int, times: slice, source: Path, target: Path, true_gains: np.ndarray
+) -> None:
+    """Apply the gains (time, station) of one (window, time chunk) to it (a Dask task)."""
+    group = zarr.open_group(source, mode="r")
+    vis, weight, flag = store.read_window(source, index, times)
+    ant1, ant2 = group["baseline_antenna1"][:], group["baseline_antenna2"][:]
+    corrupted = gains.apply_gains(vis.astype(np.complex128), true_gains[index, times], ant1, ant2)
+    store.write_window(target, index, corrupted, weight, flag, times)
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
@@ -38,10 +41,9 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     )
     true_gains = np.exp(1j * phases)
     tmp = store.create(buffers.corrupted, obs, {**model.attrs, "creator": "batch-imaging corrupt"})
-    with engine(params.n_workers) as client:
-        map_windows(
-            client, "corrupt", corrupt_window, len(obs.frequencies), buffers.model, tmp, true_gains
-        )
+    chunks = [(i, t) for i in range(len(obs.frequencies)) for t in store.time_chunks(tmp)]
+    with engine(params.n_workers, [__name__]) as client:
+        map_tasks(client, "corrupt", corrupt_window, chunks, buffers.model, tmp, true_gains)
     table = store.gain_table(
         true_gains,
         obs.times,

@@ -1,28 +1,60 @@
-"""The Dask execution engine of a heavy step: a LocalCluster of ``n_workers``, or a scheduler."""
+"""The Dask execution engine of a heavy step: a LocalCluster of ``n_workers``, or a scheduler.
+
+Worker processes of a LocalCluster are forked from a ``forkserver`` that has imported the
+step's module once (``preload``), so starting 4 workers costs one import (≈ 2 s) instead of
+four spawned interpreters importing numpy, xarray, zarr and ducc0 each (≈ 19 s for 4 workers
+on 2 cores, start to close, measured in ``benchmarks/README.md``).
+
+Thread rule: ``workers x threads per worker <= cores``.  Each worker gets
+``threads_per_worker(n) = max(1, cores // n)`` Dask threads, and the native thread pools of
+the worker processes (OpenMP, OpenBLAS, MKL, numba) are capped at the same number through the
+environment the forkserver starts with.  The gridder (ducc0) is always called with one
+thread: the windows and time chunks give the parallelism, and multi-threaded gridding is not
+bit-reproducible under CPU contention.  More workers than cores (the seed's 4 on 2 cores)
+still work, at the cost measured in ``benchmarks/README.md``.
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import dask
 from dask.distributed import Client, LocalCluster, as_completed
+from distributed.utils import get_mp_context
 
 from steps.log import LOG, progress
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def threads_per_worker(n_workers: int) -> int:
-    """Cores per worker so that workers x (ducc0/numpy threads) never exceed the cores."""
+    """Cores per worker so that workers x (numpy/numba threads) never exceed the cores."""
     return max(1, (os.cpu_count() or 1) // n_workers)
 
 
+def _forkserver(preload: Sequence[str], threads: int) -> None:
+    """Fork workers from a server that imported ``preload`` once, with capped thread pools."""
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    get_mp_context()  # distributed's own preload first, so that ours below is the one kept
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        ["distributed", "dask.distributed", *preload]
+    )
+    for name in THREAD_ENV[:3]:  # inherited by the forkserver when it starts (first worker)
+        os.environ.setdefault(name, str(threads))
+
+
 @contextmanager
-def engine(n_workers: int) -> Iterator[Client]:
-    """Start (or connect to) the Dask EE for the duration of a step."""
+def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
+    """Start (or connect to) the Dask EE for the duration of a step.
+
+    ``preload``: modules the tasks come from, imported once by the forkserver.
+    """
     address = os.environ.get(SCHEDULER_ENV)
     LOG.info("Deploying Dask EE")
     quiet = logging.DEBUG if LOG.isEnabledFor(logging.DEBUG) else logging.WARNING
@@ -33,6 +65,7 @@ def engine(n_workers: int) -> Iterator[Client]:
             yield client
         return
     threads = threads_per_worker(n_workers)
+    _forkserver(preload, threads)
     with (
         LocalCluster(
             n_workers=n_workers,
@@ -40,7 +73,7 @@ def engine(n_workers: int) -> Iterator[Client]:
             processes=True,
             dashboard_address=":0",
             silence_logs=quiet,
-            env={"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)},
+            env={name: str(threads) for name in THREAD_ENV},
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -53,12 +86,19 @@ def engine(n_workers: int) -> Iterator[Client]:
         yield client
 
 
+def map_tasks(
+    client: Client, what: str, task: Callable[..., Any], keys: Sequence, *args: Any
+) -> list:
+    """Run ``task(*key, *args)`` for every key tuple (a progress bar); results in key order."""
+    futures = {client.submit(task, *key, *args, pure=False): i for i, key in enumerate(keys)}
+    results: list[Any] = [None] * len(keys)
+    for future in progress(as_completed(futures), len(keys), what):
+        results[futures[future]] = future.result()
+    return results
+
+
 def map_windows(
     client: Client, what: str, task: Callable[..., Any], count: int, *args: Any
 ) -> list:
     """Run ``task(index, *args)`` for every frequency window; results in window order."""
-    futures = {client.submit(task, index, *args, pure=False): index for index in range(count)}
-    results: list[Any] = [None] * count
-    for future in progress(as_completed(futures), count, what):
-        results[futures[future]] = future.result()
-    return results
+    return map_tasks(client, what, task, [(index,) for index in range(count)], *args)

@@ -1,7 +1,8 @@
-"""image: final residual and restored images (per window and MFS) from ICAL's products.
+"""image: restored images (per window and MFS) from ICAL's products.
 
-Each window's residual ``invert(calibrated - predict(model))`` is made on a Dask worker;
-the ICAL PSFs give the clean beams.  Writes FITS cubes (``deconvolved``, ``residual``,
+Each window's final residual ``invert(calibrated - predict(model))`` was made by calibrate
+on the Dask worker holding the window (``ical_model.zarr``); the ICAL PSFs give the clean
+beams.  Writes FITS cubes (``deconvolved``, ``residual``,
 ``restored``), MFS images (``mfs_restored``, ``mfs_residual``, ``mfs_model``, and
 ``mfs_alpha``, the spectral index where the signal allows) and ``metrics.json``.
 """
@@ -17,72 +18,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 from astropy.wcs import WCS
 
 from steps import store
 from steps.buffers import Buffers
 from steps.calibrate import CONVERGENCE, MODEL_STORE
-from steps.dask_ee import engine, map_windows
 from steps.log import LOG
 from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
-from steps.science import deconvolve, fitsio, imaging, restore
+from steps.science import deconvolve, fitsio, restore
 
 OUTPUTS = ("restored", "restored_peak_jy", "dynamic_range")
 PSF_FILE = "psf.fits"
 ALPHA_SNR = 10.0  # spectral index where the restored MFS image exceeds this many residual rms
 
 
-def residual_window(index: int, data: Path, model: Path, params: Params, nthreads: int) -> dict:
-    """Residual image of one window: invert(calibrated - predict(model)) (a Dask task)."""
-    group = zarr.open_group(data, mode="r")
-    uvw = group["UVW"][:].reshape(-1, 3)
-    freq = group["frequency"][index : index + 1]
-    vis, weight, flag = store.read_window(data, index)
-    wgt = np.where(flag, 0.0, weight).reshape(-1, 1).astype(np.float64)
-    iw = imaging.weights(
-        uvw, freq, wgt, params.npixel, params.cellsize, params.weighting, params.robust
-    )
-    plane = zarr.open_group(model, mode="r")["MODEL"][index]
-    started = time.perf_counter()
-    predicted = imaging.predict(plane, uvw, freq, params.cellsize, params.epsilon, nthreads)
-    residual, sumwt = imaging.invert(
-        uvw,
-        freq,
-        vis.reshape(-1, 1).astype(np.complex128) - predicted,
-        iw,
-        params.npixel,
-        params.cellsize,
-        params.epsilon,
-        nthreads,
-    )
-    return {"residual": residual, "sumwt": sumwt, "gridder_s": time.perf_counter() - started}
-
-
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
     started = time.perf_counter()
     LOG.info("Imaging %d windows, %d x %d pixels", params.nfreqwin, params.npixel, params.npixel)
-    obs = store.layout_of(store.open_store(buffers.calibrated))
+    calibrated = store.open_store(buffers.calibrated)  # the data the residuals were made of
+    channel_width = float(calibrated.attrs["channel_width_hz"])
     model_path = buffers.img / MODEL_STORE
     products = store.open_dataset(model_path)
     model = products["MODEL"].values
     taylor = products["TAYLOR"].values
     psfs = products["PSF"].values.astype(np.float64)
-    with engine(params.n_workers) as client:
-        planes = map_windows(
-            client,
-            "image",
-            residual_window,
-            len(obs.frequencies),
-            buffers.calibrated,
-            model_path,
-            params,
-            1,  # one gridder thread: bit-reproducible products (see calibrate)
-        )
-    residual = np.stack([p["residual"] for p in planes])
-    sumwt = np.array([p["sumwt"] for p in planes])
-    freqs = obs.frequencies
+    residual = products["RESIDUAL"].values
+    sumwt = products["SUMWT"].values
+    freqs = calibrated["frequency"].values
     ref = float(freqs.mean())
     beams = [restore.fit_clean_beam(p, params.cellsize) for p in psfs]
     beam = max(beams, key=lambda b: b.bmaj_deg * b.bmin_deg)  # common beam: the largest
@@ -102,8 +65,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
 
     buffers.img.mkdir(parents=True, exist_ok=True)
     header = {"ra_deg": params.ra, "dec_deg": params.dec, "cell_rad": params.cellsize}
-    cube = {**header, "freqs_hz": freqs, "channel_width_hz": obs.channel_width}
-    bandwidth = float(np.ptp(freqs)) + obs.channel_width
+    cube = {**header, "freqs_hz": freqs, "channel_width_hz": channel_width}
+    bandwidth = float(np.ptp(freqs)) + channel_width
     mfs = {**header, "freqs_hz": [ref], "channel_width_hz": bandwidth}
     fitsio.write_image(buffers.image("deconvolved"), model, bunit="JY/PIXEL", **cube)
     fitsio.write_image(buffers.image("residual"), residual, bunit="JY/BEAM", beam=beam, **cube)
@@ -122,10 +85,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         buffers.img / PSF_FILE,
         psfs[centre],
         bunit="",
-        **{**header, "freqs_hz": freqs[centre : centre + 1], "channel_width_hz": obs.channel_width},
+        **{**header, "freqs_hz": freqs[centre : centre + 1], "channel_width_hz": channel_width},
     )
     metrics = measure(params, buffers, restored, residual, mfs_restored[0], res_mom[0], beam)
-    metrics["image_gridder_s"] = round(sum(p["gridder_s"] for p in planes), 3)
+    metrics["image_gridder_s"] = products.attrs["residual_gridder_s"]
     metrics["step_timings_s"] = {
         **step_timings(params.config_db, params.pb_id),
         "image": round(time.perf_counter() - started, 3),

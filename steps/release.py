@@ -1,8 +1,8 @@
 """release (exit handler): set the PB FINISHED or FAILED from ``{{workflow.status}}``.
 
-First the previews and ``report.html`` are written to the image buffer (from whatever products
-exist), so that a FINISHED block always has its report.  Buffers are kept: they outlive the
-run, as the SDP's buffer reservations did.
+It mounts no buffer (a pod waiting for a missing claim would keep the handler from ever
+running): buffers are kept as they are, they outlive the run as the SDP's buffer reservations
+did, and the report step before it has written the previews and ``report.html``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ OUTPUTS = ("status",)
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
+    del buffers
     workflow_status = os.environ.get("WORKFLOW_STATUS", "")
     run_name = os.environ.get("WORKFLOW_NAME", "")
     status = PBStatus.FINISHED if workflow_status == "Succeeded" else PBStatus.FAILED
@@ -40,9 +41,6 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         return True
 
     with ConfigDB(connect(params.config_db or None)) as db:
-        state = db.run(lambda txn: txn.get_state(params.pb_id))
-        if state is not None and getattr(state, "workflow_run", run_name) == run_name:
-            publish(params, buffers, status.value, getattr(state, "steps", None) or {})
         ours = db.run(release)
     if not ours:
         LOG.warning("Processing block %s is held by another run; left unchanged", params.pb_id)
@@ -52,17 +50,3 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     else:
         LOG.error("Processing block %s FAILED (workflow %s)", params.pb_id, workflow_status)
     return {"status": status.value}
-
-
-def publish(params: Params, buffers: Buffers, status: str, steps: dict) -> None:
-    """Write the previews and the report; never fails the release (products may be missing)."""
-    if not buffers.img.is_dir():
-        LOG.warning("No image buffer at %s: no previews or report", buffers.img)
-        return
-    try:
-        from steps import previews, report
-
-        path = report.write(params, buffers, status, steps, previews.write_all(params, buffers))
-        LOG.info("Run report: %s", path)
-    except Exception as exc:  # the PB status must be set whatever happens here
-        LOG.warning("Run report not written: %s", exc)

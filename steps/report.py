@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from steps.buffers import Buffers
+from steps.log import LOG
 from steps.params import Params
 
+OUTPUTS = ("report",)
 REPORT_FILE = "report.html"
 CAPTIONS = {
     "restored": "Restored image",
@@ -193,3 +195,16 @@ def write(
     tmp.write_text(render(params, status, steps, metrics, previews), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def run(params: Params, buffers: Buffers) -> dict[str, str]:
+    """The ``report`` step: previews and ``report.html`` from the products and the timeline."""
+    from steps import previews
+    from steps.configdb import ConfigDB, connect
+
+    with ConfigDB(connect(params.config_db or None)) as db:
+        state = db.run(lambda txn: txn.get_state(params.pb_id))
+    steps = getattr(state, "steps", None) or {}
+    path = write(params, buffers, "Succeeded", steps, previews.write_all(params, buffers))
+    LOG.info("Run report: %s", path)
+    return {"report": str(path)}

@@ -21,10 +21,10 @@ from steps.params import Params, parse_strings
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 # the steps whose products are recorded in the buffer manifests and reused when unchanged,
-# in the order they run (each reads its predecessors' products); the exit handler's products
-# are recorded too (the claim daemon runs beside the others: never)
+# in the order they run (each reads its predecessors' products); the report is recorded but
+# always made anew (the claim daemon runs beside the others: never recorded)
 PIPELINE = ("simulate", "corrupt", "calibrate", "image")
-RECORDED = {*PIPELINE, "release"}
+RECORDED = {*PIPELINE, "report"}
 
 
 def write_outputs(outputs: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ import zarr
 
 from steps import store
 from steps.buffers import Buffers, buffer_root
-from steps.dask_ee import engine, map_windows
+from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
 from steps.params import Params
 from steps.science import catalogue, layout, predict, sky, synthetic
@@ -184,11 +184,11 @@ def read_sky(path: Path) -> tuple[sky.Components, np.ndarray, np.ndarray]:
 
 
 def predict_window(
-    index: int, path: Path, lmn: np.ndarray, flux: np.ndarray, shape: np.ndarray
+    index: int, times: slice, path: Path, lmn: np.ndarray, flux: np.ndarray, shape: np.ndarray
 ) -> None:
-    """Predict one window by direct DFT of the components and write it (a Dask task)."""
+    """Predict one (window, time chunk) by direct DFT of the components and write it (a task)."""
     group = zarr.open_group(path, mode="r")
-    uvw = group["UVW"][:]
+    uvw = group["UVW"][times]
     freq = group["frequency"][index : index + 1]
     ntime, nbl, _ = uvw.shape
     vis = predict.dft(uvw.reshape(-1, 3), freq, *lmn, flux[:, index : index + 1], shape)
@@ -198,6 +198,7 @@ def predict_window(
         vis.reshape(ntime, nbl),
         np.ones((ntime, nbl), np.float32),
         np.zeros((ntime, nbl), bool),
+        times,
     )
 
 
@@ -230,13 +231,14 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     tmp = store.create(buffers.model, obs, attrs)
     lmn = np.stack(sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec))
     write_sky(buffers.sky, components, apparent, obs.frequencies, params.sky_model)
-    with engine(params.n_workers) as client:
+    chunks = [(i, t) for i in range(len(obs.frequencies)) for t in store.time_chunks(tmp)]
+    with engine(params.n_workers, [__name__]) as client:
         LOG.info("Running simulation pipeline")
-        map_windows(
+        map_tasks(
             client,
             "simulate",
             predict_window,
-            len(obs.frequencies),
+            chunks,
             tmp,
             lmn,
             apparent,

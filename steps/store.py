@@ -1,9 +1,11 @@
 """Zarr visibility stores with MSv4 names, written atomically and one frequency window at a time.
 
 Layout: ``VISIBILITY``/``WEIGHT``/``FLAG`` (time, baseline_id, frequency, polarization) and
-``UVW`` (time, baseline_id, uvw_label), chunked one frequency window per chunk, so that each
-Dask task reads and writes only its own window.  A store is built under a temporary name and
-renamed into place by :func:`finalize`; readers refuse anything that is not complete.
+``UVW`` (time, baseline_id, uvw_label), chunked one frequency window by ``time_chunk``
+integrations per chunk (about ``CHUNK_BYTES`` of visibilities unless given), so that each
+Dask task, over a (window, time chunk), reads and writes only its own chunk.  A store is
+built under a temporary name and renamed into place by :func:`finalize`; readers refuse
+anything that is not complete.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import zarr
 SCHEMA_VERSION = 1
 COMPLETE = "batch_imaging_complete"
 VIS_DTYPE = np.complex64
+CHUNK_BYTES = 16 * 2**20  # visibilities per chunk when the time chunk is not given
 
 
 class StoreError(RuntimeError):
@@ -46,14 +49,23 @@ class Layout:
         return len(self.times), len(self.antenna1), len(self.frequencies), 1
 
 
-def create(path: Path, layout: Layout, attrs: Mapping[str, Any]) -> Path:
+def default_time_chunk(ntime: int, nbl: int) -> int:
+    """Integrations per chunk: about ``CHUNK_BYTES`` of visibilities, at least one."""
+    per_time = nbl * np.dtype(VIS_DTYPE).itemsize
+    return int(min(ntime, max(1, CHUNK_BYTES // per_time)))
+
+
+def create(
+    path: Path, layout: Layout, attrs: Mapping[str, Any], time_chunk: int | None = None
+) -> Path:
     """Create an empty store under a temporary name beside ``path``; return that name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     ntime, nbl, _, npol = layout.shape
+    tc = min(ntime, time_chunk or default_time_chunk(ntime, nbl))
     dims = ("time", "baseline_id", "frequency", "polarization")
-    chunks = (ntime, nbl, 1, npol)
+    chunks = (tc, nbl, 1, npol)
     names = np.asarray(layout.antenna_names, dtype=object)
     ds = xr.Dataset(
         coords={
@@ -77,7 +89,13 @@ def create(path: Path, layout: Layout, attrs: Mapping[str, Any]) -> Path:
             COMPLETE: False,
         },
     )
-    ds.to_zarr(tmp, mode="w-", consolidated=False, zarr_format=3)
+    ds.to_zarr(
+        tmp,
+        mode="w-",
+        consolidated=False,
+        zarr_format=3,
+        encoding={"UVW": {"chunks": (tc, nbl, 3)}},
+    )
     group = zarr.open_group(tmp, mode="r+")
     for name, dtype, fill in (
         ("VISIBILITY", VIS_DTYPE, 0),
@@ -98,13 +116,25 @@ def create(path: Path, layout: Layout, attrs: Mapping[str, Any]) -> Path:
 
 
 def write_window(
-    path: Path, index: int, vis: np.ndarray, weight: np.ndarray, flag: np.ndarray
+    path: Path,
+    index: int,
+    vis: np.ndarray,
+    weight: np.ndarray,
+    flag: np.ndarray,
+    times: slice = slice(None),
 ) -> None:
-    """Write one frequency window (time, baseline) into a store being built."""
+    """Write one frequency window (time, baseline), or its ``times``, into a store being built."""
     group = zarr.open_group(path, mode="r+")
-    group["VISIBILITY"][:, :, index, 0] = vis.astype(VIS_DTYPE, copy=False)
-    group["WEIGHT"][:, :, index, 0] = weight
-    group["FLAG"][:, :, index, 0] = flag
+    group["VISIBILITY"][times, :, index, 0] = vis.astype(VIS_DTYPE, copy=False)
+    group["WEIGHT"][times, :, index, 0] = weight
+    group["FLAG"][times, :, index, 0] = flag
+
+
+def time_chunks(path: Path) -> list[slice]:
+    """The time chunks of a store: a task per (window, time chunk) touches only its chunk."""
+    array = zarr.open_group(path, mode="r")["VISIBILITY"]
+    ntime, step = array.shape[0], array.chunks[0]
+    return [slice(start, min(start + step, ntime)) for start in range(0, ntime, step)]
 
 
 def finalize(tmp: Path, path: Path) -> Path:
@@ -192,11 +222,13 @@ def layout_of(ds: xr.Dataset) -> Layout:
     )
 
 
-def read_window(path: Path, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Visibilities, weights and flags (time, baseline) of one frequency window."""
+def read_window(
+    path: Path, index: int, times: slice = slice(None)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Visibilities, weights and flags (time, baseline) of one frequency window (or ``times``)."""
     group = zarr.open_group(path, mode="r")
     return (
-        group["VISIBILITY"][:, :, index, 0],
-        group["WEIGHT"][:, :, index, 0],
-        group["FLAG"][:, :, index, 0],
+        group["VISIBILITY"][times, :, index, 0],
+        group["WEIGHT"][times, :, index, 0],
+        group["FLAG"][times, :, index, 0],
     )

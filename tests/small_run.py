@@ -1,7 +1,7 @@
 """One small pipeline run (with ``export_ms``), shared by the product tests of several modules.
 
 The steps run in this process through ``run_step``, as their containers run them, so the PB
-state's timeline is recorded and the release step writes the previews and the report.
+state's timeline is recorded and the report step writes the previews and the report.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ RAW = {
     "nmajor": 2,
     "export_ms": True,
 }
-STEPS = ("simulate", "corrupt", "calibrate", "image", "release")
+STEPS = ("simulate", "corrupt", "calibrate", "image", "report", "release")
 
 
 @dataclass(frozen=True)

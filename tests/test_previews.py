@@ -27,7 +27,7 @@ def _check_png(path: Path) -> None:
     assert pixels[..., :3].std() > 0.05  # drawn, not blank
 
 
-def test_release_wrote_every_preview(run: SmallRun) -> None:
+def test_report_step_wrote_every_preview(run: SmallRun) -> None:
     directory = previews.directory(run.buffers)
     for name in ("restored", "residual", "psf", "uv_coverage", "gain_phases"):
         _check_png(directory / f"{name}.png")

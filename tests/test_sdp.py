@@ -115,7 +115,7 @@ def test_release_before_the_bridge_saw_the_realtime_pb(tmp_path: Path, capsys) -
         (json.dumps({"id": "sbi x"}), "Scheduling block instance id 'sbi x' does not match"),
         (
             json.dumps({"id": "sbi-1", "processing_blocks": [{"id": "pb-1"}]}),
-            "workflow\n  Field required",
+            "workflow: required but missing",
         ),
         (
             json.dumps(

@@ -292,6 +292,25 @@ def corrected_vis(win: Window, tables: dict[str, np.ndarray]) -> np.ndarray:
     return gains.apply_gains(win.vis, total, win.ant1, win.ant2, inverse=True)
 
 
+def final_residual(
+    win: Window, corrected: np.ndarray, model: np.ndarray, settings: Settings
+) -> np.ndarray:
+    """Residual image of the corrected data less the prediction of the final model."""
+    freq = np.array([win.freq_hz])
+    model_vis = imaging.predict(
+        model, win.uvw, freq, settings.cell_rad, settings.epsilon, settings.nthreads
+    ).reshape(corrected.shape)
+    residual, _ = imaging.invert(
+        win.uvw,
+        freq,
+        (corrected - model_vis).reshape(-1, 1),
+        win.imaging_weight.reshape(-1, 1),
+        nthreads=settings.nthreads,
+        **settings.grid(),
+    )
+    return residual
+
+
 def deconvolve_single(
     residual: np.ndarray, psf: np.ndarray, settings: Settings
 ) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1,0 +1,299 @@
+"""Scale benchmarks: the seed example per step, scaling series, workers and the gridder limit.
+
+Every figure covers the whole process tree (this process, the step processes, the Dask
+forkserver and workers), sampled with psutil every ``Monitor.period`` s: wall time, CPU time
+(user + system, summed over processes; each process's last sample, so a process living less
+than a period is missed) and peak RSS, both of the largest single process and of the tree.
+
+- ``seed_end_to_end``: ``batch-imaging run examples/batch_imaging.json`` (n_workers 4), with
+  wall (the run's own step table), CPU and peak RSS per step;
+- ``scale_nfreqwin``, ``scale_ntimes``, ``scale_rmax``, ``scale_npixel``: the seed parameters
+  (n_workers 2) with one setting varied; each point runs simulate, corrupt and calibrate with
+  ``nmajor`` 1 (PSF, one dirty image, one predict + residual, the final predict + residual:
+  6 of the 14 gridder calls per window of the default ``nmajor`` 5), in this process, and
+  the fitted exponent of time against visibilities (or pixels);
+- ``workers``: the same work (seed, ``nmajor`` 1) with n_workers 1, 2 and 4;
+- ``gridder_limit``: the calibrate step of the seed (n_workers 2, ``nmajor`` 5) against the
+  same 14 ducc0 calls per window made directly on the same uvw, one thread each, divided by
+  the cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from steps.params import Params
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "examples" / "batch_imaging.json"
+HEAVY = ("simulate", "corrupt", "calibrate", "image")
+STEP_LINE = re.compile(r"^INFO:batch_imaging:\s+(\S+)\s+Succeeded\s+([0-9.]+) s")
+
+
+class Monitor:
+    """Samples a process tree: CPU seconds, peak RSS per process and of the tree, by group.
+
+    ``group(process)`` names the group a process belongs to (None: this process's own).
+    """
+
+    period = 0.1
+
+    def __init__(self, group: Callable[[psutil.Process], str | None] = lambda p: None) -> None:
+        self.group = group
+        self.cpu: dict[int, tuple[str | None, float]] = {}
+        self.peak_process: dict[str | None, float] = {}
+        self.peak_tree: dict[str | None, float] = {}
+        self._stop = threading.Event()
+        self._names: dict[int, str | None] = {}
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        tree: dict[str | None, float] = {}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                if proc.pid not in self._names:
+                    self._names[proc.pid] = self.group(proc)
+                name = self._names[proc.pid]
+                times = proc.cpu_times()
+                rss = proc.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            self.cpu[proc.pid] = (name, times.user + times.system)
+            self.peak_process[name] = max(self.peak_process.get(name, 0.0), rss)
+            tree[name] = tree.get(name, 0.0) + rss
+        for name, rss in tree.items():
+            self.peak_tree[name] = max(self.peak_tree.get(name, 0.0), rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    @contextmanager
+    def running(self) -> Iterator[Monitor]:
+        thread = threading.Thread(target=self._loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+            self._sample()
+
+    def cpu_s(self, name: str | None = None, every: bool = False) -> float:
+        return sum(c for g, c in self.cpu.values() if every or g == name)
+
+
+def step_of(proc: psutil.Process) -> str | None:
+    """The step a process works for: the ``step NAME`` process it is or descends from."""
+    for p in [proc, *proc.parents()]:
+        args = p.cmdline()
+        if "step" in args and args.index("step") + 1 < len(args):
+            return args[args.index("step") + 1]
+    return None
+
+
+def seed_end_to_end() -> dict[str, Any]:
+    """The seed example through ``batch-imaging run``: per step wall, CPU and peak RSS."""
+    monitor = Monitor(step_of)
+    with tempfile.TemporaryDirectory() as root, monitor.running():
+        started = time.perf_counter()
+        run = subprocess.run(
+            [sys.executable, "-m", "dag", "run", str(SEED), "--buffer-root", root],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        wall = time.perf_counter() - started
+    walls = {
+        m.group(1): float(m.group(2))
+        for m in map(STEP_LINE.match, run.stderr.splitlines())
+        if m is not None
+    }
+    steps = {
+        name: {
+            "wall_s": wall_s,
+            "cpu_s": round(monitor.cpu_s(name), 2),
+            "peak_rss_process_mib": round(monitor.peak_process.get(name, 0.0)),
+            "peak_rss_tree_mib": round(monitor.peak_tree.get(name, 0.0)),
+        }
+        for name, wall_s in walls.items()
+        if wall_s > 0.0
+    }
+    return {
+        "end_to_end_s": round(wall, 2),
+        "cpu_s": round(monitor.cpu_s(every=True), 2),
+        "peak_rss_process_mib": round(max(monitor.peak_process.values())),
+        "steps": steps,
+    }
+
+
+def run_steps(params: Params, steps: tuple[str, ...], buffers: Any = None) -> dict[str, Any]:
+    """Run ``steps`` in this process (their Dask workers in others); time and memory each.
+
+    Into ``buffers`` if given, else into a temporary directory.
+    """
+    import importlib
+
+    from steps.buffers import Buffers
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as root:
+        buffers = buffers or Buffers.of(params, Path(root))
+        for name in steps:
+            module = importlib.import_module(f"steps.{name}")
+            monitor = Monitor()
+            with monitor.running():
+                started = time.perf_counter()
+                module.run(params, buffers)
+                wall = time.perf_counter() - started
+            out[name] = {
+                "wall_s": round(wall, 2),
+                "cpu_s": round(monitor.cpu_s(every=True), 2),
+                "peak_rss_process_mib": round(max(monitor.peak_process.values())),
+            }
+    return out
+
+
+def _point(**overrides: Any) -> dict[str, Any]:
+    params = Params(**{"n_workers": 2, "nmajor": 1, **overrides})
+    steps = run_steps(params, ("simulate", "corrupt", "calibrate"))
+    nbl = _baselines(params.rmax)
+    return {
+        "nvis": params.nfreqwin * params.ntimes * nbl,
+        "npixel": params.npixel,
+        "simulate_corrupt_s": round(steps["simulate"]["wall_s"] + steps["corrupt"]["wall_s"], 2),
+        "calibrate_s": steps["calibrate"]["wall_s"],
+        "peak_rss_process_mib": max(s["peak_rss_process_mib"] for s in steps.values()),
+        "steps": steps,
+    }
+
+
+def _baselines(rmax: float) -> int:
+    from steps.simulate import observation
+
+    return len(observation(Params(rmax=rmax))[1].antenna1)
+
+
+def _exponent(x: list[float], y: list[float]) -> float:
+    """Slope of log y against log x (least squares)."""
+    return round(float(np.polyfit(np.log(x), np.log(y), 1)[0]), 3)
+
+
+def _series(name: str, values: tuple, against: str = "nvis") -> dict[str, Any]:
+    points = {str(v): _point(**{name: v}) for v in values}
+    x = [float(p[against]) ** (2 if against == "npixel" else 1) for p in points.values()]
+    fits = {
+        f"exponent_{key}_vs_{'pixels' if against == 'npixel' else 'nvis'}": _exponent(
+            x, [p[key] for p in points.values()]
+        )
+        for key in ("simulate_corrupt_s", "calibrate_s")
+    }
+    return {**fits, "points": points}
+
+
+def scale_nfreqwin() -> dict[str, Any]:
+    return _series("nfreqwin", (8, 16, 32))
+
+
+def scale_ntimes() -> dict[str, Any]:
+    return _series("ntimes", (5, 20, 60))
+
+
+def scale_rmax() -> dict[str, Any]:
+    return _series("rmax", (750.0, 1500.0, 3000.0))
+
+
+def scale_npixel() -> dict[str, Any]:
+    return _series("npixel", (512, 1024, 2048), against="npixel")
+
+
+def workers() -> dict[str, Any]:
+    """Seed work (calibrate ``nmajor`` 1) with 1, 2 and 4 workers on this machine's cores."""
+    out: dict[str, Any] = {"cores": os.cpu_count()}
+    for n in (1, 2, 4):
+        steps = run_steps(
+            Params(n_workers=n, nmajor=1), ("simulate", "corrupt", "calibrate", "image")
+        )
+        out[f"n{n}"] = {k: v["wall_s"] for k, v in steps.items()} | {
+            "heavy_s": round(sum(v["wall_s"] for v in steps.values()), 2)
+        }
+    for n in (2, 4):
+        out[f"speedup_{n}_vs_1"] = round(out["n1"]["heavy_s"] / out[f"n{n}"]["heavy_s"], 3)
+    return out
+
+
+def gridder_limit() -> dict[str, Any]:
+    """calibrate (seed, n_workers 2) against its ducc0 calls made directly, per core."""
+    import zarr
+    from ducc0.wgridder.experimental import dirty2vis, vis2dirty
+
+    from steps.buffers import Buffers
+    from steps.calibrate import CONVERGENCE
+
+    params = Params(n_workers=2)
+    with tempfile.TemporaryDirectory() as root:
+        buffers = Buffers.of(params, Path(root))
+        steps = run_steps(params, ("simulate", "corrupt", "calibrate"), buffers)
+        record = json.loads((buffers.img / CONVERGENCE).read_text())
+        group = zarr.open_group(buffers.corrupted, mode="r")
+        uvw = np.ascontiguousarray(group["UVW"][:].reshape(-1, 3)[:, (1, 0, 2)])
+        freqs = group["frequency"][:]
+        common = {
+            "pixsize_x": params.cellsize,
+            "pixsize_y": params.cellsize,
+            "epsilon": params.epsilon,
+            "do_wgridding": True,
+            "divide_by_n": False,
+            "nthreads": 1,
+            "flip_v": True,
+            "flip_w": True,
+        }
+        direct = 0.0
+        ninvert, npredict = params.nmajor + 3, params.nmajor + 1  # PSF, cycles, final
+        for c, freq in enumerate(freqs):
+            vis = group["VISIBILITY"][:, :, c, 0].reshape(-1, 1).astype(np.complex128)
+            f = np.array([freq])
+            t0 = time.perf_counter()
+            dirty = vis2dirty(
+                uvw=uvw, freq=f, vis=vis, npix_x=params.npixel, npix_y=params.npixel, **common
+            )
+            t1 = time.perf_counter()
+            dirty2vis(uvw=uvw, freq=f, dirty=dirty, **common)
+            t2 = time.perf_counter()
+            direct += ninvert * (t1 - t0) + npredict * (t2 - t1)
+    cores = min(os.cpu_count() or 1, params.n_workers)
+    return {
+        "calibrate_s": steps["calibrate"]["wall_s"],
+        "ical_wall_s": record["wall_s"],
+        "ical_gridder_s_in_tasks": record["gridder_s"],
+        "direct_ducc0_s": round(direct, 2),
+        "direct_ducc0_per_core_s": round(direct / cores, 2),
+        "calls_per_window": ninvert + npredict,
+        "calibrate_over_direct_per_core": round(steps["calibrate"]["wall_s"] / (direct / cores), 3),
+        "ical_over_direct_per_core": round(record["wall_s"] / (direct / cores), 3),
+    }
+
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "seed_end_to_end": seed_end_to_end,
+    "workers": workers,
+    "gridder_limit": gridder_limit,
+    "scale_nfreqwin": scale_nfreqwin,
+    "scale_ntimes": scale_ntimes,
+    "scale_rmax": scale_rmax,
+    "scale_npixel": scale_npixel,
+}

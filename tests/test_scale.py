@@ -1,0 +1,77 @@
+"""Scale: time-chunked stores, per-(window, time chunk) tasks, and the thread rule."""
+
+import os
+
+import numpy as np
+import zarr
+
+from steps import corrupt, simulate, store
+from steps.dask_ee import engine, map_tasks, threads_per_worker
+
+
+def layout(ntime: int = 5, nfreq: int = 2) -> store.Layout:
+    rng = np.random.default_rng(3)
+    return store.Layout(
+        times=5e9 + 60.0 * np.arange(ntime),
+        frequencies=1e8 + 1e6 * np.arange(nfreq),
+        channel_width=1e6,
+        antenna1=np.array([0, 0, 1]),
+        antenna2=np.array([1, 2, 2]),
+        antenna_names=["s0", "s1", "s2"],
+        uvw=rng.normal(scale=100.0, size=(ntime, 3, 3)),
+        integration_time=60.0,
+    )
+
+
+def test_time_chunks_cover_the_times_and_default_to_whole_small_stores(tmp_path):
+    tmp = store.create(tmp_path / "v.zarr", layout(), {"antenna_names": ["s0", "s1", "s2"]}, 2)
+    group = zarr.open_group(tmp)
+    assert group["VISIBILITY"].chunks == (2, 3, 1, 1)
+    assert group["UVW"].chunks == (2, 3, 3)
+    assert store.time_chunks(tmp) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    whole = store.create(tmp_path / "w.zarr", layout(), {"antenna_names": ["s0", "s1", "s2"]})
+    assert store.time_chunks(whole) == [slice(0, 5)]
+    per_time = store.CHUNK_BYTES // 8
+    assert store.default_time_chunk(100, per_time // 10) == 10
+    assert store.default_time_chunk(100, per_time * 4) == 1
+
+
+def test_chunked_simulate_and_corrupt_match_whole_windows(tmp_path):
+    """Per-(window, time chunk) tasks give the same bits as one task per window."""
+    attrs = {"antenna_names": ["s0", "s1", "s2"]}
+    lmn = np.array([[0.01, -0.02], [0.02, 0.005], [0.0, 0.0]])
+    lmn[2] = np.sqrt(1 - lmn[0] ** 2 - lmn[1] ** 2)
+    flux = np.array([[1.0, 0.9], [2.0, 1.8]])
+    shape = np.zeros((2, 3))
+    phases = np.random.default_rng(4).normal(size=(2, 5, 3))
+    gains = np.exp(1j * phases)
+    out = {}
+    for chunk in (2, 5):
+        model = store.create(tmp_path / f"m{chunk}.zarr", layout(), attrs, chunk)
+        keys = [(i, t) for i in range(2) for t in store.time_chunks(model)]
+        for key in keys:
+            simulate.predict_window(*key, model, lmn, flux, shape)
+        target = store.create(tmp_path / f"c{chunk}.zarr", layout(), attrs, chunk)
+        for key in keys:
+            corrupt.corrupt_window(*key, model, target, gains)
+        out[chunk] = [store.read_window(target, i)[0] for i in range(2)]
+    for a, b in zip(out[2], out[5], strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert np.all(a != 0)
+
+
+def _thread_env() -> tuple[str | None, int]:
+    from distributed import get_worker
+
+    return os.environ.get("OMP_NUM_THREADS"), get_worker().state.nthreads
+
+
+def test_workers_never_exceed_the_cores():
+    cores = os.cpu_count() or 1
+    for n in (1, 2, 3, 4, 16):
+        assert threads_per_worker(n) >= 1
+        assert n * threads_per_worker(n) <= max(cores, n)
+    with engine(2, [__name__]) as client:
+        results = map_tasks(client, "env", lambda _: _thread_env(), [(0,), (1,)])
+    threads = threads_per_worker(2)
+    assert results == [(str(threads), threads)] * 2
