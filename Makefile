@@ -8,6 +8,8 @@ DEBIAN_PACKAGES := etcd-server wsclean chromium
 .PHONY: setup system-deps run test render lint bench clean
 
 $(BIN)/batch-imaging: pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

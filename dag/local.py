@@ -30,12 +30,14 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,7 @@ class Run:
 class _Pod:
     """A running container template (one attempt of a task)."""
 
+    name: str
     process: subprocess.Popen
     outputs: Path
     template: dict[str, Any]
@@ -223,14 +226,12 @@ class LocalEngine:
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
         scope["workflow.namespace"] = "local"
         self.buffer_root.mkdir(parents=True, exist_ok=True)
-        with self._mutexes(scope):
+        with self._mutexes(scope), self._stop_on_signals():
             limit = self.spec.get("activeDeadlineSeconds")
             deadline = time.time() + float(limit) if limit is not None else None
             nodes = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
-            phases = {node.phase for node in nodes.values()}
-            phase = (
-                "Error" if "Error" in phases else "Failed" if "Failed" in phases else "Succeeded"
-            )
+            phase = _phase(nodes.values())
+            self._stopping = False  # as `argo stop`: the exit handler still runs
             if "onExit" in self.spec:
                 exit_scope = {**scope, "workflow.status": phase}
                 handler = self.templates[self.spec["onExit"]]
@@ -239,7 +240,29 @@ class LocalEngine:
                     handler = {"name": "onExit", "dag": {"tasks": [task]}}
                 exits = self._run_dag(handler, exit_scope, None)
                 nodes.update({f"{key} (onExit)": node for key, node in exits.items()})
+                if phase == "Succeeded":  # a failed exit handler fails the workflow
+                    phase = _phase(exits.values())
         return Run(name=scope["workflow.name"], phase=phase, nodes=nodes)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM stop the run as ``argo stop`` does: running steps are terminated,
+        the rest omitted, and the exit handler runs with the workflow Failed."""
+        self._stopping = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, _frame: object) -> None:
+            LOG.warning("Stopping the workflow (%s)", signal.Signals(signum).name)
+            self._stopping = True
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @contextlib.contextmanager
     def _mutexes(self, scope: dict[str, str]) -> Iterator[None]:
@@ -276,6 +299,16 @@ class LocalEngine:
                 if deadline is not None and time.time() > deadline:
                     self._expire(nodes, pods, retry_at)
                     return nodes
+                dead = [pod for pod in daemons if pod.process.poll() is not None]
+                if self._stopping or dead:
+                    for pod in dead:  # a daemon that dies (e.g. lost its claim) fails the DAG
+                        node = next(n for n in nodes.values() if n.name == pod.name)
+                        node.phase = "Failed"
+                        node.message = f"daemon exited (code {pod.process.returncode})"
+                        LOG.error("Step %s: %s", node.name, node.message)
+                    why = "Stopped" if self._stopping else "a daemon step failed"
+                    self._expire(nodes, pods, retry_at, why)
+                    return nodes
                 for name, task in tasks.items():
                     if nodes[name].phase == "Pending":
                         self._schedule(name, task, waits[name], scope, nodes, pods)
@@ -292,8 +325,7 @@ class LocalEngine:
                 time.sleep(0.05)
         finally:
             for pod in [*daemons, *pods.values()]:  # the DAG is done: stop its daemons
-                pod.process.terminate()
-                pod.process.wait()
+                _terminate(pod)
 
     def _schedule(
         self,
@@ -337,7 +369,7 @@ class LocalEngine:
             LOG.info("Step %s %s %s", name, node.phase, node.message)
         elif "container" in template:
             try:
-                pods[name] = self._start(template, local)
+                pods[name] = self._start(name, template, local)
             except PodError as exc:
                 node.phase, node.message, node.finished = "Error", str(exc), time.time()
         else:
@@ -431,21 +463,26 @@ class LocalEngine:
         return wait
 
     @staticmethod
-    def _expire(nodes: dict[str, Node], pods: dict[str, _Pod], retry_at: dict[str, float]) -> None:
-        """The workflow's activeDeadlineSeconds passed: fail what runs, start nothing more."""
+    def _expire(
+        nodes: dict[str, Node],
+        pods: dict[str, _Pod],
+        retry_at: dict[str, float],
+        why: str = "Step exceeded its deadline",
+    ) -> None:
+        """End the DAG early (deadline passed, stopped, or a daemon died): fail what runs,
+        start nothing more."""
         for name, pod in pods.items():
-            pod.process.kill()
-            pod.process.wait()
-            nodes[name].phase, nodes[name].message = "Failed", "Step exceeded its deadline"
+            _terminate(pod, grace_s=0 if why.startswith("Step exceeded") else 30)
+            nodes[name].phase, nodes[name].message = "Failed", why
             nodes[name].finished = time.time()
         pods.clear()
         for name in retry_at:
-            nodes[name].phase, nodes[name].message = "Failed", "Step exceeded its deadline"
+            nodes[name].phase, nodes[name].message = "Failed", why
         retry_at.clear()
         for node in nodes.values():
             if node.phase == "Pending":
-                node.phase, node.message = "Omitted", "workflow deadline exceeded"
-        LOG.error("Workflow exceeded its activeDeadlineSeconds")
+                node.phase, node.message = "Omitted", why
+        LOG.error("Workflow ended early: %s", why)
 
     def _ready(self, template: dict[str, Any], outputs: Path) -> bool:
         """Run the readiness probe's exec command (pod paths of outputs mapped to local)."""
@@ -466,6 +503,7 @@ class LocalEngine:
         progress = outputs / "progress"
         if progress.is_file():
             node.progress = progress.read_text().strip()
+        shutil.rmtree(outputs, ignore_errors=True)
 
     @staticmethod
     def _task_outputs(nodes: dict[str, Node]) -> dict[str, str]:
@@ -578,7 +616,7 @@ class LocalEngine:
             amount = 0.0
         return str(math.ceil(amount / quantity(ref.get("divisor", "1"))))
 
-    def _start(self, template: dict[str, Any], scope: dict[str, str]) -> _Pod:
+    def _start(self, name: str, template: dict[str, Any], scope: dict[str, str]) -> _Pod:
         container = template["container"]
         self._mounts(container, scope)
         command = [
@@ -601,7 +639,26 @@ class LocalEngine:
             process = subprocess.Popen(command, env=env)
         except OSError as exc:
             raise PodError(f"failed to start {command[0]}: {exc.strerror}") from None
-        return _Pod(process=process, outputs=outputs, template=template, deadline=deadline)
+        return _Pod(
+            name=name, process=process, outputs=outputs, template=template, deadline=deadline
+        )
+
+
+def _phase(nodes: Iterable[Node]) -> str:
+    """The workflow phase from its nodes' phases."""
+    phases = {node.phase for node in nodes}
+    return "Error" if "Error" in phases else "Failed" if "Failed" in phases else "Succeeded"
+
+
+def _terminate(pod: _Pod, grace_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after a grace period, as the kubelet does; drop its outputs."""
+    pod.process.terminate()
+    try:
+        pod.process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pod.process.kill()
+        pod.process.wait()
+    shutil.rmtree(pod.outputs, ignore_errors=True)
 
 
 def _local_path(text: str, outputs: Path) -> str:

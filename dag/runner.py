@@ -89,11 +89,12 @@ def execute(params: parameters.Params, buffer_root: Path, name: str) -> str:
 def register(db: ConfigDB, params: parameters.Params, raw: dict) -> None:
     """Create (or reset, on a re-run) the processing block; as the processing controller,
     mark its resources available (a local run has no dependencies) and record this process
-    as the run's follower, so that a bridge on the same database leaves it alone."""
+    as the run's follower, so that a bridge on the same database leaves it alone. A re-run
+    starts a fresh timeline and clears the previous reason."""
     pb = ProcessingBlock(id=params.pb_id, workflow=WORKFLOW, parameters=raw)
     me = {"hostname": HOSTNAME, "pid": os.getpid()}
     run = {"name": run_name(pb.id), "engine": "local", "bridge": me, **me, "submitted": _now()}
-    state = PBState(status=PBStatus.STARTING, resources_available=True, run=run)
+    state = PBState(status=PBStatus.STARTING, resources_available=True, run=run, steps={})
     for txn in db.txn():
         if txn.get_pb(pb.id) is None:
             txn.create_pb(pb)

@@ -12,7 +12,7 @@ import signal
 import threading
 
 from steps.buffers import Buffers
-from steps.configdb import ConfigDB, PBStatus, connect
+from steps.configdb import ConfigDB, Lease, PBStatus, connect
 from steps.log import LOG
 from steps.params import Params
 from steps.runner import write_outputs
@@ -57,8 +57,20 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         LOG.info("Resources are available")
         db.run(lambda txn: txn.update_state(params.pb_id, status=PBStatus.RUNNING))
         write_outputs({"claimed": params.pb_id})
-        stop.wait()  # hold the claim until the DAG ends (SIGTERM)
+        hold(stop, lease, params.pb_id)
         return {}
     finally:
         lease.revoke()
         db.close()
+
+
+def hold(stop: threading.Event, lease: Lease, pb_id: str) -> None:
+    """Hold the claim until the DAG ends (SIGTERM) or whoever started this step is gone;
+    fail if the claim was lost (the lease expired), which must stop the run."""
+    parent = os.getppid()
+    while not stop.wait(1.0):
+        if lease.lost.is_set():
+            raise ClaimError(f"lost the claim on processing block {pb_id}: its lease expired")
+        if os.getppid() != parent:  # the engine died: let the lease go with us
+            LOG.warning("The workflow engine is gone; giving up the claim on %s", pb_id)
+            return

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 PB_ID = re.compile(r"^[A-Za-z0-9\-]{1,64}$")
+PB_ID_K8S_MAX = 43  # "proc-<pb_id>-dask-scheduler" is a Service name: at most 63
 RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 HOUR_ANGLE_LIMIT_DEG = 30.0  # the seed observes HA -30 deg .. +30 deg
 
@@ -175,6 +176,12 @@ class Params(BaseModel):
     def _pb_id(cls, value: str) -> str:
         if not PB_ID.match(value):
             raise ValueError("must match ^[A-Za-z0-9-]{1,64}$ (letters, digits and '-')")
+        if not RFC1123_LABEL.match(value) or len(value) > PB_ID_K8S_MAX:
+            raise ValueError(
+                f"must also name Kubernetes objects (buff-<pb_id>-vis, "
+                f"proc-<pb_id>-dask-scheduler): lower-case letters, digits and '-', "
+                f"starting and ending with a letter or digit, at most {PB_ID_K8S_MAX} characters"
+            )
         return value
 
     @model_validator(mode="before")

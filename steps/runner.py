@@ -12,12 +12,14 @@ import importlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from steps import manifest, resources
-from steps.buffers import Buffers
+from steps.buffers import Buffers, buffer_root
 from steps.configdb import ConfigDB, connect
 from steps.log import LOG
-from steps.params import Params, parse_strings
+from steps.params import NAMED_FILES, Params, parse_strings
+from steps.science.catalogue import resolve
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 # the steps whose products are recorded in the buffer manifests and reused when unchanged,
@@ -51,18 +53,31 @@ def record(params: Params, step: str, entry: dict) -> None:
         db.run(merge)
 
 
+def key_parameters(params: Params) -> dict[str, Any]:
+    """What a step's products depend on besides its inputs: the parameters, and the content
+    (sha256) of the files they name (a sky catalogue, a layout)."""
+    values: dict[str, Any] = params.model_dump()
+    for field, named in NAMED_FILES.items():
+        reference = values[field]
+        if reference not in named:
+            path = resolve(reference, buffer_root())
+            values[f"{field}_sha256"] = manifest.sha256(path) if path.is_file() else None
+    return values
+
+
 def run_step(name: str, raw: dict[str, str]) -> int:
     """Run step ``name`` with string parameters; return its exit code."""
     params = parse_strings(raw)
     buffers = Buffers.of(params)
     if name in PIPELINE:
-        resources.check(params, buffers.vis.parent)
+        resources.check(params, buffers.vis if buffers.vis.is_dir() else buffers.vis.parent)
     dirs = [buffers.vis, buffers.img]
     manifest.remove_temporaries(dirs)
     started = time.time()
     entry = {"started": _iso(started), "phase": "Running"}
     record(params, name, entry)
-    reused = manifest.completed(dirs, name, params.model_dump()) if name in PIPELINE else None
+    key = key_parameters(params)
+    reused = manifest.completed(dirs, name, key) if name in PIPELINE else None
     if reused is not None:
         LOG.info("Step %s: products complete and inputs unchanged; reusing them", name)
         outputs = reused
@@ -77,7 +92,7 @@ def run_step(name: str, raw: dict[str, str]) -> int:
             record(params, name, {**entry, **failed})
             raise
         if name in RECORDED:
-            manifest.record(dirs, name, params.model_dump(), inputs, before, outputs)
+            manifest.record(dirs, name, key, inputs, before, outputs)
     finished = time.time()
     write_outputs(outputs)
     record(

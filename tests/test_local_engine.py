@@ -413,3 +413,62 @@ def test_durations_and_quantities() -> None:
     assert quantity("500m") == 0.5 and quantity("4Gi") == 4 * 2**30 and quantity("1e3") == 1000
     with pytest.raises(WorkflowError):
         seconds("soon")
+
+
+SLEEP = {"name": "sleep", "container": container("import time; time.sleep(60)")}
+RECORD = {  # the exit handler: records the workflow status it was given
+    "name": "record",
+    "outputs": {"parameters": [output("status")]},
+    "container": container(WRITE + ".write(sys.argv[2])", "status", "{{workflow.status}}"),
+}
+
+
+def test_a_failing_exit_handler_fails_the_workflow(tmp_path):
+    manifest = workflow(
+        [ECHO, FAIL],
+        [task("a", "echo", arguments={"parameters": [{"name": "text", "value": "x"}]})],
+        onExit="fail",
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.nodes["a"].phase == "Succeeded"
+    assert run.phase == "Failed"
+
+
+def test_sigterm_stops_the_run_and_the_exit_handler_still_runs(tmp_path):
+    import os
+    import signal
+
+    manifest = workflow(
+        [SLEEP, ECHO, RECORD],
+        [
+            task("sleep", "sleep"),
+            task(
+                "after", "echo", "sleep", arguments={"parameters": [{"name": "text", "value": "x"}]}
+            ),
+        ],
+        onExit="record",
+    )
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    started = time.monotonic()
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert time.monotonic() - started < 30
+    assert run.phase == "Failed"
+    assert run.nodes["sleep"].phase == "Failed" and run.nodes["sleep"].message == "Stopped"
+    assert run.nodes["after"].phase == "Omitted"
+    assert run.nodes["record (onExit)"].outputs["status"] == "Failed"
+
+
+def test_a_daemon_that_dies_fails_the_dag(tmp_path):
+    daemon = {
+        "name": "daemon",
+        "daemon": True,
+        "container": container("import time; time.sleep(1.5); raise SystemExit(4)"),
+    }
+    manifest = workflow(
+        [daemon, SLEEP], [task("daemon", "daemon"), task("work", "sleep", "daemon")]
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.phase == "Failed"
+    assert run.nodes["daemon"].message == "daemon exited (code 4)"
+    assert run.nodes["work"].phase == "Failed"

@@ -84,6 +84,8 @@ class Lease:
     """A lease kept alive by a background thread (every ttl/3) until revoked.
 
     Keys written with a lease vanish when it expires, i.e. when its holder stops refreshing.
+    ``lost`` is set when the lease expired anyway (the database was unreachable for a TTL):
+    whatever it held may now belong to someone else.
     """
 
     def __init__(
@@ -98,17 +100,24 @@ class Lease:
         self._refresh = refresh
         self._revoke = revoke
         self._stopped = threading.Event()
+        self.lost = threading.Event()
         thread = threading.Thread(target=self._keep_alive, daemon=True, name=f"lease-{lease_id}")
         thread.start()
 
     def _keep_alive(self) -> None:
+        refreshed = time.monotonic()
         while not self._stopped.wait(self.ttl_s / 3):
             try:
-                if not self._refresh() and not self._stopped.is_set():
-                    LOG.warning("Lease %d expired before it could be refreshed", self.id)
-                    return
+                alive = self._refresh()
             except ConfigDBError as exc:
                 LOG.warning("Could not refresh lease %d: %s", self.id, exc)
+                alive = time.monotonic() - refreshed < self.ttl_s
+            else:
+                refreshed = time.monotonic()
+            if not alive and not self._stopped.is_set():
+                LOG.warning("Lease %d expired before it could be refreshed", self.id)
+                self.lost.set()
+                return
 
     def revoke(self) -> None:
         """Stop refreshing and revoke the lease, deleting the keys bound to it."""
