@@ -293,7 +293,12 @@ def workflow_template(image: str | None = None) -> WorkflowTemplate:
         pod_gc=m.PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
         ttl_strategy=m.TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
         synchronization=m.Synchronization(
-            mutexes=[m.Mutex(name="batch-imaging-{{workflow.parameters.pb_id}}")]
+            # one run per PB, and one writer per buffer (two PBs may name the same buffer)
+            mutexes=[
+                m.Mutex(name="batch-imaging-{{workflow.parameters.pb_id}}"),
+                m.Mutex(name="buffer-{{workflow.parameters.buffer_vis}}"),
+                m.Mutex(name="buffer-{{workflow.parameters.buffer_img}}"),
+            ]
         ),
         workflow_metadata=m.WorkflowMetadata(
             labels_from={

@@ -182,7 +182,11 @@ def test_workflow_template_has_the_argo_features() -> None:
     assert spec["podGC"]["strategy"] == "OnPodSuccess"
     assert spec["ttlStrategy"]["secondsAfterFailure"] > spec["ttlStrategy"]["secondsAfterSuccess"]
     assert spec["synchronization"] == {
-        "mutexes": [{"name": "batch-imaging-{{workflow.parameters.pb_id}}"}]
+        "mutexes": [
+            {"name": "batch-imaging-{{workflow.parameters.pb_id}}"},
+            {"name": "buffer-{{workflow.parameters.buffer_vis}}"},
+            {"name": "buffer-{{workflow.parameters.buffer_img}}"},
+        ]
     }
     assert spec["securityContext"]["runAsNonRoot"] is True
     arguments = {p["name"]: p for p in spec["arguments"]["parameters"]}
