@@ -12,7 +12,11 @@ than a period is missed) and peak RSS, both of the largest single process and of
   ``nmajor`` 1 (PSF, one dirty image, one predict + residual, the final predict + residual:
   6 of the 14 gridder calls per window of the default ``nmajor`` 5), in this process, and
   the fitted exponent of time against visibilities (or pixels);
-- ``workers``: the same work (seed, ``nmajor`` 1) with n_workers 1, 2 and 4;
+- ``workers_*``: the same work (seed, ``nmajor`` 1: simulate, corrupt, calibrate, the steps
+  that use Dask) with 1 worker x 1 thread, and n_workers 1, 2 and 4 by the thread rule
+  (1 x 2, 2 x 1, 4 x 1 on 2 cores); the forkserver starts once per benchmark process, in
+  simulate's time;
+- ``largest_simulate_corrupt``: simulate and corrupt of the largest configuration;
 - ``gridder_limit``: the calibrate step of the seed (n_workers 2, ``nmajor`` 5) against the
   same 14 ducc0 calls per window made directly on the same uvw, one thread each, divided by
   the cores.
@@ -40,7 +44,6 @@ from steps.params import Params
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "examples" / "batch_imaging.json"
-HEAVY = ("simulate", "corrupt", "calibrate", "image")
 STEP_LINE = re.compile(r"^INFO:batch_imaging:\s+(\S+)\s+Succeeded\s+([0-9.]+) s")
 
 
@@ -221,19 +224,28 @@ def scale_npixel() -> dict[str, Any]:
     return _series("npixel", (512, 1024, 2048), against="npixel")
 
 
-def workers() -> dict[str, Any]:
-    """Seed work (calibrate ``nmajor`` 1) with 1, 2 and 4 workers on this machine's cores."""
-    out: dict[str, Any] = {"cores": os.cpu_count()}
-    for n in (1, 2, 4):
-        steps = run_steps(
-            Params(n_workers=n, nmajor=1), ("simulate", "corrupt", "calibrate", "image")
-        )
-        out[f"n{n}"] = {k: v["wall_s"] for k, v in steps.items()} | {
-            "heavy_s": round(sum(v["wall_s"] for v in steps.values()), 2)
-        }
-    for n in (2, 4):
-        out[f"speedup_{n}_vs_1"] = round(out["n1"]["heavy_s"] / out[f"n{n}"]["heavy_s"], 3)
-    return out
+def _workers(n: int, threads: int | None = None) -> dict[str, Any]:
+    """Seed work (calibrate ``nmajor`` 1) with ``n`` workers (``threads`` each if given)."""
+    from steps import dask_ee
+
+    if threads is not None:
+        dask_ee.threads_per_worker = lambda _: threads  # this benchmark's process only
+    steps = run_steps(Params(n_workers=n, nmajor=1), ("simulate", "corrupt", "calibrate"))
+    return {k: v["wall_s"] for k, v in steps.items()} | {
+        "cores": os.cpu_count(),
+        "threads_per_worker": dask_ee.threads_per_worker(n),
+        "heavy_s": round(sum(v["wall_s"] for v in steps.values()), 2),
+        "peak_rss_process_mib": max(v["peak_rss_process_mib"] for v in steps.values()),
+    }
+
+
+def largest_simulate_corrupt() -> dict[str, Any]:
+    """simulate and corrupt of the largest configuration (nfreqwin 32, ntimes 60, rmax 3000,
+    npixel 2048), n_workers 2: peak RSS of any process against the dataset's size."""
+    params = Params(n_workers=2, nfreqwin=32, ntimes=60, rmax=3000.0, npixel=2048)
+    steps = run_steps(params, ("simulate", "corrupt"))
+    nvis = params.nfreqwin * params.ntimes * _baselines(params.rmax)
+    return {"nvis": nvis, "visibilities_mib": round(nvis * 8 / 2**20), "steps": steps}
 
 
 def gridder_limit() -> dict[str, Any]:
@@ -290,7 +302,11 @@ def gridder_limit() -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "seed_end_to_end": seed_end_to_end,
-    "workers": workers,
+    "workers_1x1": lambda: _workers(1, 1),
+    "workers_1": lambda: _workers(1),
+    "workers_2": lambda: _workers(2),
+    "workers_4": lambda: _workers(4),
+    "largest_simulate_corrupt": largest_simulate_corrupt,
     "gridder_limit": gridder_limit,
     "scale_nfreqwin": scale_nfreqwin,
     "scale_ntimes": scale_ntimes,

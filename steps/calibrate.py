@@ -139,8 +139,19 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         buffers.calibrated, obs, {**data.attrs, "creator": "batch-imaging calibrate"}
     )
     with engine(params.n_workers, [__name__]) as client:
+        # windows dealt round-robin over the workers: every major cycle waits for the
+        # busiest worker, so an uneven placement would cost a window's work per cycle
+        workers = sorted(client.scheduler_info()["workers"])
         handles = [
-            client.submit(load_window, i, buffers.corrupted, settings, pure=False)
+            client.submit(
+                load_window,
+                i,
+                buffers.corrupted,
+                settings,
+                pure=False,
+                workers=[workers[i % len(workers)]],
+                allow_other_workers=True,
+            )
             for i in range(nwin)
         ]
         psf_info = client.gather([client.submit(psf_of, h, pure=False) for h in handles])

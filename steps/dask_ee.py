@@ -5,13 +5,15 @@ step's module once (``preload``), so starting 4 workers costs one import (≈ 2 
 four spawned interpreters importing numpy, xarray, zarr and ducc0 each (≈ 19 s for 4 workers
 on 2 cores, start to close, measured in ``benchmarks/README.md``).
 
-Thread rule: ``workers x threads per worker <= cores``.  Each worker gets
-``threads_per_worker(n) = max(1, cores // n)`` Dask threads, and the native thread pools of
-the worker processes (OpenMP, OpenBLAS, MKL, numba) are capped at the same number through the
-environment the forkserver starts with.  The gridder (ducc0) is always called with one
-thread: the windows and time chunks give the parallelism, and multi-threaded gridding is not
-bit-reproducible under CPU contention.  More workers than cores (the seed's 4 on 2 cores)
-still work, at the cost measured in ``benchmarks/README.md``.
+Thread rule: ``processes x threads per worker <= cores``.  A LocalCluster runs
+``local_workers(n) = min(n, cores)`` worker processes (asking for more workers than cores
+only adds contention: 4 workers on 2 cores made calibrate ≈ 1.3x slower than 2), each with
+``threads_per_worker(n) = max(1, cores // local_workers(n))`` Dask threads, and the native
+thread pools of the worker processes (OpenMP, OpenBLAS, MKL, numba) are capped at the same
+number (the forkserver's environment and the workers').  The gridder (ducc0) is always
+called with one thread: the windows and time chunks give the parallelism, and
+multi-threaded gridding is not bit-reproducible under CPU contention.  An external scheduler
+(``DASK_SCHEDULER_ADDRESS``) brings its own workers and is used as it is.
 """
 
 from __future__ import annotations
@@ -33,9 +35,14 @@ SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+def local_workers(n_workers: int) -> int:
+    """Worker processes of a LocalCluster: ``n_workers``, but no more than the cores."""
+    return max(1, min(n_workers, os.cpu_count() or 1))
+
+
 def threads_per_worker(n_workers: int) -> int:
     """Cores per worker so that workers x (numpy/numba threads) never exceed the cores."""
-    return max(1, (os.cpu_count() or 1) // n_workers)
+    return max(1, (os.cpu_count() or 1) // local_workers(n_workers))
 
 
 def _forkserver(preload: Sequence[str], threads: int) -> None:
@@ -64,11 +71,11 @@ def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
             LOG.info("Dask EE: scheduler %s", address)
             yield client
         return
-    threads = threads_per_worker(n_workers)
+    threads, processes = threads_per_worker(n_workers), local_workers(n_workers)
     _forkserver(preload, threads)
     with (
         LocalCluster(
-            n_workers=n_workers,
+            n_workers=processes,
             threads_per_worker=threads,
             processes=True,
             dashboard_address=":0",
@@ -78,9 +85,10 @@ def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
         Client(cluster) as client,
     ):
         LOG.info(
-            "Dask EE: %d workers x %d threads, dashboard %s",
-            n_workers,
+            "Dask EE: %d workers x %d threads%s, dashboard %s",
+            processes,
             threads,
+            f" (n_workers {n_workers}, at most one per core)" if processes < n_workers else "",
             client.dashboard_link,
         )
         yield client

@@ -12,15 +12,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.wcs import WCS
 
-from steps import store
+from steps import atomic, store
 from steps.buffers import Buffers
 from steps.calibrate import CONVERGENCE, MODEL_STORE
 from steps.log import LOG
@@ -93,7 +91,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         **step_timings(params.config_db, params.pb_id),
         "image": round(time.perf_counter() - started, 3),
     }
-    write_json(buffers.metrics, metrics)
+    atomic.write_json(buffers.metrics, metrics)
     LOG.info(
         "Restored peak %.3f Jy/beam, residual rms %.3g Jy/beam, dynamic range %.0f",
         metrics["restored_peak_jy"],
@@ -181,10 +179,3 @@ def measure(
         ),
         "ical": {k: v for k, v in convergence.items() if k != "cycles"},
     }
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)

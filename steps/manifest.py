@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from steps import atomic
 
 NAME = "manifest.json"
 LEFTOVER = re.compile(r"\.(tmp|old)-|\.tmp$")
@@ -41,9 +42,7 @@ def load(buffer: Path) -> dict[str, Any]:
 
 
 def save(buffer: Path, manifest: dict[str, Any]) -> None:
-    tmp = buffer / f".{NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, buffer / NAME)
+    atomic.write_json(buffer / NAME, manifest, indent=1, sort_keys=True)
 
 
 def _files(buffer: Path) -> Iterable[Path]:

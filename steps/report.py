@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from steps import atomic
 from steps.buffers import Buffers
 from steps.log import LOG
 from steps.params import Params
@@ -191,9 +192,7 @@ def write(
     metrics = json.loads(buffers.metrics.read_text()) if buffers.metrics.exists() else {}
     path = buffers.img / REPORT_FILE
     buffers.img.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(params, status, steps, metrics, previews), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, render(params, status, steps, metrics, previews))
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from steps import store
+from steps import atomic, store
 from steps.buffers import Buffers, buffer_root
 from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
@@ -136,8 +136,7 @@ def write_sky(
     ref = np.broadcast_to(np.asarray(components.ref_freq_hz, dtype=float), (count,))
     curvature = np.zeros(count) if components.curvature is None else components.curvature
     shapes = components.shapes()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic.replacing(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         apparent_columns = [f"apparent_{f / 1e6:.4f}mhz_jy" for f in freqs]
         writer.writerow([*SKY_COLUMNS, *apparent_columns, *SHAPE_COLUMNS, "origin"])
@@ -151,7 +150,6 @@ def write_sky(
                 + [f"{np.degrees(shapes[i, 1]) * 3600:.6g}", f"{np.degrees(shapes[i, 2]):.6g}"]
                 + [origin]
             )
-    tmp.replace(path)
 
 
 def read_sky(path: Path) -> tuple[sky.Components, np.ndarray, np.ndarray]:

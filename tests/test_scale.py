@@ -6,7 +6,7 @@ import numpy as np
 import zarr
 
 from steps import corrupt, simulate, store
-from steps.dask_ee import engine, map_tasks, threads_per_worker
+from steps.dask_ee import engine, local_workers, map_tasks, threads_per_worker
 
 
 def layout(ntime: int = 5, nfreq: int = 2) -> store.Layout:
@@ -69,8 +69,8 @@ def _thread_env() -> tuple[str | None, int]:
 def test_workers_never_exceed_the_cores():
     cores = os.cpu_count() or 1
     for n in (1, 2, 3, 4, 16):
-        assert threads_per_worker(n) >= 1
-        assert n * threads_per_worker(n) <= max(cores, n)
+        assert 1 <= local_workers(n) <= min(n, cores)
+        assert local_workers(n) * threads_per_worker(n) <= cores
     with engine(2, [__name__]) as client:
         results = map_tasks(client, "env", lambda _: _thread_env(), [(0,), (1,)])
     threads = threads_per_worker(2)
