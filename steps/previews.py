@@ -235,21 +235,24 @@ def ical_convergence(buffers: Buffers, out: Path) -> Path:
 
 
 def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
-    """Write every preview whose inputs exist; return name -> path of those written."""
+    """Write every preview whose input products exist (a failed run may lack some); return
+    name -> path of those written. A product that exists but is damaged is an error."""
     out = directory(buffers)
-    makers: dict[str, Callable[[Path], Path]] = {
-        "restored": lambda path: restored(buffers, path),
-        "residual": lambda path: residual(buffers, path),
-        "psf": lambda path: psf(params, buffers, path),
-        "uv_coverage": lambda path: uv_coverage(buffers, path),
-        "gain_phases": lambda path: gain_phases(buffers, path),
+    makers: dict[str, tuple[Path, Callable[[Path], Path]]] = {
+        "restored": (buffers.image("restored"), lambda path: restored(buffers, path)),
+        "residual": (buffers.image("residual"), lambda path: residual(buffers, path)),
+        "psf": (buffers.calibrated, lambda path: psf(params, buffers, path)),
+        "uv_coverage": (buffers.model, lambda path: uv_coverage(buffers, path)),
+        "gain_phases": (buffers.solved_gains, lambda path: gain_phases(buffers, path)),
+        "ical_convergence": (
+            buffers.img / CONVERGENCE_FILE,
+            lambda path: ical_convergence(buffers, path),
+        ),
     }
-    if (buffers.img / CONVERGENCE_FILE).exists():
-        makers["ical_convergence"] = lambda path: ical_convergence(buffers, path)
     written = {}
-    for name, make in makers.items():
-        try:
+    for name, (source, make) in makers.items():
+        if source.exists():
             written[name] = make(out / f"{name}.png")
-        except Exception as exc:  # a missing or damaged product: skip this preview only
-            LOG.warning("preview %s skipped: %s", name, exc)
+        else:
+            LOG.warning("preview %s skipped: %s does not exist", name, source.name)
     return written

@@ -228,3 +228,41 @@ def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "p.json").write_text(params(nfreqwin=0))
     result = batch_imaging("--debug", "run", "p.json", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_report_refuses_a_fits_image_without_wcs(tmp_path):
+    import os
+
+    from astropy.io import fits
+
+    from dag.runner import register
+    from steps.buffers import BUFFER_ROOT_ENV
+    from steps.configdb import ConfigDB, open_backend
+    from steps.params import parse
+
+    params = parse({"pb_id": "pb-fits-20261126-00000", "config_db": str(tmp_path / "db")})
+    with ConfigDB(open_backend(params.config_db)) as db:
+        register(db, params, {})
+    image = tmp_path / params.buffer_img
+    image.mkdir()
+    fits.PrimaryHDU(np.ones((1, 1, 64, 64), np.float32)).writeto(image / "restored.fits")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dag",
+            "step",
+            "report",
+            "-p",
+            f"pb_id={params.pb_id}",
+            "-p",
+            f"config_db={params.config_db}",
+        ],
+        env={**os.environ, BUFFER_ROOT_ENV: str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_clean_failure(result, 1, "restored.fits: no celestial WCS")
+    assert not (image / "report.html").exists()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
+from astropy.wcs import WCS
 
 from steps.science.restore import Beam
 
@@ -111,7 +112,20 @@ def write_image(
         os.close(dir_fd)
 
 
+class FitsError(ValueError):
+    """A FITS file that is not a sky image: unreadable, empty, or without a celestial WCS."""
+
+
 def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, fits.Header]:
-    """Read a FITS image: data as stored ((nchan, 1, npix, npix) for ours) and its header."""
-    with fits.open(path, memmap=False) as hdul:
-        return np.array(hdul[0].data), hdul[0].header.copy()
+    """Read a FITS sky image: data as stored ((nchan, 1, npix, npix) for ours) and its header,
+    which must carry a celestial (RA/Dec) WCS."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data, header = hdul[0].data, hdul[0].header.copy()
+    except (OSError, ValueError) as exc:
+        raise FitsError(f"{path}: not a readable FITS file ({exc})") from None
+    if data is None or data.ndim < 2:
+        raise FitsError(f"{path}: no image in the primary HDU")
+    if not WCS(header).has_celestial:
+        raise FitsError(f"{path}: no celestial WCS (CTYPE1/2 RA---SIN/DEC--SIN expected)")
+    return np.array(data), header
