@@ -5,6 +5,8 @@ forkserver and workers), sampled with psutil every ``Monitor.period`` s: wall ti
 (user + system, summed over processes; each process's last sample, so a process living less
 than a period is missed) and peak RSS, both of the largest single process and of the tree.
 
+``python -m benchmarks scale_`` runs them all (entries ``scale_<name>``):
+
 - ``seed_end_to_end``: ``batch-imaging run examples/batch_imaging.json`` (n_workers 4), with
   wall (the run's own step table), CPU and peak RSS per step;
 - ``scale_nfreqwin``, ``scale_ntimes``, ``scale_rmax``, ``scale_npixel``: the seed parameters
@@ -62,6 +64,7 @@ class Monitor:
         self.peak_tree: dict[str | None, float] = {}
         self._stop = threading.Event()
         self._names: dict[int, str | None] = {}
+        self._start: dict[int, float] = {}  # CPU seconds of processes already running
 
     def _sample(self) -> None:
         me = psutil.Process()
@@ -75,7 +78,7 @@ class Monitor:
                 rss = proc.memory_info().rss / 2**20
             except psutil.Error:
                 continue
-            self.cpu[proc.pid] = (name, times.user + times.system)
+            self.cpu[proc.pid] = (name, times.user + times.system - self._start.get(proc.pid, 0.0))
             self.peak_process[name] = max(self.peak_process.get(name, 0.0), rss)
             tree[name] = tree.get(name, 0.0) + rss
         for name, rss in tree.items():
@@ -87,6 +90,10 @@ class Monitor:
 
     @contextmanager
     def running(self) -> Iterator[Monitor]:
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            times = proc.cpu_times()
+            self._start[proc.pid] = times.user + times.system
         thread = threading.Thread(target=self._loop, daemon=True)
         thread.start()
         try:
@@ -301,13 +308,13 @@ def gridder_limit() -> dict[str, Any]:
 
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
-    "seed_end_to_end": seed_end_to_end,
-    "workers_1x1": lambda: _workers(1, 1),
-    "workers_1": lambda: _workers(1),
-    "workers_2": lambda: _workers(2),
-    "workers_4": lambda: _workers(4),
-    "largest_simulate_corrupt": largest_simulate_corrupt,
-    "gridder_limit": gridder_limit,
+    "scale_seed_end_to_end": seed_end_to_end,
+    "scale_workers_1x1": lambda: _workers(1, 1),
+    "scale_workers_1": lambda: _workers(1),
+    "scale_workers_2": lambda: _workers(2),
+    "scale_workers_4": lambda: _workers(4),
+    "scale_largest_simulate_corrupt": largest_simulate_corrupt,
+    "scale_gridder_limit": gridder_limit,
     "scale_nfreqwin": scale_nfreqwin,
     "scale_ntimes": scale_ntimes,
     "scale_rmax": scale_rmax,

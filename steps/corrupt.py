@@ -43,7 +43,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     tmp = store.create(buffers.corrupted, obs, {**model.attrs, "creator": "batch-imaging corrupt"})
     chunks = [(i, t) for i in range(len(obs.frequencies)) for t in store.time_chunks(tmp)]
     with engine(params.n_workers, [__name__]) as client:
-        map_tasks(client, "corrupt", corrupt_window, chunks, buffers.model, tmp, true_gains)
+        table = client.scatter(true_gains, broadcast=True, hash=False)  # once, not per task
+        map_tasks(client, "corrupt", corrupt_window, chunks, buffers.model, tmp, table)
     table = store.gain_table(
         true_gains,
         obs.times,
