@@ -115,10 +115,10 @@ def source_table(
 
 def step_timings(config_db: str, pb_id: str) -> dict[str, Any]:
     """Duration (s) of every finished step of the processing block, from the PB state."""
-    from steps.configdb import ConfigDB, connect
+    from steps.configdb import ConfigDB, open_backend
 
-    try:
-        with ConfigDB(connect(config_db or None)) as db:
+    try:  # one attempt, no retries: the run's own steps have reached this database
+        with ConfigDB(open_backend(config_db or None)) as db:
             state = db.run(lambda txn: txn.get_state(pb_id))
     except Exception:  # timings are informative only: never fail the step over them
         return {}
