@@ -108,6 +108,21 @@ def settings_for(case: Case, **overrides: Any) -> ical.Settings:
     return ical.Settings(npixel=case.npixel, cell_rad=case.cell_rad, terms=terms, **overrides)
 
 
+def case_window(case: Case, c: int, settings: ical.Settings) -> ical.Window:
+    """Window ``c`` of a case, with natural weights, ready for the ICAL loop."""
+    return ical.make_window(
+        c,
+        case.freqs[c],
+        case.uvw,
+        case.vis[c],
+        np.ones(case.vis[c].shape),
+        case.ant1,
+        case.ant2,
+        case.nstations,
+        settings,
+    )
+
+
 def run_case(case: Case, settings: ical.Settings) -> dict[str, Any]:
     """ICAL in this process, then the centre window's final residual and restored image.
 
@@ -116,20 +131,7 @@ def run_case(case: Case, settings: ical.Settings) -> dict[str, Any]:
     brightest sources' flux ratio and offset, and timings.
     """
     started = time.perf_counter()
-    windows = [
-        ical.make_window(
-            c,
-            case.freqs[c],
-            case.uvw,
-            case.vis[c],
-            np.ones(case.vis[c].shape),
-            case.ant1,
-            case.ant2,
-            case.nstations,
-            settings,
-        )
-        for c in range(len(case.freqs))
-    ]
+    windows = [case_window(case, c, settings) for c in range(len(case.freqs))]
     result = ical.run_ical(
         windows,
         case.freqs,

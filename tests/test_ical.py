@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.cases import lowbd2_case, run_case, settings_for
+from benchmarks.cases import case_window, lowbd2_case, run_case, settings_for
 from steps.metrics import phase_rms
 from steps.science import ical
 
@@ -12,20 +12,6 @@ from steps.science import ical
 def tiny():
     """LOWBD2 within 300 m (94 stations), 3 windows, 3 times, 6 sources, 128 px."""
     return lowbd2_case(rmax=300.0, nwin=3, ntimes=3, npixel=128, cell_rad=0.001, nsrc=6)
-
-
-def _window(case, c: int, settings: ical.Settings) -> ical.Window:
-    return ical.make_window(
-        c,
-        case.freqs[c],
-        case.uvw,
-        case.vis[c],
-        np.ones(case.vis[c].shape),
-        case.ant1,
-        case.ant2,
-        case.nstations,
-        settings,
-    )
 
 
 def test_terms_from_schedule() -> None:
@@ -46,7 +32,7 @@ def test_terms_from_schedule() -> None:
 def test_chain_recovers_true_phases_with_true_model(tiny) -> None:
     """Noise-free data and the true model: phases to < 1e-6 rad, only active terms solve."""
     settings = settings_for(tiny)
-    win = _window(tiny, 0, settings)
+    win = case_window(tiny, 0, settings)
     true_model = np.asarray(win.vis) / (
         tiny.true_gains[0][:, win.ant1] * np.conj(tiny.true_gains[0][:, win.ant2])
     )
