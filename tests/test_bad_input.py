@@ -266,3 +266,8 @@ def test_report_refuses_a_fits_image_without_wcs(tmp_path):
     )
     assert_clean_failure(result, 1, "restored.fits: no celestial WCS")
     assert not (image / "report.html").exists()
+
+
+def test_bridge_refuses_the_file_store_for_the_argo_engine(tmp_path):
+    result = batch_imaging("bridge", "--engine", "argo", "--config-db", "db", cwd=tmp_path)
+    assert_clean_failure(result, 2, "must be etcd://HOST:PORT")
