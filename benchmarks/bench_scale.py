@@ -261,13 +261,12 @@ def gridder_limit() -> dict[str, Any]:
     from ducc0.wgridder.experimental import dirty2vis, vis2dirty
 
     from steps.buffers import Buffers
-    from steps.calibrate import CONVERGENCE
 
     params = Params(n_workers=2)
     with tempfile.TemporaryDirectory() as root:
         buffers = Buffers.of(params, Path(root))
         steps = run_steps(params, ("simulate", "corrupt", "calibrate"), buffers)
-        record = json.loads((buffers.img / CONVERGENCE).read_text())
+        record = json.loads(buffers.convergence.read_text())
         group = zarr.open_group(buffers.corrupted, mode="r")
         uvw = np.ascontiguousarray(group["UVW"][:].reshape(-1, 3)[:, (1, 0, 2)])
         freqs = group["frequency"][:]

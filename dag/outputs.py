@@ -34,9 +34,9 @@ def catalogue() -> tuple[tuple[str, str, str], ...]:
         ("img", "deconvolved.fits", "CLEAN model cube (Jy/pixel)"),
         ("img", "residual.fits", "residual cube (Jy/beam)"),
         ("img", "restored.fits", "restored cube (Jy/beam)"),
-        ("img", previews.PSF_FILE, "PSF of the centre window"),
+        ("img", "psf.fits", "PSF of the centre window"),
         ("img", "metrics.json", "figures of merit and the source table"),
-        ("img", previews.CONVERGENCE_FILE, "ICAL phase and residual rms per major cycle"),
+        ("img", "ical_convergence.json", "ICAL phase and residual rms per major cycle"),
         ("img", previews.DIRECTORY, "preview PNGs (restored, residual, PSF, uv, gains, ICAL)"),
         ("img", report.REPORT_FILE, "self-contained run report (open in a browser)"),
     )

@@ -60,5 +60,15 @@ class Buffers:
         return self.img / f"{kind}.fits"
 
     @property
+    def psf(self) -> Path:
+        """PSF of the centre window (FITS)."""
+        return self.img / "psf.fits"
+
+    @property
+    def convergence(self) -> Path:
+        """ICAL's record per major cycle (phase and residual rms)."""
+        return self.img / "ical_convergence.json"
+
+    @property
     def metrics(self) -> Path:
         return self.img / "metrics.json"

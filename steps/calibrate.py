@@ -10,7 +10,6 @@ read the visibilities again) and the convergence record ``ical_convergence.json`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import xarray as xr
 import zarr
 from dask.distributed import Client
 
-from steps import store
+from steps import atomic, store
 from steps.buffers import Buffers
 from steps.dask_ee import engine
 from steps.log import LOG
@@ -31,7 +30,6 @@ from steps.science import ical
 
 OUTPUTS = ("calibrated", "phase_rms_rad")
 MODEL_STORE = "ical_model.zarr"
-CONVERGENCE = "ical_convergence.json"
 
 
 def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) -> ical.Settings:
@@ -210,7 +208,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "worker_busy_s": round(result.busy_s, 3),
         "minor_cycle_s": round(result.minor_s, 3),
     }
-    (buffers.img / CONVERGENCE).write_text(json.dumps(record, indent=2) + "\n")
+    atomic.write_json(buffers.convergence, record)
     LOG.info(
         "Gain phase error after ICAL: %.3g rad rms (%.3g rad with the position offset of "
         "%.3f px removed)",

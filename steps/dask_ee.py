@@ -103,10 +103,3 @@ def map_tasks(
     for future in progress(as_completed(futures), len(keys), what):
         results[futures[future]] = future.result()
     return results
-
-
-def map_windows(
-    client: Client, what: str, task: Callable[..., Any], count: int, *args: Any
-) -> list:
-    """Run ``task(index, *args)`` for every frequency window; results in window order."""
-    return map_tasks(client, what, task, [(index,) for index in range(count)], *args)

@@ -20,14 +20,13 @@ from astropy.wcs import WCS
 
 from steps import atomic, store
 from steps.buffers import Buffers
-from steps.calibrate import CONVERGENCE, MODEL_STORE
+from steps.calibrate import MODEL_STORE
 from steps.log import LOG
 from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
 from steps.science import deconvolve, fitsio, restore
 
 OUTPUTS = ("restored", "restored_peak_jy", "dynamic_range")
-PSF_FILE = "psf.fits"
 ALPHA_SNR = 10.0  # spectral index where the restored MFS image exceeds this many residual rms
 
 
@@ -80,7 +79,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         fitsio.write_image(buffers.image("mfs_alpha"), alpha, bunit="", beam=mfs_beam, **mfs)
     centre = len(freqs) // 2
     fitsio.write_image(
-        buffers.img / PSF_FILE,
+        buffers.psf,
         psfs[centre],
         bunit="",
         **{**header, "freqs_hz": freqs[centre : centre + 1], "channel_width_hz": channel_width},
@@ -146,7 +145,7 @@ def measure(
     mfs_rms = float(np.sqrt(np.mean(mfs_residual**2)))
     truth = store.open_dataset(buffers.true_gains)["GAIN"].values
     solved = store.open_dataset(buffers.solved_gains)["GAIN"].values
-    convergence_path = buffers.img / CONVERGENCE
+    convergence_path = buffers.convergence
     convergence = json.loads(convergence_path.read_text()) if convergence_path.exists() else {}
     cycles = convergence.get("cycles", [])
     # the MFS image is at the mean frequency: its true flux is the windows' mean flux

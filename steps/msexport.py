@@ -36,7 +36,6 @@ from steps import store
 TELESCOPE_NAME = "SKA-LOW"
 STOKES_I = 1  # casacore Stokes::I
 TOPO = 5  # casacore MFrequency::TOPO
-DATA_COLUMNS = ("DATA", "CORRECTED_DATA")
 
 
 def ms_path(data: Path) -> Path:

@@ -29,8 +29,6 @@ FIGSIZE = (7.0, 6.0)  # inches
 DPI = 100
 PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # width, height
 DIRECTORY = "previews"
-PSF_FILE = "psf.fits"
-CONVERGENCE_FILE = "ical_convergence.json"
 CONVERGENCE_SERIES = ("phase_rms_rad", "residual_rms_jy")  # plotted per major cycle
 MAX_UV_POINTS = 200_000
 MAX_STATIONS = 6
@@ -101,7 +99,7 @@ def residual(buffers: Buffers, out: Path) -> Path:
 def write_psf(params: Params, buffers: Buffers) -> Path:
     """PSF of the centre window as FITS (``psf.fits`` in the image buffer), from the
     calibrated store's uvw and weights; an existing ``psf.fits`` is kept."""
-    path = buffers.img / PSF_FILE
+    path = buffers.psf
     if path.exists():
         return path
     ds = store.open_store(buffers.calibrated)
@@ -217,9 +215,9 @@ def convergence_series(data: object) -> dict[str, list[float]]:
 
 def ical_convergence(buffers: Buffers, out: Path) -> Path:
     """Gain phase rms (rad) and MFS residual rms (Jy/beam) per major cycle."""
-    series = convergence_series(json.loads((buffers.img / CONVERGENCE_FILE).read_text()))
+    series = convergence_series(json.loads(buffers.convergence.read_text()))
     if not series:
-        raise ValueError(f"{CONVERGENCE_FILE} holds no per-cycle series")
+        raise ValueError(f"{buffers.convergence.name} holds no per-cycle series")
     fig, ax = _figure()
     for key, values in sorted(series.items()):
         ax.plot(np.arange(len(values)), values, "o-", label=key)
@@ -245,7 +243,7 @@ def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
         "uv_coverage": (buffers.model, lambda path: uv_coverage(buffers, path)),
         "gain_phases": (buffers.solved_gains, lambda path: gain_phases(buffers, path)),
         "ical_convergence": (
-            buffers.img / CONVERGENCE_FILE,
+            buffers.convergence,
             lambda path: ical_convergence(buffers, path),
         ),
     }

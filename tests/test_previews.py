@@ -31,8 +31,8 @@ def test_report_step_wrote_every_preview(run: SmallRun) -> None:
     directory = previews.directory(run.buffers)
     for name in ("restored", "residual", "psf", "uv_coverage", "gain_phases"):
         _check_png(directory / f"{name}.png")
-    assert (run.buffers.img / previews.PSF_FILE).is_file()
-    if (run.buffers.img / previews.CONVERGENCE_FILE).exists():  # written by ICAL
+    assert run.buffers.psf.is_file()
+    if run.buffers.convergence.exists():  # written by ICAL
         _check_png(directory / "ical_convergence.png")
 
 
@@ -63,7 +63,7 @@ def test_ical_convergence_preview(tmp_path: Path) -> None:
     buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
     buffers.img.mkdir()
     series = {"phase_rms_rad": [1.0, 0.2, 0.01], "residual_rms_jy": [0.3, 0.05, 0.02]}
-    (buffers.img / previews.CONVERGENCE_FILE).write_text(json.dumps(series))
+    buffers.convergence.write_text(json.dumps(series))
     written = previews.write_all(parse({}), buffers)
     assert list(written) == ["ical_convergence"]  # every other input is missing: skipped
     _check_png(written["ical_convergence"])
