@@ -134,12 +134,33 @@ def status_lines(workflow: m.Workflow) -> list[str]:
         if node.type not in ("Pod", "Skipped", "Omitted") and node.type is not None:
             continue
         outputs = (node.outputs.parameters or []) if node.outputs else []
-        shown = ", ".join(f"{p.name}={p.value}" for p in outputs if p.value)
+        artifacts = (node.outputs.artifacts or []) if node.outputs else []
+        shown = ", ".join(
+            [f"{p.name}={p.value}" for p in outputs if p.value]
+            + [f"{a.name}={_location(a)}" for a in artifacts]
+        )
         lines.append(
             f"  {node.display_name or node.name:<22} {node.phase or '':<10} "
             f"{node.progress or '':<6} {shown}".rstrip()
         )
     return lines
+
+
+def _location(artifact: m.Artifact) -> str:
+    """Where an output artifact was saved, as ``<repository kind>:<key>``."""
+    for kind in ("s3", "gcs", "azure", "oss", "hdfs", "artifactory", "http"):
+        location = getattr(artifact, kind, None)
+        if location is not None:
+            key = next(
+                (
+                    getattr(location, a)
+                    for a in ("key", "blob", "path", "url")
+                    if hasattr(location, a)
+                ),
+                "",
+            )
+            return f"{kind}:{key}"
+    return "(saved)"
 
 
 def logs(name: str) -> list[str]:

@@ -29,7 +29,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dag.runner import run_local
 
     overrides = _pairs(args.param, "-p")
-    phase = run_local(Path(args.params), Path(args.buffer_root), overrides, args.config_db)
+    artifacts = Path(args.artifact_repository) if args.artifact_repository else None
+    phase = run_local(
+        Path(args.params), Path(args.buffer_root), overrides, args.config_db, artifacts
+    )
     return 0 if phase == "Succeeded" else RUNTIME
 
 
@@ -97,6 +100,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--buffer-root", default="buffers", help="where buffers live (./buffers)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
     run.add_argument("--config-db", default=None, help="etcd://HOST:PORT or a path (embedded)")
+    run.add_argument(
+        "--artifact-repository",
+        default=None,
+        metavar="DIR",
+        help="where output artifacts are saved (-p artifacts=true), as Argo's repository",
+    )
     run.set_defaults(func=cmd_run)
 
     render = sub.add_parser("render", help="write the Argo manifests from the Hera definition")

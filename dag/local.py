@@ -15,7 +15,11 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
 - ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap/maxDuration), template
   and workflow ``activeDeadlineSeconds``, workflow-level ``synchronization.mutexes`` (a file
   lock under the buffer root, waited for), ``onExit`` (a container or a DAG) with
-  ``{{workflow.status}}``.
+  ``{{workflow.status}}``;
+- output artifacts (``path`` on a buffer or under the outputs directory, ``optional``,
+  ``archive`` none or tar) saved to the artifact repository given to the engine, under Argo's
+  default key ``<workflow>/<pod>/<file>`` (``<name>.tgz`` when archived); with no repository
+  the step ends in Error with Argo's message, as a cluster without one does.
 
 Fields that only the cluster can act on (pod security, scheduling, GC and TTL, labels, the
 service account) are accepted and ignored; anything else is refused with WorkflowError,
@@ -33,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -59,6 +64,11 @@ SUFFIX = {
 }  # fmt: skip
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+NO_ARTIFACT_REPOSITORY = (
+    "Error (exit code 64): You need to configure artifact storage. More information on how "
+    "to do this can be found in the docs: "
+    "https://argo-workflows.readthedocs.io/en/latest/configure-artifact-repository/"
+)
 
 # What the engine acts on, and what only a cluster acts on (accepted, ignored).
 SPEC_KEYS = {"entrypoint", "templates", "arguments", "onExit", "volumes", "synchronization"}
@@ -94,6 +104,7 @@ class Node:
     message: str = ""
     progress: str = ""
     retries: int = 0
+    artifacts: dict[str, Path] = field(default_factory=dict)  # name -> saved file
 
     @property
     def duration(self) -> float:
@@ -118,6 +129,7 @@ class _Pod:
     outputs: Path
     template: dict[str, Any]
     deadline: float | None
+    scope: dict[str, str]
 
 
 def _depends(task: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -196,7 +208,11 @@ class LocalEngine:
     """Execute one Workflow or WorkflowTemplate manifest with given parameters."""
 
     def __init__(
-        self, manifest: dict[str, Any], buffer_root: Path, env: dict[str, str] | None = None
+        self,
+        manifest: dict[str, Any],
+        buffer_root: Path,
+        env: dict[str, str] | None = None,
+        artifact_repository: Path | None = None,
     ):
         self.spec = manifest["spec"]
         _check_keys("spec", self.spec, SPEC_KEYS | CLUSTER_SPEC_KEYS)
@@ -212,6 +228,7 @@ class LocalEngine:
         self.volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
         self.buffer_root = Path(buffer_root).resolve()
         self.env = env or {}
+        self.artifact_repository = artifact_repository
 
     def run(self, parameters: dict[str, str], name: str | None = None) -> Run:
         """Run the entrypoint DAG then the exit handler; return the phases."""
@@ -396,7 +413,7 @@ class LocalEngine:
             node.phase = "Succeeded" if code == 0 else "Failed"
             node.message = "" if code == 0 else f"Error (exit code {code})"
         node.finished = time.time()
-        self._collect(node, pod.template, pod.outputs)
+        self._collect(node, pod)
         LOG.info("Step %s %s in %.1f s %s", name, node.phase, node.duration, node.message)
         return True
 
@@ -492,8 +509,10 @@ class LocalEngine:
         command = [_local_path(part, outputs) for part in probe["command"]]
         return subprocess.run(command, check=False).returncode == 0
 
-    def _collect(self, node: Node, template: dict[str, Any], outputs: Path) -> None:
-        """Output parameters (``valueFrom.path``, else its default) and the progress file."""
+    def _collect(self, node: Node, pod: _Pod) -> None:
+        """Output parameters (``valueFrom.path``, else its default), the progress file and
+        the output artifacts."""
+        template, outputs = pod.template, pod.outputs
         for parameter in template.get("outputs", {}).get("parameters", []):
             source = parameter["valueFrom"]
             path = Path(_local_path(source["path"], outputs))
@@ -503,7 +522,60 @@ class LocalEngine:
         progress = outputs / "progress"
         if progress.is_file():
             node.progress = progress.read_text().strip()
-        shutil.rmtree(outputs, ignore_errors=True)
+        try:
+            self._save_artifacts(node, pod)
+        finally:
+            shutil.rmtree(outputs, ignore_errors=True)
+
+    def _save_artifacts(self, node: Node, pod: _Pod) -> None:
+        """Save the output artifacts as Argo's wait container does (also after a failure;
+        a missing non-optional artifact or a missing repository makes the node an Error)."""
+        artifacts = pod.template.get("outputs", {}).get("artifacts", [])
+        if not artifacts:
+            return
+        if self.artifact_repository is None:
+            node.phase, node.message = "Error", NO_ARTIFACT_REPOSITORY
+            return
+        workflow = pod.scope["workflow.name"]
+        key = Path(workflow) / pod_name(
+            workflow, pod.template["name"], f"{pod.name}({node.retries})"
+        )
+        for artifact in artifacts:
+            _check_keys(
+                f"artifact {artifact['name']}", artifact, {"name", "path", "optional", "archive"}
+            )
+            source = self._artifact_source(substitute(artifact["path"], pod.scope), pod.outputs)
+            if not source.exists():
+                if artifact.get("optional"):
+                    continue
+                if node.phase == "Succeeded":
+                    node.phase = "Error"
+                    node.message = (
+                        f"failed to save outputs: {artifact['path']}: no such file or directory"
+                    )
+                continue
+            archive = artifact.get("archive", {"tar": {}})
+            _check_keys(f"archive of {artifact['name']}", archive, {"none", "tar"})
+            target = self.artifact_repository / key
+            target.mkdir(parents=True, exist_ok=True)
+            if "none" in archive:
+                saved = target / source.name
+                copy = shutil.copytree if source.is_dir() else shutil.copyfile
+                copy(source, saved)
+            else:
+                saved = target / f"{artifact['name']}.tgz"
+                with tarfile.open(saved, "w:gz") as tar:
+                    tar.add(source, arcname=source.name)
+            node.artifacts[artifact["name"]] = saved
+
+    def _artifact_source(self, path: str, outputs: Path) -> Path:
+        """The local file of an artifact's pod path: on a buffer or in the outputs dir."""
+        match = re.match(r"^/buffer/([^/]+)(/.*)?$", path)
+        if match is not None:
+            return self.buffer_root / match.group(1) / (match.group(2) or "/").lstrip("/")
+        if path.startswith(OUTPUTS_DIR + "/"):
+            return Path(_local_path(path, outputs))
+        raise WorkflowError(f"artifact path {path!r}: only on a buffer or under {OUTPUTS_DIR}")
 
     @staticmethod
     def _task_outputs(nodes: dict[str, Node]) -> dict[str, str]:
@@ -640,7 +712,12 @@ class LocalEngine:
         except OSError as exc:
             raise PodError(f"failed to start {command[0]}: {exc.strerror}") from None
         return _Pod(
-            name=name, process=process, outputs=outputs, template=template, deadline=deadline
+            name=name,
+            process=process,
+            outputs=outputs,
+            template=template,
+            deadline=deadline,
+            scope=scope,
         )
 
 
@@ -659,6 +736,14 @@ def _terminate(pod: _Pod, grace_s: float = 30.0) -> None:
         pod.process.kill()
         pod.process.wait()
     shutil.rmtree(pod.outputs, ignore_errors=True)
+
+
+def pod_name(workflow: str, template: str, node: str) -> str:
+    """Argo's (v2) pod name of a node: ``<workflow>-<template>-<fnv-1a 32 of the node name>``."""
+    digest = 0x811C9DC5
+    for byte in f"{workflow}.{node}".encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return f"{workflow}-{template}-{digest}"
 
 
 def _local_path(text: str, outputs: Path) -> str:

@@ -18,27 +18,35 @@ from steps.params import Params, parse
 POD_ROOT = "/buffer"
 
 
-def catalogue() -> tuple[tuple[str, str, str], ...]:
-    """(buffer, relative path, what it is) of each product, in the order the steps write them."""
-    from steps import previews, report
+def catalogue(buffers: Buffers) -> tuple[tuple[str, Path, str], ...]:
+    """(buffer, path, what it is) of each product, in the order the steps write them."""
+    from steps.msexport import ms_path
 
     return (
-        ("vis", "model.zarr", "simulated (uncorrupted) visibilities, Zarr (MSv4 names)"),
-        ("vis", "model.ms", "simulated visibilities as a Measurement Set v2 (export_ms)"),
-        ("vis", "sky_model.csv", "simulated GLEAM components: position, apparent flux per window"),
-        ("vis", "gains_true.zarr", "station gains applied by corrupt (the truth)"),
-        ("vis", "corrupted.zarr", "corrupted visibilities, Zarr"),
-        ("vis", "gains_solved.zarr", "station gains solved by calibrate"),
-        ("vis", "calibrated.zarr", "calibrated visibilities, Zarr"),
-        ("vis", "calibrated.ms", "MS v2: DATA corrupted, CORRECTED_DATA calibrated (export_ms)"),
-        ("img", "deconvolved.fits", "CLEAN model cube (Jy/pixel)"),
-        ("img", "residual.fits", "residual cube (Jy/beam)"),
-        ("img", "restored.fits", "restored cube (Jy/beam)"),
-        ("img", "psf.fits", "PSF of the centre window"),
-        ("img", "metrics.json", "figures of merit and the source table"),
-        ("img", "ical_convergence.json", "ICAL phase and residual rms per major cycle"),
-        ("img", previews.DIRECTORY, "preview PNGs (restored, residual, PSF, uv, gains, ICAL)"),
-        ("img", report.REPORT_FILE, "self-contained run report (open in a browser)"),
+        ("vis", buffers.model, "simulated (uncorrupted) visibilities, Zarr (MSv4 names)"),
+        (
+            "vis",
+            ms_path(buffers.model),
+            "simulated visibilities as a Measurement Set v2 (export_ms)",
+        ),
+        ("vis", buffers.sky, "simulated GLEAM components: position, apparent flux per window"),
+        ("vis", buffers.true_gains, "station gains applied by corrupt (the truth)"),
+        ("vis", buffers.corrupted, "corrupted visibilities, Zarr"),
+        ("vis", buffers.solved_gains, "station gains solved by calibrate"),
+        ("vis", buffers.calibrated, "calibrated visibilities, Zarr"),
+        (
+            "vis",
+            ms_path(buffers.calibrated),
+            "MS v2: DATA corrupted, CORRECTED_DATA calibrated (export_ms)",
+        ),
+        ("img", buffers.image("deconvolved"), "CLEAN model cube (Jy/pixel)"),
+        ("img", buffers.image("residual"), "residual cube (Jy/beam)"),
+        ("img", buffers.image("restored"), "restored cube (Jy/beam)"),
+        ("img", buffers.psf, "PSF of the centre window"),
+        ("img", buffers.metrics, "figures of merit and the source table"),
+        ("img", buffers.convergence, "ICAL phase and residual rms per major cycle"),
+        ("img", buffers.previews, "preview PNGs (restored, residual, PSF, uv, gains, ICAL)"),
+        ("img", buffers.report, "self-contained run report (open in a browser)"),
     )
 
 
@@ -83,8 +91,8 @@ def products(params: Params, buffer_root: Path) -> list[Product]:
     names = {"vis": params.buffer_vis, "img": params.buffer_img}
     folders = {"vis": buffers.vis, "img": buffers.img}
     rows = [
-        Product(names[b], rel, text, folders[b] / rel, size_of(folders[b] / rel))
-        for b, rel, text in catalogue()
+        Product(names[b], str(path.relative_to(folders[b])), text, path, size_of(path))
+        for b, path, text in catalogue(buffers)
     ]
     known = {p.local for p in rows}
     for b, folder in folders.items():  # anything else a step (or a newer version) wrote
@@ -130,7 +138,8 @@ def cmd_outputs(args: argparse.Namespace) -> int:
     print(
         "\n'-': not written (yet) or not present here.  From Kubernetes, copy out of any pod "
         f"that mounts the claim:\n  kubectl cp <pod>:{POD_ROOT}/{params.buffer_img}/report.html "
-        "./report.html"
+        "./report.html\n(or, with `-p artifacts=true` and an artifact repository, from the "
+        "report-artifacts step's artifacts in the Argo UI)"
     )
     return 0
 

@@ -26,6 +26,15 @@ from steps.log import LOG
 
 WORKFLOW = Workflow(type="batch", id="batch_imaging", version="0.2.0")
 HOSTNAME = socket.gethostname()
+ARTIFACT_REPOSITORY_ENV = "BATCH_IMAGING_ARTIFACT_REPOSITORY"
+
+
+def artifact_repository(given: Path | None = None) -> Path | None:
+    """The local artifact repository: ``given``, else ``$BATCH_IMAGING_ARTIFACT_REPOSITORY``
+    (inherited by runs a bridge starts), else none."""
+    if given is None and os.environ.get(ARTIFACT_REPOSITORY_ENV):
+        given = Path(os.environ[ARTIFACT_REPOSITORY_ENV])
+    return given.resolve() if given is not None else None
 
 
 def embedded_db(buffer_root: Path) -> str:
@@ -45,14 +54,26 @@ def pb_params(pb: ProcessingBlock, config_db: str) -> parameters.Params:
 
 
 def run_local(
-    params_file: Path, buffer_root: Path, overrides: dict[str, str], config_db: str | None = None
+    params_file: Path,
+    buffer_root: Path,
+    overrides: dict[str, str],
+    config_db: str | None = None,
+    artifacts: Path | None = None,
 ) -> str:
     """Create the processing block, run the DAG on this machine, return the workflow phase.
 
-    Everything is validated (parameters, memory and disk) before anything is written."""
+    Everything is validated (parameters, memory and disk, an artifact repository where
+    artifacts are asked for) before anything is written."""
     raw = parameters.read(params_file)
     requested = {**raw, **parameters.decode_strings(overrides)} if isinstance(raw, dict) else raw
-    resources.check(parameters.parse(requested), buffer_root)
+    checked = parameters.parse(requested)
+    artifacts = artifact_repository(artifacts)
+    if checked.artifacts and artifacts is None:
+        raise parameters.ParamsError(
+            "artifacts: true needs an artifact repository: give --artifact-repository DIR "
+            f"(or set ${ARTIFACT_REPOSITORY_ENV})"
+        )
+    resources.check(checked, buffer_root)
     buffer_root.mkdir(parents=True, exist_ok=True)
     config_db = config_db or embedded_db(buffer_root)
     db = ConfigDB(open_backend(config_db))
@@ -64,15 +85,19 @@ def run_local(
         register(db, params, raw)
     finally:
         db.close()
-    return execute(params, buffer_root, run_name(params.pb_id))
+    return execute(params, buffer_root, run_name(params.pb_id), artifacts)
 
 
-def execute(params: parameters.Params, buffer_root: Path, name: str) -> str:
+def execute(
+    params: parameters.Params, buffer_root: Path, name: str, artifacts: Path | None = None
+) -> str:
     """Run the rendered workflow template with the local engine; return its phase.
 
     If the engine cannot even start the workflow (no exit handler ran), the processing
     block is marked FAILED with the reason here."""
-    engine = LocalEngine(template_manifest(), buffer_root)
+    engine = LocalEngine(
+        template_manifest(), buffer_root, artifact_repository=artifact_repository(artifacts)
+    )
     try:
         run = engine.run(params.as_strings(), name=name)
     except Exception as exc:
@@ -83,6 +108,8 @@ def execute(params: parameters.Params, buffer_root: Path, name: str) -> str:
     LOG.info("Workflow %s %s", run.name, run.phase)
     for node in run.nodes.values():
         LOG.info("  %-24s %-10s %6.1f s %s", node.name, node.phase, node.duration, node.message)
+        for artifact, path in node.artifacts.items():
+            LOG.info("    artifact %-18s %s", artifact, path)
     return run.phase
 
 

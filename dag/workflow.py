@@ -12,11 +12,13 @@ import importlib
 import itertools
 import os
 from importlib.metadata import version
+from pathlib import Path
 
 import yaml
-from hera.workflows import DAG, Container, Parameter, Resource, WorkflowTemplate
+from hera.workflows import DAG, Artifact, Container, Parameter, Resource, WorkflowTemplate
 from hera.workflows import models as m
 
+from steps.buffers import PREVIEWS, Buffers
 from steps.params import Params
 
 NAME = "batch-imaging"
@@ -26,6 +28,13 @@ EXIT_STEP = "release"
 CLAIM_STEP = "claim"
 BUFFERS = {"buffer-vis": "buffer_vis", "buffer-img": "buffer_img"}
 HEAVY = {"simulate", "corrupt", "calibrate", "image", "report"}
+# the report step as a second template whose previews and report.html are output artifacts
+# (run instead of ``report`` when the ``artifacts`` parameter is true: Argo fails a step
+# with output artifacts if no artifact repository is configured)
+ARTIFACTS_STEP = "report"
+ARTIFACTS_TEMPLATE = f"{ARTIFACTS_STEP}-artifacts"
+ARTIFACTS_ON = "{{workflow.parameters.artifacts}} == true"
+ARTIFACTS_OFF = "{{workflow.parameters.artifacts}} != true"
 MOUNTS_BUFFERS = HEAVY | {"buffer-reserve"}
 OUTPUTS_DIR = "/tmp/outputs"  # nosec B108 - on the pod's /tmp emptyDir
 IMAGE_ENV = "BATCH_IMAGING_IMAGE"
@@ -140,10 +149,39 @@ def _env(step: str) -> list[m.EnvVar]:
     return env
 
 
-def _container(step: str, image: str) -> Container:
+def report_artifacts() -> list[Artifact]:
+    """The report step's products as output artifacts, uncompressed so that the Argo UI
+    shows them: report.html and each preview (optional: a preview whose input is missing is
+    not written)."""
+    buffers = Buffers(
+        vis=Path(f"/buffer/{{{{workflow.parameters.{BUFFERS['buffer-vis']}}}}}"),
+        img=Path(f"/buffer/{{{{workflow.parameters.{BUFFERS['buffer-img']}}}}}"),
+    )
+    none = m.ArchiveStrategy(none=m.NoneStrategy())
+    return [
+        Artifact(name="report", path=str(buffers.report), archive=none),
+        *(
+            Artifact(
+                name=name.replace("_", "-"),
+                path=str(buffers.preview(name)),
+                archive=none,
+                optional=True,
+            )
+            for name in PREVIEWS
+        ),
+    ]
+
+
+def _container(step: str, image: str, name: str | None = None) -> Container:
     daemon = step == CLAIM_STEP  # holds the lease-bound claim while the DAG runs
+    outputs: list[Parameter | Artifact] = [
+        Parameter(name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}", default=""))
+        for name in step_outputs(step)
+    ]
+    if name == ARTIFACTS_TEMPLATE:
+        outputs += report_artifacts()
     return Container(
-        name=step,
+        name=name or step,
         daemon=daemon or None,
         readiness_probe=m.Probe(
             exec=m.ExecAction(command=["test", "-s", f"{OUTPUTS_DIR}/claimed"]),
@@ -162,11 +200,7 @@ def _container(step: str, image: str) -> Container:
         if step in HEAVY
         else None,
         retry_strategy=None if daemon else POD_RETRY,
-        outputs=[
-            Parameter(name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}", default=""))
-            for name in step_outputs(step)
-        ]
-        or None,
+        outputs=outputs or None,
     )
 
 
@@ -310,6 +344,7 @@ def workflow_template(image: str | None = None) -> WorkflowTemplate:
         volumes=[*_buffer_volumes(), m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource())],
     ) as template:
         containers = {step: _container(step, image) for step in (*STEPS, EXIT_STEP)}
+        with_artifacts = _container(ARTIFACTS_STEP, image, ARTIFACTS_TEMPLATE)
         buffer_pvc = Resource(
             name="buffer-pvc",
             inputs=[Parameter(name="name")],
@@ -347,12 +382,21 @@ def workflow_template(image: str | None = None) -> WorkflowTemplate:
             ]
             dask = dask_cluster(name="dask-cluster", when=dask_enabled)
             reserve = containers["buffer-reserve"](name="buffer-reserve")
-            heavy = [containers[step](name=step) for step in STEPS if step in HEAVY]
+            heavy = {
+                step: containers[step](
+                    name=step, when=ARTIFACTS_OFF if step == ARTIFACTS_STEP else None
+                )
+                for step in STEPS
+                if step in HEAVY
+            }
             claim >> [*pvcs, dask]
             pvcs >> reserve
-            [reserve, dask] >> heavy[0]
-            for before, after in itertools.pairwise(heavy):
+            [reserve, dask] >> heavy["simulate"]
+            for before, after in itertools.pairwise(heavy.values()):
                 before >> after
+            # the report with artifacts runs instead of the report, after the same step
+            before_report = list(heavy)[list(heavy).index(ARTIFACTS_STEP) - 1]
+            heavy[before_report] >> with_artifacts(name=ARTIFACTS_TEMPLATE, when=ARTIFACTS_ON)
         with DAG(name="exit"):
             containers[EXIT_STEP](name=EXIT_STEP)
             dask_cluster_delete(name="dask-cluster-delete", when=dask_enabled)

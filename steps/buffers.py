@@ -10,6 +10,14 @@ from steps.params import Params
 
 BUFFER_ROOT_ENV = "BATCH_IMAGING_BUFFER_ROOT"
 DEFAULT_BUFFER_ROOT = "/buffer"
+PREVIEWS = {  # name -> caption of each preview PNG the report step draws
+    "restored": "Restored image",
+    "residual": "Residual image",
+    "psf": "Point spread function",
+    "uv_coverage": "uv coverage",
+    "gain_phases": "Gain phases, true and solved",
+    "ical_convergence": "ICAL convergence",
+}
 
 
 def buffer_root() -> Path:
@@ -72,3 +80,17 @@ class Buffers:
     @property
     def metrics(self) -> Path:
         return self.img / "metrics.json"
+
+    @property
+    def previews(self) -> Path:
+        """Directory of the preview PNGs."""
+        return self.img / "previews"
+
+    def preview(self, name: str) -> Path:
+        """One preview PNG (a key of ``PREVIEWS``)."""
+        return self.previews / f"{name}.png"
+
+    @property
+    def report(self) -> Path:
+        """The self-contained run report (HTML)."""
+        return self.img / "report.html"

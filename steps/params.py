@@ -93,6 +93,11 @@ class Params(BaseModel):
         description="Create a DaskCluster proc-<pb_id>-dask (dask-kubernetes operator) of "
         "n_workers workers, removed at the end of the run",
     )
+    artifacts: bool = Field(
+        False,
+        description="Also publish the previews and report.html as output artifacts of the "
+        "report step (needs the cluster's default artifact repository)",
+    )
     dask_scheduler: str = Field(
         "",
         description="Dask scheduler of the heavy steps (tcp://HOST:8786); empty: a LocalCluster "
@@ -295,6 +300,15 @@ class Params(BaseModel):
         }
 
 
+# where and how a run executes, not what it computes (products are bit-identical whatever
+# these are): a change does not invalidate a step's completed products
+OPERATIONAL = frozenset(
+    {
+        "n_workers", "config_db", "sbi_id", "buffer_size", "buffer_storage_class",
+        "cpu_request", "cpu_limit", "memory_request", "memory_limit", "step_deadline_s",
+        "dask_cluster", "artifacts", "dask_scheduler",
+    }
+)  # fmt: skip
 NAMED_FILES = {"configuration": ("ska1-low", "lowbd2"), "sky_model": ("gleam", "synthetic")}
 BUFFER_FILE = re.compile(r"^buffer:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/(.+)$")
 MAX_SYNTHETIC_COMPONENTS = 100_000

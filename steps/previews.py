@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from steps import store
-from steps.buffers import Buffers
+from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
 from steps.params import Params
 from steps.science import fitsio, imaging
@@ -28,16 +28,10 @@ from steps.science import fitsio, imaging
 FIGSIZE = (7.0, 6.0)  # inches
 DPI = 100
 PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # width, height
-DIRECTORY = "previews"
 CONVERGENCE_SERIES = ("phase_rms_rad", "residual_rms_jy")  # plotted per major cycle
 MAX_UV_POINTS = 200_000
 MAX_STATIONS = 6
 PSF_ZOOM_PX = 32  # half-width of the PSF preview
-
-
-def directory(buffers: Buffers) -> Path:
-    """Where previews are written."""
-    return buffers.img / DIRECTORY
 
 
 def _figure(wcs: WCS | None = None) -> tuple[Figure, Axes]:
@@ -235,7 +229,6 @@ def ical_convergence(buffers: Buffers, out: Path) -> Path:
 def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
     """Write every preview whose input products exist (a failed run may lack some); return
     name -> path of those written. A product that exists but is damaged is an error."""
-    out = directory(buffers)
     makers: dict[str, tuple[Path, Callable[[Path], Path]]] = {
         "restored": (buffers.image("restored"), lambda path: restored(buffers, path)),
         "residual": (buffers.image("residual"), lambda path: residual(buffers, path)),
@@ -248,9 +241,10 @@ def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
         ),
     }
     written = {}
-    for name, (source, make) in makers.items():
+    for name in PREVIEWS:
+        source, make = makers[name]
         if source.exists():
-            written[name] = make(out / f"{name}.png")
+            written[name] = make(buffers.preview(name))
         else:
             LOG.warning("preview %s skipped: %s does not exist", name, source.name)
     return written

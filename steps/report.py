@@ -15,20 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from steps import atomic
-from steps.buffers import Buffers
+from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
 from steps.params import Params
 
 OUTPUTS = ("report",)
-REPORT_FILE = "report.html"
-CAPTIONS = {
-    "restored": "Restored image",
-    "residual": "Residual image",
-    "psf": "Point spread function",
-    "uv_coverage": "uv coverage",
-    "gain_phases": "Gain phases, true and solved",
-    "ical_convergence": "ICAL convergence",
-}
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1100px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
@@ -142,7 +133,7 @@ def _previews(previews: Mapping[str, Path]) -> str:
     figures = []
     for name, path in previews.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        caption = escape(CAPTIONS.get(name, name))
+        caption = escape(PREVIEWS.get(name, name))
         figures.append(
             f'<figure><img id="preview-{escape(name)}" alt="{caption}" '
             f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>'
@@ -190,10 +181,9 @@ def write(
 ) -> Path:
     """Write ``report.html`` into the image buffer (atomically); metrics are read if present."""
     metrics = json.loads(buffers.metrics.read_text()) if buffers.metrics.exists() else {}
-    path = buffers.img / REPORT_FILE
     buffers.img.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, render(params, status, steps, metrics, previews))
-    return path
+    atomic.write_text(buffers.report, render(params, status, steps, metrics, previews))
+    return buffers.report
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:

@@ -18,7 +18,7 @@ from steps import manifest, resources
 from steps.buffers import Buffers, buffer_root
 from steps.configdb import ConfigDB, connect
 from steps.log import LOG
-from steps.params import NAMED_FILES, Params, parse_strings
+from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
 from steps.science.catalogue import resolve
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
@@ -54,9 +54,10 @@ def record(params: Params, step: str, entry: dict) -> None:
 
 
 def key_parameters(params: Params) -> dict[str, Any]:
-    """What a step's products depend on besides its inputs: the parameters, and the content
-    (sha256) of the files they name (a sky catalogue, a layout)."""
-    values: dict[str, Any] = params.model_dump()
+    """What a step's products depend on besides its inputs: the parameters (not the
+    operational ones), and the content (sha256) of the files they name (a sky catalogue, a
+    layout)."""
+    values: dict[str, Any] = params.model_dump(exclude=set(OPERATIONAL))
     for field, named in NAMED_FILES.items():
         reference = values[field]
         if reference not in named:

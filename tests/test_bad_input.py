@@ -67,6 +67,7 @@ PARAMS_CASES = [
     ("override-nan", params(), ["-p", "rmax=NaN"], 2, "rmax"),
     ("override-no-equals", params(), ["-p", "nfreqwin"], 2, "expected NAME=VALUE"),
     ("override-unknown", params(), ["-p", "colour=blue"], 2, "colour: unknown key"),
+    ("artifacts-nowhere", params(), ["-p", "artifacts=true"], 2, "--artifact-repository DIR"),
 ]
 
 

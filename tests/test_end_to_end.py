@@ -10,6 +10,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from steps.buffers import PREVIEWS
 from steps.metrics import peak_near
 from steps.science import sky
 
@@ -41,7 +42,18 @@ def run(tmp_path_factory):
     params = root / "params.json"
     params.write_text(json.dumps(SMALL))
     result = subprocess.run(
-        [sys.executable, "-m", "dag", "run", str(params), "--buffer-root", str(root / "buffers")],
+        [
+            *(
+                sys.executable,
+                "-m",
+                "dag",
+                "run",
+                str(params),
+                "--buffer-root",
+                str(root / "buffers"),
+            ),
+            *("-p", "artifacts=true", "--artifact-repository", str(root / "artifacts")),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -70,6 +82,23 @@ def test_products_are_in_the_buffers(run):
     for name in ("deconvolved.fits", "residual.fits", "restored.fits", "metrics.json"):
         assert (img / name).is_file(), name
     assert not list(buffers.rglob(".*.tmp-*")), "temporary files left behind"
+
+
+def test_report_and_previews_are_output_artifacts(run):
+    result, buffers = run
+    img = buffers / "buff-e2e-img"
+    assert "report-artifacts" in result.stderr and "Skipped" in result.stderr
+    saved = {
+        path.name: path for path in (buffers.parent / "artifacts").rglob("*") if path.is_file()
+    }
+    assert set(saved) == {"report.html", *(f"{name}.png" for name in PREVIEWS)}
+    assert saved["report.html"].read_bytes() == (img / "report.html").read_bytes()
+    for name in PREVIEWS:
+        assert saved[f"{name}.png"].read_bytes() == (img / "previews" / f"{name}.png").read_bytes()
+    # Argo's default key: <workflow>/<pod>/<file>, the pod named after the template
+    workflow, pod = saved["report.html"].relative_to(buffers.parent / "artifacts").parts[:2]
+    assert workflow.startswith("batch-imaging-pb-local-")
+    assert pod.startswith(f"{workflow}-report-artifacts-")
 
 
 def test_brightest_source_restored_at_its_position_and_flux(run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dag.local import LocalEngine, WorkflowError, quantity, seconds
+from dag.local import LocalEngine, WorkflowError, pod_name, quantity, seconds
 from dag.render import template_manifest
 
 WRITE = "import os, sys; open(os.environ['BATCH_IMAGING_OUTPUTS'] + '/' + sys.argv[1], 'w')"
@@ -310,6 +311,64 @@ def test_pvc_resource_is_a_buffer_directory_and_is_mounted(tmp_path: Path) -> No
     manifest["spec"]["templates"][0]["dag"]["tasks"] = [task("use", "use")]
     run = LocalEngine(manifest, tmp_path).run({"buf": "buf-b"})
     assert run.phase == "Error" and "not found" in run.nodes["use"].message
+
+
+MAKE_FILES = {  # writes a file on the buffer "buf-a" and one in its outputs directory
+    "name": "make",
+    "container": container(
+        "import os; root = os.environ['BATCH_IMAGING_BUFFER_ROOT']; "
+        "open(os.path.join(root, 'buf-a', 'page.html'), 'w').write('<p>hi</p>'); "
+        "open(os.environ['BATCH_IMAGING_OUTPUTS'] + '/log.txt', 'w').write('done')",
+        volumeMounts=[{"name": "buf", "mountPath": "/buffer/buf-a"}],
+    ),
+    "outputs": {
+        "artifacts": [
+            {"name": "page", "path": "/buffer/buf-a/page.html", "archive": {"none": {}}},
+            {"name": "log", "path": "/tmp/outputs/log.txt"},  # archived: log.tgz
+            {"name": "absent", "path": "/buffer/buf-a/absent.png", "optional": True},
+        ]
+    },
+}
+BUF_VOLUME = [{"name": "buf", "persistentVolumeClaim": {"claimName": "buf-a"}}]
+
+
+def test_output_artifacts_are_saved_under_argos_default_key(tmp_path: Path) -> None:
+    (tmp_path / "buf-a").mkdir()
+    manifest = workflow([MAKE_FILES], [task("make", "make")], volumes=BUF_VOLUME)
+    repository = tmp_path / "repo"
+    run = LocalEngine(manifest, tmp_path, artifact_repository=repository).run({}, name="wf-1")
+    assert run.phase == "Succeeded"
+    saved = run.nodes["make"].artifacts
+    assert set(saved) == {"page", "log"}  # the optional missing one is skipped
+    pod = pod_name("wf-1", "make", "make(0)")
+    assert saved["page"] == repository / "wf-1" / pod / "page.html"
+    assert saved["page"].read_text() == "<p>hi</p>"
+    assert saved["log"] == repository / "wf-1" / pod / "log.tgz"
+    with tarfile.open(saved["log"]) as tar:
+        assert tar.extractfile("log.txt").read() == b"done"
+
+
+def test_pod_name_is_argos_fnv_hash() -> None:
+    # FNV-1a 32 of "wf.a": computed by hand from the algorithm's constants
+    digest = 0x811C9DC5
+    for byte in b"wf.a":
+        digest = ((digest ^ byte) * 16777619) % 2**32
+    assert pod_name("wf", "echo", "a") == f"wf-echo-{digest}"
+    assert pod_name("wf", "echo", "a") != pod_name("wf", "echo", "b")
+
+
+def test_artifacts_without_a_repository_or_a_file_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "buf-a").mkdir()
+    manifest = workflow([MAKE_FILES], [task("make", "make")], volumes=BUF_VOLUME)
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.phase == "Error"
+    assert "You need to configure artifact storage" in run.nodes["make"].message
+    MAKE_FILES["outputs"]["artifacts"][2]["optional"] = False
+    try:
+        run = LocalEngine(manifest, tmp_path, artifact_repository=tmp_path / "r").run({})
+    finally:
+        MAKE_FILES["outputs"]["artifacts"][2]["optional"] = True
+    assert run.phase == "Error" and "absent.png" in run.nodes["make"].message
 
 
 def test_other_resources_need_kubernetes(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from kubernetes import client as k8s
 from dag import render
 from dag.local import substitute
 from dag.workflow import HEAVY, NAME, PB_LABEL, SBI_LABEL, STEPS, step_outputs
+from steps.buffers import PREVIEWS
 from steps.params import Params
 
 SCHEMA = Path(__file__).resolve().parents[2] / "shared/data/argo/argo-workflows-v4.1.2.schema.json"
@@ -226,6 +227,24 @@ def test_outputs_the_ui_shows() -> None:
         p["name"] for t in templates().values() for p in t.get("outputs", {}).get("parameters", [])
     }
     assert {"restored_peak_jy", "dynamic_range", "phase_rms_rad", "restored"} <= names
+
+
+def test_report_artifacts_run_instead_of_the_report_when_asked() -> None:
+    report, with_artifacts = templates()["report"], templates()["report-artifacts"]
+    assert with_artifacts["container"] == report["container"]
+    assert with_artifacts["outputs"]["parameters"] == report["outputs"]["parameters"]
+    assert "artifacts" not in report["outputs"]
+    artifacts = {a["name"]: a for a in with_artifacts["outputs"]["artifacts"]}
+    assert set(artifacts) == {"report", *(name.replace("_", "-") for name in PREVIEWS)}
+    image_buffer = "/buffer/{{workflow.parameters.buffer_img}}/"
+    for name, artifact in artifacts.items():
+        assert artifact["archive"] == {"none": {}}  # the UI shows unarchived HTML and PNG
+        assert artifact["path"].startswith(image_buffer)
+        assert artifact.get("optional", False) == (name != "report")
+    tasks = {t["name"]: t for t in templates()["main"]["dag"]["tasks"]}
+    assert tasks["report"]["depends"] == tasks["report-artifacts"]["depends"] == "image"
+    assert tasks["report"]["when"] == "{{workflow.parameters.artifacts}} != true"
+    assert tasks["report-artifacts"]["when"] == "{{workflow.parameters.artifacts}} == true"
 
 
 def test_example_runs_the_template_with_a_title_and_labels() -> None:

@@ -28,7 +28,7 @@ def _check_png(path: Path) -> None:
 
 
 def test_report_step_wrote_every_preview(run: SmallRun) -> None:
-    directory = previews.directory(run.buffers)
+    directory = run.buffers.previews
     for name in ("restored", "residual", "psf", "uv_coverage", "gain_phases"):
         _check_png(directory / f"{name}.png")
     assert run.buffers.psf.is_file()

@@ -34,7 +34,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
 
 @pytest.fixture(scope="session")
 def page(run: SmallRun) -> str:
-    return (run.buffers.img / report.REPORT_FILE).read_text(encoding="utf-8")
+    return (run.buffers.report).read_text(encoding="utf-8")
 
 
 def _chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def test_report_content(run: SmallRun, page: str) -> None:
     assert f"<td>{run.params.pb_id}</td>" not in page  # parameters table lists names, values
     assert '"pb-test-20260101-00000"' in page.replace("&quot;", '"')
     assert page.count('src="data:image/png;base64,') == len(
-        list(previews.directory(run.buffers).glob("*.png"))
+        list(run.buffers.previews.glob("*.png"))
     )
 
 
@@ -87,7 +87,7 @@ def test_chromium_loads_every_image(run: SmallRun, page: str, tmp_path: Path) ->
 @needs_chromium
 def test_chromium_screenshot_is_not_blank(run: SmallRun, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
-    url = (run.buffers.img / report.REPORT_FILE).as_uri()
+    url = (run.buffers.report).as_uri()
     _chromium(tmp_path, url, f"--screenshot={shot}", "--window-size=1200,2000")
     pixels = imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1200)

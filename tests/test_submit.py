@@ -28,6 +28,7 @@ from dag.workflow import NAME
 TOKEN = "s3cr3t-token-value"
 NAMESPACE = "sdp"
 RUN = "batch-imaging-abcde"
+REPORT_KEY = f"{RUN}/{RUN}-report-artifacts-1/report.html"
 STATUS = {
     "phase": "Running",
     "progress": "3/9",
@@ -38,6 +39,10 @@ STATUS = {
         "n0": {"id": "n0", "name": f"{RUN}.claim", "displayName": "claim", "type": "Pod",
                "phase": "Running", "startedAt": "2026-01-01T00:00:01Z"},
         "n2": {"id": "n2", "name": RUN, "displayName": RUN, "type": "DAG", "phase": "Running"},
+        "n3": {"id": "n3", "name": f"{RUN}.report-artifacts", "displayName": "report-artifacts",
+               "type": "Pod", "phase": "Succeeded", "startedAt": "2026-01-01T00:00:03Z",
+               "outputs": {"artifacts": [{"name": "report", "path": "/buffer/b/report.html",
+                                          "s3": {"key": REPORT_KEY}}]}},
     },
 }  # fmt: skip
 
@@ -182,6 +187,7 @@ def test_status_and_logs(server, capsys) -> None:
     assert out[0] == f"{RUN}: Running 3/9"
     assert out[1].split()[:2] == ["claim", "Running"]  # steps in start order, no DAG node
     assert "restored_peak_jy=5.29" in out[2] and "8/8" in out[2]
+    assert f"report=s3:{REPORT_KEY}" in out[3]
     assert main(["logs", RUN]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{RUN}-claim-1: INFO:claimed",
