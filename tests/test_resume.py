@@ -17,7 +17,8 @@ from astropy.io import fits
 
 from steps import manifest, store
 from steps.configdb import ConfigDB, open_backend
-from steps.runner import PIPELINE
+from steps.params import parse
+from steps.runner import PIPELINE, key_parameters
 
 SMALL = {
     "n_workers": 1,
@@ -111,3 +112,12 @@ def test_killed_steps_resume_to_identical_products(tmp_path):
     expected, got = products(root, "pb-ref-20261126-00000"), products(root, pb)
     for name, array in expected.items():
         np.testing.assert_array_equal(got[name], array, err_msg=name)
+
+
+def test_only_science_parameters_key_a_steps_products():
+    base = parse({})
+    operational = parse({"n_workers": 7, "cpu_limit": "16", "step_deadline_s": 600,
+                         "artifacts": True, "config_db": "/elsewhere"})  # fmt: skip
+    assert key_parameters(operational) == key_parameters(base)
+    for change in ({"nfreqwin": 4}, {"epsilon": 1e-6}, {"seed": 1}, {"export_ms": True}):
+        assert key_parameters(parse(change)) != key_parameters(base), change
