@@ -50,8 +50,10 @@ def lowbd2_case(
     seed: int = 180555,
     on_grid: bool = True,
     min_separation_deg: float = 0.25,
+    chromatic: bool = True,
 ) -> Case:
-    """Simulate the case (see the module docstring)."""
+    """Simulate the case (see the module docstring); ``chromatic`` False gives every window
+    the same gains (window 0's draw)."""
     stations = layout.select_within(layout.load_stations("lowbd2"), rmax)
     nst = len(stations.names)
     hour_angles = np.radians(np.linspace(-30.0, 30.0, ntimes))
@@ -79,6 +81,8 @@ def lowbd2_case(
     alpha = rng.uniform(-1.0, 0.0, nsrc)
     flux = flux0[:, None] * (freqs[None, :] / freqs.mean()) ** alpha[:, None]
     true_gains = np.exp(1j * gains.draw_phases(seed, phase_error, nwin, ntimes, nst))
+    if not chromatic:
+        true_gains = np.repeat(true_gains[:1], nwin, axis=0)
     vis = np.stack(
         [
             gains.apply_gains(

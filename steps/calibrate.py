@@ -61,6 +61,7 @@ def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) ->
         terms=terms,
         solver_niter=params.solver_niter,
         solver_tol=params.solver_tol,
+        global_solution=params.global_solution,
         nthreads=nthreads,
     )
 

@@ -159,6 +159,9 @@ class Params(BaseModel):
     t_first_selfcal: int = Field(1, ge=0, le=50, description="First major cycle solving T")
     g_first_selfcal: int = Field(3, ge=0, le=50, description="First major cycle solving G")
     b_first_selfcal: int = Field(4, ge=0, le=50, description="First major cycle solving B")
+    global_solution: bool = Field(
+        False, description="Solve each term once for all windows (default: per window)"
+    )
     t_phase_only: bool = Field(True, description="T solves phase only")
     g_phase_only: bool = Field(False, description="G solves phase only")
     b_phase_only: bool = Field(False, description="B solves phase only")

@@ -18,6 +18,7 @@ SMALL = {
     "cellsize": 0.002,
     "niter": 50,
     "nmajor": 1,
+    "global_solution": True,  # the coordinator's reduction of the windows' equations
 }
 BIN = Path(sys.executable).parent
 
@@ -98,5 +99,5 @@ def test_steps_run_on_the_given_scheduler(tmp_path, cluster):
         prefixes = client.run_on_scheduler(
             lambda dask_scheduler: list(dask_scheduler.task_prefixes)
         )
-    for task in ("predict_window", "corrupt_window"):
+    for task in ("predict_window", "corrupt_window", "window_equations", "window_cycle"):
         assert task in prefixes, prefixes

@@ -5,6 +5,8 @@ V_pq = g_p g_q^* M_pq. Visibilities of one frequency window have shape
 (ntimes, nbaselines[, ...]) and gains (ntimes, nstations).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +54,93 @@ def apply_gains(
     return vis / factor if inverse else vis * factor
 
 
+@dataclass(frozen=True, eq=False)
+class Equations:
+    """Data of one solution reduced to station pairs, per slot: ``xw`` = sum w V M^*, ``w`` =
+    sum w |M|^2 (nslots, nstations, nstations), Hermitian and symmetric with both triangles.
+
+    Additive: the equations of several frequency windows sum to those of a global
+    (all-window) solution.
+    """
+
+    xw: np.ndarray
+    w: np.ndarray
+    slot: np.ndarray
+
+    def __add__(self, other: Equations) -> Equations:
+        return Equations(self.xw + other.xw, self.w + other.w, self.slot)
+
+
+def equations(
+    vis: np.ndarray,
+    model: np.ndarray,
+    weight: np.ndarray,
+    ant1: np.ndarray,
+    ant2: np.ndarray,
+    nstations: int,
+    interval: int = 1,
+) -> Equations:
+    """The equations of ``vis`` against ``model`` (ntimes, nbaselines) with ``weight``;
+    ``interval`` consecutive times share one slot (one solution)."""
+    ntimes = vis.shape[0]
+    slot = np.arange(ntimes) // interval
+    nslots = int(slot[-1]) + 1
+    num = np.zeros((nslots, ant1.size), dtype=complex)
+    den = np.zeros((nslots, ant1.size))
+    np.add.at(num, slot, weight * vis * np.conj(model))
+    np.add.at(den, slot, weight * np.abs(model) ** 2)
+    xw = np.zeros((nslots, nstations, nstations), dtype=complex)
+    w = np.zeros((nslots, nstations, nstations))
+    every = slice(None)
+    np.add.at(xw, (every, ant1, ant2), num)
+    np.add.at(xw, (every, ant2, ant1), np.conj(num))
+    np.add.at(w, (every, ant1, ant2), den)
+    np.add.at(w, (every, ant2, ant1), den)
+    return Equations(xw, w, slot)
+
+
+def solve(
+    eq: Equations,
+    phase_only: bool = True,
+    niter: int = 100,
+    tol: float = 1e-10,
+    damping: float = 0.5,
+    ref: int = 0,
+    initial: np.ndarray | None = None,
+) -> SolveResult:
+    """Solve the equations for g (V_pq = g_p g_q^* M_pq) by damped iterative substitution.
+
+    Each iteration sets g_p <- sum_q XW_pq g_q / sum_q W_pq |g_q|^2, normalises to unit
+    modulus if ``phase_only``, rotates so that g_ref is real positive and keeps the fraction
+    ``damping`` of the previous estimate. All slots iterate together; a slot stops once
+    max|g - g_old| < tol. ``initial`` is (nslots, nstations). The residual is the weighted
+    rms of X - g_p g_q^* over the pairs, X = XW / W (the data averaged over the slot).
+    """
+    nslots, nstations = eq.w.shape[:2]
+    g = np.ones((nslots, nstations), dtype=complex) if initial is None else initial.astype(complex)
+    iterations = np.zeros(nslots, dtype=int)
+    active = np.ones(nslots, dtype=bool)
+    for _ in range(niter):
+        if not active.any():
+            break
+        numer = (eq.xw @ g[:, :, None])[:, :, 0]
+        denom = (eq.w @ (np.abs(g) ** 2)[:, :, None])[:, :, 0]
+        new = np.where(denom > 0, numer / np.where(denom > 0, denom, 1.0), g)
+        new = damping * g + (1.0 - damping) * _normalise(new, phase_only, ref)
+        new = _normalise(new, phase_only, ref)
+        change = np.max(np.abs(new - g), axis=1)
+        g = np.where(active[:, None], new, g)
+        iterations += active
+        active &= change >= tol
+
+    x = np.divide(eq.xw, eq.w, out=np.zeros_like(eq.xw), where=eq.w > 0)
+    misfit = eq.w * np.abs(x - g[:, :, None] * np.conj(g[:, None, :])) ** 2
+    total = eq.w.sum(axis=(1, 2))
+    resid = misfit.sum(axis=(1, 2))
+    residual = np.sqrt(np.divide(resid, total, out=np.zeros_like(resid), where=total > 0))
+    return SolveResult(gains=g, iterations=iterations, residual=residual, slot=eq.slot)
+
+
 def solve_gains(
     vis: np.ndarray,
     model: np.ndarray,
@@ -67,56 +156,10 @@ def solve_gains(
     initial: np.ndarray | None = None,
     interval: int = 1,
 ) -> SolveResult:
-    """Solve V_pq = g_p g_q^* M_pq per solution slot by damped iterative substitution.
-
-    ``vis``, ``model``, ``weight`` are (ntimes, nbaselines); ``interval``
-    consecutive times share one solution. Each iteration sets
-    g_p <- sum_q X_pq g_q W_pq / sum_q |g_q|^2 W_pq over both triangles
-    (X = V/M averaged with W = w|M|^2, X_qp = conj X_pq), normalises to unit
-    modulus if ``phase_only``, rotates so that g_ref is real positive and keeps
-    the fraction ``damping`` of the previous estimate. All slots iterate
-    together; a slot stops once max|g - g_old| < tol. ``initial`` is
-    (nslots, nstations).
-    """
-    ntimes = vis.shape[0]
-    slot = np.arange(ntimes) // interval
-    nslots = int(slot[-1]) + 1
-    w_m2 = weight * np.abs(model) ** 2
-    num = np.zeros((nslots, ant1.size), dtype=complex)
-    den = np.zeros((nslots, ant1.size))
-    np.add.at(num, slot, weight * vis * np.conj(model))
-    np.add.at(den, slot, w_m2)
-    xbar = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-    # full Hermitian matrices X W and W (nslots, nstations, nstations), zero diagonal
-    xw = np.zeros((nslots, nstations, nstations), dtype=complex)
-    wm = np.zeros((nslots, nstations, nstations))
-    xw[:, ant1, ant2] = xbar * den
-    xw[:, ant2, ant1] = np.conj(xbar * den)
-    wm[:, ant1, ant2] = den
-    wm[:, ant2, ant1] = den
-
-    g = np.ones((nslots, nstations), dtype=complex) if initial is None else initial.astype(complex)
-    iterations = np.zeros(nslots, dtype=int)
-    active = np.ones(nslots, dtype=bool)
-    for _ in range(niter):
-        if not active.any():
-            break
-        numer = (xw @ g[:, :, None])[:, :, 0]
-        denom = (wm @ (np.abs(g) ** 2)[:, :, None])[:, :, 0]
-        new = np.where(denom > 0, numer / np.where(denom > 0, denom, 1.0), g)
-        new = damping * g + (1.0 - damping) * _normalise(new, phase_only, ref)
-        new = _normalise(new, phase_only, ref)
-        change = np.max(np.abs(new - g), axis=1)
-        g = np.where(active[:, None], new, g)
-        iterations += active
-        active &= change >= tol
-
-    model_x = g[:, ant1] * np.conj(g[:, ant2])
-    total = den.sum(axis=1)
-    resid = (den * np.abs(xbar - model_x) ** 2).sum(axis=1)
-    residual = np.sqrt(np.divide(resid, total, out=np.zeros_like(resid), where=total > 0))
-    return SolveResult(gains=g, iterations=iterations, residual=residual, slot=slot)
+    """Solve V_pq = g_p g_q^* M_pq per solution slot (``interval`` times each) from the
+    visibilities ``vis``, ``model`` and ``weight`` (ntimes, nbaselines); see :func:`solve`."""
+    eq = equations(vis, model, weight, ant1, ant2, nstations, interval)
+    return solve(eq, phase_only, niter, tol, damping, ref, initial)
 
 
 def _normalise(g: np.ndarray, phase_only: bool, ref: int) -> np.ndarray:

@@ -5,7 +5,8 @@ then predicts the model (ducc0), solves the calibration chain term by term (a te
 only when ``k >= first_selfcal``, starting from its previous solution, against the data
 corrected by the terms before it), applies the product of the solved terms, images the
 residual ``calibrated - model`` and deconvolves it, adding to the model.  Windows are solved
-independently (no global solution).
+independently, or, with ``global_solution``, each term once for all windows: the windows'
+normal equations are summed on the coordinator, which solves and hands the gains back.
 
 Per-window work (predict, solve, apply, invert, and per-window CLEAN) runs where the window
 lives, through a ``mapper``; MS-MFS CLEAN reduces the windows' residuals to Taylor moments
@@ -60,6 +61,7 @@ class Settings:
     terms: tuple[Term, ...] = ()
     solver_niter: int = 50
     solver_tol: float = 1e-10
+    global_solution: bool = False
     nthreads: int = 1
 
     def grid(self) -> dict[str, Any]:
@@ -158,6 +160,44 @@ class SolveReport:
     residual: float
 
 
+def active_terms(terms: Sequence[Term], cycle: int) -> list[Term]:
+    """The terms solved in major cycle ``cycle``, in chain order."""
+    return [term for term in terms if cycle >= term.first_selfcal]
+
+
+def term_equations(
+    win: Window,
+    model_vis: np.ndarray,
+    tables: dict[str, np.ndarray],
+    active: Sequence[Term],
+    term: Term,
+) -> gains.Equations:
+    """The window's equations for ``term``: its data corrected by the active terms solved
+    before it in the chain (their ``tables``), against the model prediction."""
+    data = win.vis
+    for before in active[: list(active).index(term)]:
+        data = gains.apply_gains(data, tables[before.name], win.ant1, win.ant2, inverse=True)
+    return gains.equations(
+        data, model_vis, win.weight, win.ant1, win.ant2, win.nstations, term.interval
+    )
+
+
+def solve_term(
+    eq: gains.Equations, term: Term, previous: np.ndarray, niter: int, tol: float
+) -> tuple[np.ndarray, SolveReport]:
+    """Solve one term from ``previous`` (per time); return its gains per time and report.
+
+    Amplitude solutions are normalised to unit mean modulus per solution, since the overall
+    scale is degenerate with the model flux."""
+    first = np.arange(0, previous.shape[0], term.interval)
+    result = gains.solve(eq, term.phase_only, niter, tol, initial=previous[first])
+    g = result.gains
+    if not term.phase_only:
+        g = g / np.mean(np.abs(g), axis=1, keepdims=True)
+    report = SolveReport(term.name, int(result.iterations.max()), float(result.residual.mean()))
+    return g[result.slot], report
+
+
 def solve_chain(
     win: Window,
     model_vis: np.ndarray,
@@ -167,43 +207,79 @@ def solve_chain(
     niter: int,
     tol: float,
 ) -> tuple[dict[str, np.ndarray], list[SolveReport]]:
-    """Solve the active terms in order; return the tables (per time) and reports.
-
-    ``tables`` maps term name to gains (ntimes, nstations); inactive terms stay as they are
-    (unity before their first solution) and are not applied.  Amplitude solutions are
-    normalised to unit mean modulus per solution, since the overall scale is degenerate with
-    the model flux.
-    """
-    data = win.vis
+    """Solve the active terms of one window in order; return the tables (per time) and
+    reports. ``tables`` maps term name to gains (ntimes, nstations); inactive terms stay as
+    they are (unity before their first solution)."""
     new = dict(tables)
     reports = []
-    for term in terms:
-        if cycle < term.first_selfcal:
-            continue
-        first = np.arange(0, data.shape[0], term.interval)
-        result = gains.solve_gains(
-            data,
-            model_vis,
-            win.weight,
-            win.ant1,
-            win.ant2,
-            win.nstations,
-            phase_only=term.phase_only,
-            niter=niter,
-            tol=tol,
-            initial=tables[term.name][first],
-            interval=term.interval,
-        )
-        g = result.gains
-        if not term.phase_only:
-            g = g / np.mean(np.abs(g), axis=1, keepdims=True)
-        per_time = g[result.slot]
-        new[term.name] = per_time
-        data = gains.apply_gains(data, per_time, win.ant1, win.ant2, inverse=True)
-        reports.append(
-            SolveReport(term.name, int(result.iterations.max()), float(result.residual.mean()))
-        )
+    active = active_terms(terms, cycle)
+    for term in active:
+        eq = term_equations(win, model_vis, new, active, term)
+        new[term.name], report = solve_term(eq, term, tables[term.name], niter, tol)
+        reports.append(report)
     return new, reports
+
+
+def model_prediction(
+    win: Window, model: np.ndarray | None, version: int, settings: Settings
+) -> tuple[np.ndarray, float]:
+    """The model's visibilities for the window (cached per model ``version``) and the
+    gridder seconds spent."""
+    if model is None or not np.any(model):
+        return np.zeros(win.vis.shape, dtype=np.complex128), 0.0
+    if win.cache.get("version") == version:
+        return win.cache["model_vis"], 0.0
+    t0 = time.perf_counter()
+    model_vis = imaging.predict(
+        model, win.uvw, np.array([win.freq_hz]), settings.cell_rad, settings.epsilon,
+        settings.nthreads,
+    ).reshape(win.vis.shape)  # fmt: skip
+    win.cache.update(version=version, model_vis=model_vis)
+    return model_vis, time.perf_counter() - t0
+
+
+def window_equations(
+    win: Window,
+    model: np.ndarray,
+    version: int,
+    tables: dict[str, np.ndarray],
+    term_name: str,
+    cycle: int,
+    settings: Settings,
+) -> tuple[gains.Equations, float]:
+    """One window's share of a global solution of ``term_name`` (and its gridder seconds)."""
+    model_vis, gridder_s = model_prediction(win, model, version, settings)
+    active = active_terms(settings.terms, cycle)
+    term = next(t for t in active if t.name == term_name)
+    return term_equations(win, model_vis, tables, active, term), gridder_s
+
+
+def solve_global(
+    model: np.ndarray,
+    version: int,
+    tables: list[dict[str, np.ndarray]],
+    cycle: int,
+    settings: Settings,
+    mapper: Mapper,
+) -> tuple[list[dict[str, np.ndarray]], list[SolveReport], float]:
+    """Solve each active term once for all windows (summed equations); return the windows'
+    tables, the reports and the gridder seconds spent predicting."""
+    reports, gridder = [], 0.0
+    for term in active_terms(settings.terms, cycle):
+        args = [
+            (model[i], version, tables[i], term.name, cycle, settings) for i in range(len(tables))
+        ]
+        shares = mapper(window_equations, args)
+        gridder += sum(seconds for _, seconds in shares)
+        total = shares[0][0]
+        for eq, _ in shares[1:]:
+            total = total + eq
+        table, report = solve_term(
+            total, term, tables[0][term.name], settings.solver_niter, settings.solver_tol
+        )
+        tables = [{**t, term.name: table} for t in tables]
+        reports.append(report)
+    return tables, reports, gridder
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,27 +304,17 @@ def window_cycle(
     cycle: int,
     settings: Settings,
 ) -> CycleResult:
-    """Predict, solve, apply, image the residual and (per-window algorithms) deconvolve it.
+    """Predict, solve (unless solved globally), apply, image the residual and (per-window
+    algorithms) deconvolve it.
 
     ``version`` identifies the model: an unchanged model reuses the cached prediction.
     """
     t_start = time.perf_counter()
     freq = np.array([win.freq_hz])
-    gridder = 0.0
     shape = win.vis.shape
-    if model is None or not np.any(model):
-        model_vis = np.zeros(shape, dtype=np.complex128)
-    elif win.cache.get("version") == version:
-        model_vis = win.cache["model_vis"]
-    else:
-        t0 = time.perf_counter()
-        model_vis = imaging.predict(
-            model, win.uvw, freq, settings.cell_rad, settings.epsilon, settings.nthreads
-        ).reshape(shape)
-        gridder += time.perf_counter() - t0
-        win.cache.update(version=version, model_vis=model_vis)
+    model_vis, gridder = model_prediction(win, model, version, settings)
     reports: list[SolveReport] = []
-    if np.any(model_vis):
+    if np.any(model_vis) and not settings.global_solution:
         tables, reports = solve_chain(
             win,
             model_vis,
@@ -405,6 +471,11 @@ def run_ical(
         args = [
             (model[i] if cycle else None, version, tables[i], cycle, settings) for i in range(nwin)
         ]
+        solved: list[SolveReport] = []
+        if settings.global_solution and cycle and np.any(model):
+            tables, solved, seconds = solve_global(model, version, tables, cycle, settings, mapper)
+            gridder += seconds
+            args = [(model[i], version, tables[i], cycle, settings) for i in range(nwin)]
         results: list[CycleResult] = mapper(window_cycle, args)
         tables = [r.tables for r in results]
         gain_all = np.stack([r.gain for r in results])
@@ -425,16 +496,15 @@ def run_ical(
         minor += time.perf_counter() - t0
         version += ncomp > 0
         mfs_residual = deconvolve.moments(residuals, taylor_w[:1], sumwt)[0]
+        reports = solved + [rep for r in results for rep in r.reports]
         entry: dict[str, Any] = {
             "cycle": cycle,
-            "solved_terms": sorted({rep.term for r in results for rep in r.reports}),
+            "solved_terms": sorted({rep.term for rep in reports}),
             "residual_rms_jy": float(np.sqrt(np.mean(mfs_residual**2))),
             "residual_peak_jy": float(np.max(np.abs(mfs_residual))),
             "model_flux_jy": float(taylor[0].sum()),
             "components": int(ncomp),
-            "solver_iterations": max(
-                (rep.iterations for r in results for rep in r.reports), default=0
-            ),
+            "solver_iterations": max((rep.iterations for rep in reports), default=0),
             "time_s": round(time.perf_counter() - t_cycle, 3),
         }
         if true_gains is not None:
