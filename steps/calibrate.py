@@ -1,17 +1,25 @@
 """calibrate: ICAL from an empty model (self-calibration with major/minor cycles).
 
-Every window is loaded once onto a Dask worker and stays there; each major cycle sends it
-the window's current model and receives its residual image and solved gains.  MS-MFS CLEAN
-runs here, on the moment images reduced across windows.  Writes the solved gain tables, the
-calibrated visibilities, the model (``ical_model.zarr`` in the image buffer, with the PSFs
-and each window's final residual, made where the window lives so that ``image`` need not
-read the visibilities again) and the convergence record ``ical_convergence.json``.
+No worker holds windows between tasks: each task (a window's major cycle) reads its window
+from the visibility store, and its PSF and last model prediction from this run's scratch
+directory, so a worker's memory is bounded by one window per thread, not by the windows it
+serves.  Each major cycle sends a window its current model and receives its residual image
+and solved gains.  MS-MFS CLEAN runs here, on the moment images reduced across windows.
+Writes the solved gain tables, the calibrated visibilities, the model (``ical_model.zarr``
+in the image buffer, with the PSFs and each window's final residual, made by the window's
+last task so that ``image`` need not read the visibilities again) and the convergence
+record ``ical_convergence.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,21 +74,72 @@ def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) ->
     )
 
 
-def load_window(index: int, path: Path, settings: ical.Settings) -> ical.Window:
-    """Read one window of a visibility store and make its PSF (a Dask task)."""
-    group = zarr.open_group(path, mode="r")
-    vis, weight, flag = store.read_window(path, index)
-    return ical.make_window(
-        index,
-        float(group["frequency"][index]),
+@dataclass(frozen=True)
+class WindowSource:
+    """Where a window is read from: the visibility store, and the run's scratch directory
+    holding the window's PSF and last model prediction."""
+
+    index: int
+    store: Path
+    scratch: Path
+    settings: ical.Settings
+
+    def path(self, kind: str) -> Path:
+        return self.scratch / f"{kind}-{self.index}.npz"
+
+
+class ScratchCache(ical.PredictionCache):
+    """A window's last model prediction in the scratch directory (a window lives one task)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self, version: int) -> np.ndarray | None:
+        if not self.path.exists():
+            return None
+        with np.load(self.path) as saved:
+            return saved["vis"] if int(saved["version"]) == version else None
+
+    def store(self, version: int, vis: np.ndarray) -> None:
+        _save(self.path, version=version, vis=vis)
+
+
+def _save(path: Path, **arrays: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        np.savez(out, **arrays)
+    tmp.replace(path)
+
+
+def read_window(source: WindowSource) -> ical.Window:
+    """Read one window of the store with its PSF (made and saved the first time)."""
+    group = zarr.open_group(source.store, mode="r")
+    vis, weight, flag = store.read_window(source.store, source.index)
+    psf = None
+    if source.path("psf").exists():
+        with np.load(source.path("psf")) as saved:
+            psf = (saved["psf"], float(saved["sumwt"]))
+    win = ical.make_window(
+        source.index,
+        float(group["frequency"][source.index]),
         group["UVW"][:],
         vis,
         np.where(flag, 0.0, weight),
         group["baseline_antenna1"][:],
         group["baseline_antenna2"][:],
         len(group.attrs["antenna_names"]),
-        settings,
+        source.settings,
+        psf,
     )
+    if psf is None:
+        _save(source.path("psf"), psf=win.psf, sumwt=win.sumwt)
+    win.cache = ScratchCache(source.path("prediction"))
+    return win
+
+
+def on_window(fn: Callable[..., Any], source: WindowSource, *args: Any) -> Any:
+    """Run ``fn(window, *args)`` on the window read from ``source`` (a Dask task)."""
+    return fn(read_window(source), *args)
 
 
 def psf_of(win: ical.Window) -> tuple[np.ndarray, float, float]:
@@ -99,8 +158,8 @@ def finish_window(
     """Write the window's corrected visibilities, chunk by chunk, into the store being built
     and return its final residual image with its gridder time (a Dask task).
 
-    The residual ``invert(corrected - predict(model))`` is made here, where the window lives,
-    so that ``image`` only restores.
+    The residual ``invert(corrected - predict(model))`` is made here, where the window is
+    read, so that ``image`` only restores.
     """
     corrected = ical.corrected_vis(win, tables)
     for times in store.time_chunks(target):
@@ -111,13 +170,33 @@ def finish_window(
     return residual, time.perf_counter() - t0
 
 
-def dask_mapper(client: Client, handles: Sequence[Any]) -> ical.Mapper:
-    """Run a per-window function where each window lives; results in window order."""
+@contextlib.contextmanager
+def _removed(directory: Path) -> Iterator[None]:
+    """Remove ``directory`` when the block ends (a killed run's is removed by the next)."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def dask_mapper(client: Client, sources: Sequence[WindowSource]) -> ical.Mapper:
+    """Run a per-window function on each window, results in window order; windows are dealt
+    round-robin over the workers (every major cycle waits for the busiest worker, so an
+    uneven placement would cost a window's work per cycle)."""
+    workers = sorted(client.scheduler_info()["workers"])
 
     def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
         futures = [
-            client.submit(fn, h, *client.scatter(list(a), hash=False), pure=False)
-            for h, a in zip(handles, args, strict=True)
+            client.submit(
+                on_window,
+                fn,
+                source,
+                *(client.scatter(list(a), hash=False) if a else ()),
+                key=f"{fn.__name__}-{source.index}-{uuid.uuid4().hex}",  # named on the dashboard
+                workers=[workers[source.index % len(workers)]],
+                allow_other_workers=True,
+            )
+            for source, a in zip(sources, args, strict=True)
         ]
         return client.gather(futures)
 
@@ -137,38 +216,26 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     tmp = store.create(
         buffers.calibrated, obs, {**data.attrs, "creator": "batch-imaging calibrate"}
     )
-    with engine(params.n_workers, [__name__]) as client:
-        # windows dealt round-robin over the workers: every major cycle waits for the
-        # busiest worker, so an uneven placement would cost a window's work per cycle
-        workers = sorted(client.scheduler_info()["workers"])
-        handles = [
-            client.submit(
-                load_window,
-                i,
-                buffers.corrupted,
-                settings,
-                pure=False,
-                workers=[workers[i % len(workers)]],
-                allow_other_workers=True,
-            )
-            for i in range(nwin)
-        ]
-        psf_info = client.gather([client.submit(psf_of, h, pure=False) for h in handles])
+    scratch = Path(tempfile.mkdtemp(prefix=".calibrate.tmp-", dir=buffers.vis))
+    sources = [WindowSource(i, buffers.corrupted, scratch, settings) for i in range(nwin)]
+    with engine(params.n_workers, [__name__]) as client, _removed(scratch):
+        mapper = dask_mapper(client, sources)
+        psf_info = mapper(psf_of, [() for _ in sources])
         psfs = np.stack([p[0] for p in psf_info])
         sumwt = np.array([p[1] for p in psf_info])
         result = ical.run_ical(
-            handles,
+            sources,
             obs.frequencies,
             psfs,
             sumwt,
             ntimes,
             nstations,
             settings,
-            dask_mapper(client, handles),
+            mapper,
             truth,
             LOG.info,
         )
-        finals = dask_mapper(client, handles)(
+        finals = mapper(
             finish_window,
             [
                 (result.model[i], result.tables[i], buffers.corrupted, tmp, settings)

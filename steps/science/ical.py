@@ -84,6 +84,21 @@ def terms_from(
     return tuple(out)
 
 
+class PredictionCache:
+    """A window's last model prediction, kept in memory with its model version."""
+
+    def __init__(self) -> None:
+        self._version: int | None = None
+        self._vis: np.ndarray | None = None
+
+    def load(self, version: int) -> np.ndarray | None:
+        """The prediction of model ``version``, if it is the one kept."""
+        return self._vis if self._version == version else None
+
+    def store(self, version: int, vis: np.ndarray) -> None:
+        self._version, self._vis = version, vis
+
+
 @dataclass(eq=False)
 class Window:
     """One frequency window's data, held where it is processed (a Dask worker).
@@ -105,7 +120,7 @@ class Window:
     psf: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     sumwt: float = 0.0
     psf_s: float = 0.0
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: PredictionCache = field(default_factory=PredictionCache)
 
 
 def make_window(
@@ -118,8 +133,10 @@ def make_window(
     ant2: np.ndarray,
     nstations: int,
     settings: Settings,
+    psf: tuple[np.ndarray, float] | None = None,
 ) -> Window:
-    """A window with its imaging weights and PSF (``psf_s``: the PSF's gridder time)."""
+    """A window with its imaging weights and PSF: ``psf`` (the PSF and its sum of weights)
+    if given, else made here (``psf_s``: the PSF's gridder time)."""
     uvw2 = np.ascontiguousarray(uvw, dtype=np.float64).reshape(-1, 3)
     freq = np.array([freq_hz])
     wgt = np.asarray(weight, dtype=np.float64)
@@ -143,6 +160,9 @@ def make_window(
         np.asarray(ant2),
         nstations,
     )
+    if psf is not None:
+        win.psf, win.sumwt = psf
+        return win
     t0 = time.perf_counter()
     win.psf, win.sumwt = imaging.make_psf(
         uvw2, freq, iw.reshape(-1, 1), nthreads=settings.nthreads, **settings.grid()
@@ -227,14 +247,15 @@ def model_prediction(
     gridder seconds spent."""
     if model is None or not np.any(model):
         return np.zeros(win.vis.shape, dtype=np.complex128), 0.0
-    if win.cache.get("version") == version:
-        return win.cache["model_vis"], 0.0
+    cached = win.cache.load(version)
+    if cached is not None:
+        return cached, 0.0
     t0 = time.perf_counter()
     model_vis = imaging.predict(
         model, win.uvw, np.array([win.freq_hz]), settings.cell_rad, settings.epsilon,
         settings.nthreads,
     ).reshape(win.vis.shape)  # fmt: skip
-    win.cache.update(version=version, model_vis=model_vis)
+    win.cache.store(version, model_vis)
     return model_vis, time.perf_counter() - t0
 
 
