@@ -165,7 +165,7 @@ def run_steps(params: Params, steps: tuple[str, ...], buffers: Any = None) -> di
         buffers = buffers or Buffers.of(params, Path(root))
         for name in steps:
             module = importlib.import_module(f"steps.{name}")
-            monitor = Monitor()
+            monitor = Monitor(lambda proc: None if proc.pid == os.getpid() else "workers")
             with monitor.running():
                 started = time.perf_counter()
                 module.run(params, buffers)
@@ -174,6 +174,8 @@ def run_steps(params: Params, steps: tuple[str, ...], buffers: Any = None) -> di
                 "wall_s": round(wall, 2),
                 "cpu_s": round(monitor.cpu_s(every=True), 2),
                 "peak_rss_process_mib": round(max(monitor.peak_process.values())),
+                "peak_rss_coordinator_mib": round(monitor.peak_process.get(None, 0.0)),
+                "peak_rss_worker_mib": round(monitor.peak_process.get("workers", 0.0)),
             }
     return out
 
@@ -255,6 +257,15 @@ def largest_simulate_corrupt() -> dict[str, Any]:
     return {"nvis": nvis, "visibilities_mib": round(nvis * 8 / 2**20), "steps": steps}
 
 
+def largest_calibrate() -> dict[str, Any]:
+    """simulate, corrupt and calibrate (nmajor 1) of the largest configuration, n_workers 2:
+    peak RSS of the workers (streamed windows) and of the coordinator."""
+    params = Params(n_workers=2, nfreqwin=32, ntimes=60, rmax=3000.0, npixel=2048, nmajor=1)
+    steps = run_steps(params, ("simulate", "corrupt", "calibrate"))
+    nvis = params.nfreqwin * params.ntimes * _baselines(params.rmax)
+    return {"nvis": nvis, "visibilities_mib": round(nvis * 8 / 2**20), "steps": steps}
+
+
 def gridder_limit() -> dict[str, Any]:
     """calibrate (seed, n_workers 2) against its ducc0 calls made directly, per core."""
     import zarr
@@ -313,6 +324,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "scale_workers_2": lambda: _workers(2),
     "scale_workers_4": lambda: _workers(4),
     "scale_largest_simulate_corrupt": largest_simulate_corrupt,
+    "scale_largest_calibrate": largest_calibrate,
     "scale_gridder_limit": gridder_limit,
     "scale_nfreqwin": scale_nfreqwin,
     "scale_ntimes": scale_ntimes,

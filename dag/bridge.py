@@ -37,6 +37,7 @@ from dag.runner import (
     find_run_process,
     pb_params,
     process_alive,
+    run_leftovers,
     run_name,
     run_pb,
     start_detached,
@@ -123,8 +124,9 @@ class LocalRuns:
         if pid is None:
             return Outcome("Missing", f"workflow {name} never started")
         self._offsets.pop(name, None)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)  # steps left by a killed run (the claim daemon)
+        for leftover in run_leftovers(pid, name):  # steps of a killed run (the claim daemon)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(leftover, signal.SIGTERM)
         return Outcome("Ended", f"process {pid} of workflow {name} on {HOSTNAME} has ended")
 
     def _copy_log(self, name: str, log: str | None) -> None:

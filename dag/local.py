@@ -306,6 +306,7 @@ class LocalEngine:
         if "dag" not in template:
             raise WorkflowError(f"template {template['name']!r} is not a DAG template")
         tasks = {t["name"]: t for t in template["dag"]["tasks"]}
+        self._ended: list[str] = []  # attempts that ended as they started (resource, PodError)
         waits = {name: _depends(task) for name, task in tasks.items()}
         nodes = {name: Node(name=name) for name in tasks}
         pods: dict[str, _Pod] = {}
@@ -337,6 +338,10 @@ class LocalEngine:
                     if self._poll(name, pod, nodes, daemons):
                         del pods[name]
                         self._completed(name, pod.template, nodes, retry_at, scope, tasks, pods)
+                while self._ended:  # retried as a pod's attempt is (a retry may end at once)
+                    name = self._ended.pop(0)
+                    template = self.templates[tasks[name]["template"]]
+                    self._completed(name, template, nodes, retry_at, scope, tasks, pods)
                 if all(node.phase in FINAL for node in nodes.values()) and not pods:
                     return nodes
                 time.sleep(0.05)
@@ -384,11 +389,13 @@ class LocalEngine:
             node.phase, node.message = self._resource(template, local)
             node.finished = time.time()
             LOG.info("Step %s %s %s", name, node.phase, node.message)
+            self._ended.append(name)
         elif "container" in template:
             try:
                 pods[name] = self._start(name, template, local)
             except PodError as exc:
                 node.phase, node.message, node.finished = "Error", str(exc), time.time()
+                self._ended.append(name)
         else:
             raise WorkflowError(f"template {template['name']!r}: only container and resource")
 

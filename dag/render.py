@@ -39,7 +39,7 @@ RULES = [
     {  # dask-cluster / dask-cluster-delete, only with dask_cluster=true
         "apiGroups": ["kubernetes.dask.org"],
         "resources": ["daskclusters"],
-        "verbs": ["create", "delete"],
+        "verbs": ["create", "get", "delete"],  # get: Argo polls its successCondition
     },
 ]
 

@@ -82,6 +82,12 @@ def run_local(
             "local", datetime.date.today(), db.run(lambda txn: txn.list_pbs())
         )
         params = parameters.parse({**requested, "pb_id": pb_id, "config_db": config_db})
+        running = running_pid(db, pb_id)
+        if running is not None:
+            raise RuntimeError(
+                f"processing block {pb_id} is already being run by process {running} on "
+                f"{HOSTNAME}: wait for it to end, or stop it"
+            )
         register(db, params, raw)
     finally:
         db.close()
@@ -111,6 +117,16 @@ def execute(
         for artifact, path in node.artifacts.items():
             LOG.info("    artifact %-18s %s", artifact, path)
     return run.phase
+
+
+def running_pid(db: ConfigDB, pb_id: str) -> int | None:
+    """The live process on this host running processing block ``pb_id``, if any."""
+    state = db.run(lambda txn: txn.get_state(pb_id))
+    run = getattr(state, "run", None) or {}
+    pid = run.get("pid")
+    if run.get("hostname") != HOSTNAME or not pid or pid == os.getpid():
+        return None
+    return pid if process_alive(pid, "run") else None
 
 
 def register(db: ConfigDB, params: parameters.Params, raw: dict) -> None:
@@ -195,6 +211,24 @@ def process_alive(pid: int, marker: str = "") -> bool:
     except PermissionError:
         return True
     return True
+
+
+def run_leftovers(pgid: int, name: str) -> list[int]:
+    """Live processes of process group ``pgid`` that belong to workflow ``name`` (their
+    environment says so): the steps a killed run left behind, never the processes of an
+    unrelated group that reused the id."""
+    marker = f"WORKFLOW_NAME={name}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(proc.name)) != pgid:
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ProcessLookupError):
+            continue
+        if marker in environ and process_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
 
 
 def find_run_process(name: str, buffer_root: str) -> int | None:

@@ -226,18 +226,35 @@ def buffer_pvc_manifest() -> dict:
     }
 
 
+def _worker_env() -> list[m.EnvVar]:
+    """A DaskCluster worker runs one Dask thread per requested CPU (``--nthreads
+    $(CPU_REQUEST)``), so the native thread pools are single-threaded: threads x native
+    threads stay within the request, the rule of ``steps.dask_ee``."""
+    from steps.dask_ee import THREAD_ENV
+
+    cpus = m.EnvVarSource(
+        resource_field_ref=m.ResourceFieldSelector(resource="requests.cpu", divisor="1")
+    )
+    return [
+        m.EnvVar(name="CPU_REQUEST", value_from=cpus),
+        *(m.EnvVar(name=name, value="1") for name in THREAD_ENV),
+    ]
+
+
 def _dask_pod(image: str, component: str, args: list[str], ports: dict[str, int]) -> dict:
-    mounts = [_tmp_mount(), *(_buffer_mounts() if component == "worker" else [])]
+    worker = component == "worker"
+    mounts = [_tmp_mount(), *(_buffer_mounts() if worker else [])]
     volumes = [m.Volume(name="tmp", empty_dir=m.EmptyDirVolumeSource())]
-    if component == "worker":
+    if worker:
         volumes += _buffer_volumes()
     container = m.Container(
         name=component,
         image=image,
         command=["dask", component],
         args=args,
+        env=_worker_env() if worker else None,
         ports=[m.ContainerPort(name=n, container_port=p, protocol="TCP") for n, p in ports.items()],
-        resources=HEAVY_RESOURCES if component == "worker" else LIGHT,
+        resources=HEAVY_RESOURCES if worker else LIGHT,
         security_context=CONTAINER_SECURITY,
         volume_mounts=mounts,
     )
@@ -265,7 +282,10 @@ def dask_cluster_manifest(image: str) -> dict:
                 "spec": _dask_pod(
                     image,
                     "worker",
-                    ["--name", "$(DASK_WORKER_NAME)", "--dashboard-address", ":8788"],
+                    [
+                        *("--name", "$(DASK_WORKER_NAME)", "--dashboard-address", ":8788"),
+                        *("--nworkers", "1", "--nthreads", "$(CPU_REQUEST)"),
+                    ],
                     {"http-dashboard": 8788},
                 ),
             },
@@ -356,6 +376,9 @@ def workflow_template(image: str | None = None) -> WorkflowTemplate:
             name="dask-cluster",
             action="create",
             set_owner_reference=True,
+            # the operator sets Running once the scheduler and the worker group exist; the
+            # steps then wait for the workers themselves (steps.dask_ee.wait_for_workers)
+            success_condition="status.phase == Running",
             manifest=_manifest(dask_cluster_manifest(image)),
             retry_strategy=API_RETRY,
         )

@@ -32,6 +32,7 @@ from distributed.utils import get_mp_context
 from steps.log import LOG, progress
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+WORKER_WAIT_S = 600.0  # how long a step waits for an external cluster's workers to join
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -69,6 +70,7 @@ def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
     if address:
         with Client(address) as client:
             LOG.info("Dask EE: scheduler %s", address)
+            wait_for_workers(client, n_workers)
             yield client
         return
     threads, processes = threads_per_worker(n_workers), local_workers(n_workers)
@@ -92,6 +94,28 @@ def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
             client.dashboard_link,
         )
         yield client
+
+
+def wait_for_workers(client: Client, n_workers: int, timeout_s: float | None = None) -> int:
+    """Wait until ``n_workers`` workers have joined the scheduler (a DaskCluster scales up
+    beside the run); after ``timeout_s`` go on with those there are, if any."""
+    timeout_s = WORKER_WAIT_S if timeout_s is None else timeout_s
+    try:
+        client.wait_for_workers(n_workers, timeout=timeout_s)
+    except TimeoutError:
+        have = len(client.scheduler_info()["workers"])
+        if have == 0:
+            raise RuntimeError(
+                f"no Dask worker joined the scheduler {client.scheduler.address} in {timeout_s:g} s"
+            ) from None
+        LOG.warning(
+            "Dask EE: %d of %d workers joined in %g s; going on with them",
+            have,
+            n_workers,
+            timeout_s,
+        )
+        return have
+    return n_workers
 
 
 def map_tasks(

@@ -105,6 +105,33 @@ def test_run_rejects_bad_parameters_before_writing(tmp_path, contents, argv, cod
     assert not (tmp_path / "buffers").exists(), "something was written"
 
 
+def test_run_refuses_a_pb_another_process_is_running(tmp_path):
+    from dag.runner import HOSTNAME, embedded_db, register
+    from steps.configdb import ConfigDB, open_backend
+    from steps.params import parse
+
+    root = tmp_path / "buffers"
+    root.mkdir()
+    pb_id = "pb-busy-20260101-00000"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "run"])
+    try:
+        with ConfigDB(open_backend(embedded_db(root))) as db:
+            register(db, parse({"pb_id": pb_id}), {})
+            run = {"name": f"batch-imaging-{pb_id}", "hostname": HOSTNAME, "pid": other.pid}
+            db.run(lambda txn: txn.update_state(pb_id, status="RUNNING", run=run))
+        path = tmp_path / "params.json"
+        path.write_text(params(pb_id=pb_id))
+        result = batch_imaging("run", str(path), "--buffer-root", "buffers", cwd=tmp_path)
+        assert_clean_failure(result, 1, f"already being run by process {other.pid}")
+        with ConfigDB(open_backend(embedded_db(root))) as db:
+            state = db.run(lambda txn: txn.get_state(pb_id))
+        assert state.status == "RUNNING" and state.run["pid"] == other.pid  # untouched
+        assert not (root / f"buff-{pb_id}-vis").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
 SBI_CASES = [
     ("sbi-truncated", json.dumps(SBI)[:-20], "invalid JSON"),
     ("sbi-bad-id", json.dumps({**SBI, "id": "sbi x!"}), "id = 'sbi x!'"),

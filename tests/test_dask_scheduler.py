@@ -101,3 +101,22 @@ def test_steps_run_on_the_given_scheduler(tmp_path, cluster):
         )
     for task in ("predict_window", "corrupt_window", "window_equations", "window_cycle"):
         assert task in prefixes, prefixes
+
+
+def test_a_step_waits_for_the_workers_of_an_external_cluster():
+    from dask.distributed import LocalCluster
+
+    from steps.dask_ee import wait_for_workers
+
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as one,
+        Client(one) as client,
+    ):
+        assert wait_for_workers(client, 1, 5.0) == 1
+        assert wait_for_workers(client, 2, 0.5) == 1  # goes on with the one there is
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as none,
+        Client(none) as client,
+        pytest.raises(RuntimeError, match="no Dask worker joined"),
+    ):
+        wait_for_workers(client, 2, 0.5)

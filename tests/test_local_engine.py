@@ -203,6 +203,32 @@ def test_transient_error_pattern_makes_a_failure_retryable(
     assert counter.read_text() == "xx"
 
 
+def test_pods_that_cannot_start_and_resources_are_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a pod whose claim does not exist is an Error, retried by OnError as any Error
+    orphan = {
+        "name": "orphan",
+        "retryStrategy": {"limit": "2", "retryPolicy": "OnError"},
+        "container": container("pass", volumeMounts=[{"name": "buf", "mountPath": "/buffer/gone"}]),
+    }
+    volumes = [{"name": "buf", "persistentVolumeClaim": {"claimName": "gone"}}]
+    run = LocalEngine(workflow([orphan], [task("o", "orphan")], volumes=volumes), tmp_path).run({})
+    assert run.nodes["o"].phase == "Error" and run.nodes["o"].retries == 2
+    # a resource failure Argo deems transient is retried by OnTransientError
+    monkeypatch.setenv("TRANSIENT_ERROR_PATTERN", r"already exists")
+    (tmp_path / "taken").mkdir()
+    create = {
+        **pvc_template("create"),
+        "retryStrategy": {"limit": "3", "retryPolicy": "OnTransientError"},
+    }
+    arguments = {"parameters": [{"name": "name", "value": "taken"}]}
+    run = LocalEngine(
+        workflow([create], [task("pvc", "pvc-create", arguments=arguments)]), tmp_path
+    ).run({})
+    assert run.nodes["pvc"].phase == "Failed" and run.nodes["pvc"].retries == 3
+
+
 def test_daemon_becomes_ready_then_is_stopped(tmp_path: Path) -> None:
     daemon = {
         "name": "daemon",

@@ -117,7 +117,7 @@ def test_rbac_validates_against_the_kubernetes_models() -> None:
     assert grants == {
         ("argoproj.io", "workflowtaskresults"): {"create", "patch"},
         ("", "persistentvolumeclaims"): {"get", "create", "patch"},
-        ("kubernetes.dask.org", "daskclusters"): {"create", "delete"},
+        ("kubernetes.dask.org", "daskclusters"): {"create", "get", "delete"},
     }
 
 
@@ -154,6 +154,7 @@ def test_buffer_pvc_is_a_valid_rwx_claim_that_outlives_the_run() -> None:
 def test_dask_cluster_is_owned_by_the_run_and_deleted_by_the_exit_handler() -> None:
     create = templates()["dask-cluster"]["resource"]
     assert create["action"] == "create" and create["setOwnerReference"] is True
+    assert create["successCondition"] == "status.phase == Running"  # the operator's phase
     cluster = yaml.safe_load(substitute(create["manifest"], _defaults()))
     assert cluster["apiVersion"] == "kubernetes.dask.org/v1"
     assert cluster["spec"]["worker"]["replicas"] == 2  # an integer after substitution
@@ -161,6 +162,12 @@ def test_dask_cluster_is_owned_by_the_run_and_deleted_by_the_exit_handler() -> N
         pod = strict_k8s(cluster["spec"][component]["spec"], "V1PodSpec")
         assert pod.security_context.run_as_non_root
     strict_k8s(cluster["spec"]["scheduler"]["service"], "V1ServiceSpec")
+    worker = cluster["spec"]["worker"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in worker["env"]}
+    assert env["CPU_REQUEST"]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert env["OMP_NUM_THREADS"]["value"] == "1"  # Dask threads x native threads <= CPUs
+    arguments = worker["args"]
+    assert arguments[arguments.index("--nthreads") + 1] == "$(CPU_REQUEST)"
     delete = templates()["dask-cluster-delete"]["resource"]
     assert delete["action"] == "delete" and "--ignore-not-found" in delete["flags"]
     exit_tasks = {t["name"]: t for t in templates()["exit"]["dag"]["tasks"]}
