@@ -305,10 +305,10 @@ def write_model(
     images (Jy/beam, of the calibrated data less the model), as a complete store."""
     ds = xr.Dataset(
         {
-            "MODEL": (("frequency", "y", "x"), result.model.astype(np.float64)),
-            "TAYLOR": (("taylor", "y", "x"), result.taylor.astype(np.float64)),
+            "MODEL": (("frequency", "y", "x"), result.model),
+            "TAYLOR": (("taylor", "y", "x"), result.taylor),
             "PSF": (("frequency", "y", "x"), psfs.astype(np.float32)),
-            "RESIDUAL": (("frequency", "y", "x"), residual.astype(np.float64)),
+            "RESIDUAL": (("frequency", "y", "x"), residual),
             "SUMWT": (("frequency",), sumwt),
         },
         coords={"frequency": freqs},

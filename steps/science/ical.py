@@ -101,11 +101,11 @@ class PredictionCache:
 
 @dataclass(eq=False)
 class Window:
-    """One frequency window's data, held where it is processed (a Dask worker).
+    """One frequency window's data where it is processed (calibrate reads it for each task).
 
     ``vis``, ``weight`` (solver weights, 0 where flagged) and ``imaging_weight`` are
     (ntimes, nbaselines); ``uvw`` (ntimes * nbaselines, 3) metres.  ``cache`` keeps the last
-    model prediction with its model version (lost harmlessly if the window is copied).
+    model prediction with its model version (in memory, or in calibrate's scratch directory).
     """
 
     index: int
