@@ -134,6 +134,16 @@ def lowbd2_full() -> dict[str, Any]:
     return _figures(run_case(case, settings_for(case, epsilon=Params().epsilon)))
 
 
+def lowbd2_skies() -> dict[str, Any]:
+    """The same case on other random skies and phase errors (seeds 1-4): how much the
+    figures depend on the realisation."""
+    out = {}
+    for seed in (1, 2, 3, 4):
+        case = lowbd2_case(seed=seed)
+        out[f"seed{seed}"] = _figures(run_case(case, settings_for(case, epsilon=Params().epsilon)))
+    return out
+
+
 def _pipeline(**overrides: Any) -> dict[str, Any]:
     """simulate -> corrupt -> calibrate -> image with default parameters (n_workers 2)."""
     from steps import calibrate, corrupt, image, simulate
@@ -184,6 +194,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "mmclean": mmclean,
     "epsilon_quality": epsilon_quality,
     "lowbd2_full": lowbd2_full,
+    "lowbd2_skies": lowbd2_skies,
     "seed_pipeline": seed_pipeline,
     "seed_uncorrupted": seed_uncorrupted,
 }
