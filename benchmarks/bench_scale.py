@@ -266,6 +266,14 @@ def largest_calibrate() -> dict[str, Any]:
     return {"nvis": nvis, "visibilities_mib": round(nvis * 8 / 2**20), "steps": steps}
 
 
+def image_cubes() -> dict[str, Any]:
+    """calibrate with the largest image cubes (32 windows of 2048^2) on few visibilities
+    (ntimes 5, rmax 300 m), nmajor 1, n_workers 2: the coordinator's memory for the cubes."""
+    params = Params(n_workers=2, nfreqwin=32, ntimes=5, rmax=300.0, npixel=2048, nmajor=1)
+    steps = run_steps(params, ("simulate", "corrupt", "calibrate"))
+    return {"cube_mib": round(params.nfreqwin * params.npixel**2 * 8 / 2**20), "steps": steps}
+
+
 def gridder_limit() -> dict[str, Any]:
     """calibrate (seed, n_workers 2) against its ducc0 calls made directly, per core."""
     import zarr
@@ -325,6 +333,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "scale_workers_4": lambda: _workers(4),
     "scale_largest_simulate_corrupt": largest_simulate_corrupt,
     "scale_largest_calibrate": largest_calibrate,
+    "scale_image_cubes": image_cubes,
     "scale_gridder_limit": gridder_limit,
     "scale_nfreqwin": scale_nfreqwin,
     "scale_ntimes": scale_ntimes,

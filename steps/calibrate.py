@@ -143,8 +143,8 @@ def on_window(fn: Callable[..., Any], source: WindowSource, *args: Any) -> Any:
 
 
 def psf_of(win: ical.Window) -> tuple[np.ndarray, float, float]:
-    """The window's PSF, sum of imaging weights and PSF gridder time."""
-    return win.psf, win.sumwt, win.psf_s
+    """The window's PSF (float32, as stored), sum of imaging weights and PSF gridder time."""
+    return win.psf.astype(np.float32), win.sumwt, win.psf_s
 
 
 def finish_window(
@@ -254,8 +254,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     table.attrs["calibration_context"] = params.calibration_context
     store.write_dataset(table, buffers.solved_gains)
     buffers.img.mkdir(parents=True, exist_ok=True)
-    residual = np.stack([f[0] for f in finals])
     final_s = float(sum(f[1] for f in finals))
+    residual = np.empty((nwin, params.npixel, params.npixel))
+    for i in range(nwin):  # one image at a time: no second copy of the cube
+        residual[i], finals[i] = finals[i][0], None
     write_model(
         buffers.img / MODEL_STORE, result, psfs, sumwt, residual, final_s, obs.frequencies, params
     )
@@ -307,7 +309,7 @@ def write_model(
         {
             "MODEL": (("frequency", "y", "x"), result.model),
             "TAYLOR": (("taylor", "y", "x"), result.taylor),
-            "PSF": (("frequency", "y", "x"), psfs.astype(np.float32)),
+            "PSF": (("frequency", "y", "x"), psfs),
             "RESIDUAL": (("frequency", "y", "x"), residual),
             "SUMWT": (("frequency",), sumwt),
         },

@@ -39,7 +39,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     products = store.open_dataset(model_path)
     model = products["MODEL"].values
     taylor = products["TAYLOR"].values
-    psfs = products["PSF"].values.astype(np.float64)
+    psfs = products["PSF"].values  # float32; moments accumulate in float64
     residual = products["RESIDUAL"].values
     sumwt = products["SUMWT"].values
     freqs = calibrated["frequency"].values

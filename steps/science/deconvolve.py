@@ -80,11 +80,20 @@ def taylor_weights(
     return x[None, :] ** np.arange(nmoment)[:, None]
 
 
-def moments(cube: np.ndarray, taylor: np.ndarray, chan_weights: np.ndarray) -> np.ndarray:
-    """Weighted moment images ``sum_c W_c x_c^t cube_c / sum_c W_c``: (nterm, ny, nx)."""
+def moments(
+    cube: Sequence[np.ndarray] | np.ndarray, taylor: np.ndarray, chan_weights: np.ndarray
+) -> np.ndarray:
+    """Weighted moment images ``sum_c W_c x_c^t cube_c / sum_c W_c``: (nterm, ny, nx).
+
+    ``cube`` is a cube or a sequence of channel images (of any float type), accumulated one
+    at a time in float64, so that no float64 copy of the whole cube is made."""
     w = np.asarray(chan_weights, dtype=np.float64)
     coeff = taylor * (w / w.sum())[None, :]
-    return np.tensordot(coeff, np.asarray(cube, dtype=np.float64), axes=(1, 0))
+    out = np.zeros((coeff.shape[0], *np.shape(cube[0])))
+    for c, image in enumerate(cube):
+        for t in range(coeff.shape[0]):
+            out[t] += coeff[t, c] * image
+    return out
 
 
 def cube_from_taylor(taylor_images: np.ndarray, taylor: np.ndarray) -> np.ndarray:
@@ -310,7 +319,8 @@ def msmfs(
     psf_support: int | None = 128,
     ref_hz: float | None = None,
 ) -> CleanResult:
-    """MS-MFS CLEAN of a dirty cube (nchan, ny, nx) with its PSF cube (peak 1 at the centre).
+    """MS-MFS CLEAN of a dirty cube (nchan, ny, nx) with its PSF cube (peak 1 at the centre);
+    either may be a sequence of channel images (nothing is stacked).
 
     ``chan_weights`` are the channels' sums of weights (default equal); the reference
     frequency defaults to the mean of ``freqs_hz``.  ``psf_support`` limits the PSF patch to
@@ -318,11 +328,9 @@ def msmfs(
     reduced to the number of channels if larger.  A scale's components keep their whole kernel
     inside the image (otherwise model and residual updates would disagree at the edges).
     """
-    cube = np.asarray(dirty, dtype=np.float64)
-    psfs_in = np.asarray(psf, dtype=np.float64)
-    if cube.ndim == 2:
-        cube, psfs_in = cube[None], psfs_in[None]
-    nchan, ny, nx = cube.shape
+    cube = [dirty] if np.ndim(dirty) == 2 else dirty
+    psfs_in = [psf] if np.ndim(psf) == 2 else psf
+    nchan, (ny, nx) = len(cube), np.shape(cube[0])
     freqs = np.asarray(freqs_hz, dtype=np.float64).reshape(nchan)
     w = np.ones(nchan) if chan_weights is None else np.asarray(chan_weights, dtype=np.float64)
     ref = float(freqs.mean()) if ref_hz is None else float(ref_hz)
@@ -334,7 +342,7 @@ def msmfs(
     half = max(ny, nx) if psf_support is None else min(int(psf_support), max(ny, nx))
 
     dmom = moments(cube, taylor[:nt], w)
-    pmom = moments(np.stack([_crop(p, half + margin) for p in psfs_in]), taylor, w)
+    pmom = moments([_crop(p, half + margin) for p in psfs_in], taylor, w)
     peak = float(pmom[0, half + margin, half + margin])
     dmom, pmom = dmom / peak, pmom / peak
     t_abs = max(threshold, fractional_threshold * float(np.max(np.abs(dmom[0]))))

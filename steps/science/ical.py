@@ -419,8 +419,8 @@ def deconvolve_single(
 
 
 def deconvolve_joint(
-    residuals: np.ndarray,
-    psfs: np.ndarray,
+    residuals: Sequence[np.ndarray],
+    psfs: Sequence[np.ndarray],
     freqs_hz: np.ndarray,
     sumwt: np.ndarray,
     settings: Settings,
@@ -500,7 +500,7 @@ def run_ical(
         results: list[CycleResult] = mapper(window_cycle, args)
         tables = [r.tables for r in results]
         gain_all = np.stack([r.gain for r in results])
-        residuals = np.stack([r.residual for r in results])
+        residuals = [r.residual for r in results]
         gridder += sum(r.gridder_s for r in results)
         busy += sum(r.busy_s for r in results)
         t0 = time.perf_counter()
