@@ -223,6 +223,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         psf_info = mapper(psf_of, [() for _ in sources])
         psfs = np.stack([p[0] for p in psf_info])
         sumwt = np.array([p[1] for p in psf_info])
+        psf_s = float(sum(p[2] for p in psf_info))
+        del psf_info  # the PSFs live on in the cube only
         result = ical.run_ical(
             sources,
             obs.frequencies,
@@ -264,7 +266,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     rms = phase_rms(truth, result.gains)
     uvw0 = station_uvw(obs.uvw, obs.antenna1, obs.antenna2, nstations)
     shifted = shift_removed_phase_rms(truth, result.gains, uvw0, obs.frequencies)
-    gridder_s = result.gridder_s + float(sum(p[2] for p in psf_info)) + final_s
+    gridder_s = result.gridder_s + psf_s + final_s
     record = {
         "algorithm": params.algorithm,
         "calibration_context": params.calibration_context,
