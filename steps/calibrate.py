@@ -105,10 +105,8 @@ class ScratchCache(ical.PredictionCache):
 
 
 def _save(path: Path, **arrays: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as out:
         np.savez(out, **arrays)
-    tmp.replace(path)
 
 
 def read_window(source: WindowSource) -> ical.Window:
