@@ -233,13 +233,14 @@ def scale_npixel() -> dict[str, Any]:
     return _series("npixel", (512, 1024, 2048), against="npixel")
 
 
-def _workers(n: int, threads: int | None = None) -> dict[str, Any]:
-    """Seed work (calibrate ``nmajor`` 1) with ``n`` workers (``threads`` each if given)."""
+def _workers(n: int, threads: int | None = None, nmajor: int = 1) -> dict[str, Any]:
+    """Seed work (calibrate ``nmajor`` 1, or as given) with ``n`` workers (``threads`` each
+    if given)."""
     from steps import dask_ee
 
     if threads is not None:
         dask_ee.threads_per_worker = lambda _: threads  # this benchmark's process only
-    steps = run_steps(Params(n_workers=n, nmajor=1), ("simulate", "corrupt", "calibrate"))
+    steps = run_steps(Params(n_workers=n, nmajor=nmajor), ("simulate", "corrupt", "calibrate"))
     return {k: v["wall_s"] for k, v in steps.items()} | {
         "cores": os.cpu_count(),
         "threads_per_worker": dask_ee.threads_per_worker(n),
@@ -331,6 +332,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "scale_workers_1": lambda: _workers(1),
     "scale_workers_2": lambda: _workers(2),
     "scale_workers_4": lambda: _workers(4),
+    "scale_workers_1x1_seed": lambda: _workers(1, 1, Params().nmajor),
+    "scale_workers_2_seed": lambda: _workers(2, nmajor=Params().nmajor),
     "scale_largest_simulate_corrupt": largest_simulate_corrupt,
     "scale_largest_calibrate": largest_calibrate,
     "scale_image_cubes": image_cubes,

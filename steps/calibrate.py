@@ -184,17 +184,21 @@ def dask_mapper(client: Client, sources: Sequence[WindowSource]) -> ical.Mapper:
     workers = sorted(client.scheduler_info()["workers"])
 
     def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
+        args = list(args)
+        # every window's arguments in one scatter: one round trip, not one per window
+        flat = client.scatter([x for a in args for x in a], hash=False) if any(args) else []
+        starts = np.cumsum([0, *(len(a) for a in args)])
         futures = [
             client.submit(
                 on_window,
                 fn,
                 source,
-                *(client.scatter(list(a), hash=False) if a else ()),
+                *flat[starts[i] : starts[i + 1]],
                 key=f"{fn.__name__}-{source.index}-{uuid.uuid4().hex}",  # named on the dashboard
                 workers=[workers[source.index % len(workers)]],
                 allow_other_workers=True,
             )
-            for source, a in zip(sources, args, strict=True)
+            for i, source in enumerate(sources)
         ]
         return client.gather(futures)
 
