@@ -109,6 +109,8 @@ def test_killed_steps_resume_to_identical_products(tmp_path):
         assert f"Step {earlier}: products complete" in log
     for buffer in (root / f"buff-{pb}-vis", root / f"buff-{pb}-img"):
         assert manifest.verify(buffer) == []
+        # no temporaries of the killed runs (stores, calibrate's scratch) are left behind
+        assert not [p for p in buffer.rglob(".*") if manifest.LEFTOVER.search(p.name)]
     expected, got = products(root, "pb-ref-20261126-00000"), products(root, pb)
     for name, array in expected.items():
         np.testing.assert_array_equal(got[name], array, err_msg=name)
