@@ -541,7 +541,8 @@ class LocalEngine:
         if not artifacts:
             return
         if self.artifact_repository is None:
-            node.phase, node.message = "Error", NO_ARTIFACT_REPOSITORY
+            if node.phase == "Succeeded":  # a failed step keeps its own reason
+                node.phase, node.message = "Error", NO_ARTIFACT_REPOSITORY
             return
         workflow = pod.scope["workflow.name"]
         key = Path(workflow) / pod_name(
@@ -579,10 +580,15 @@ class LocalEngine:
         """The local file of an artifact's pod path: on a buffer or in the outputs dir."""
         match = re.match(r"^/buffer/([^/]+)(/.*)?$", path)
         if match is not None:
-            return self.buffer_root / match.group(1) / (match.group(2) or "/").lstrip("/")
-        if path.startswith(OUTPUTS_DIR + "/"):
-            return Path(_local_path(path, outputs))
-        raise WorkflowError(f"artifact path {path!r}: only on a buffer or under {OUTPUTS_DIR}")
+            root = self.buffer_root / match.group(1)
+            local = (root / (match.group(2) or "/").lstrip("/")).resolve()
+        elif path.startswith(OUTPUTS_DIR + "/"):
+            root, local = outputs, Path(_local_path(path, outputs)).resolve()
+        else:
+            root = local = None
+        if local is None or not local.is_relative_to(root.resolve()):
+            raise WorkflowError(f"artifact path {path!r}: only on a buffer or under {OUTPUTS_DIR}")
+        return local
 
     @staticmethod
     def _task_outputs(nodes: dict[str, Node]) -> dict[str, str]:

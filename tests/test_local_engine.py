@@ -3,6 +3,7 @@ run ``python -c`` (fast); plus the rendered WorkflowTemplate is accepted as it i
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import sys
 import tarfile
@@ -372,6 +373,15 @@ def test_output_artifacts_are_saved_under_argos_default_key(tmp_path: Path) -> N
     assert saved["log"] == repository / "wf-1" / pod / "log.tgz"
     with tarfile.open(saved["log"]) as tar:
         assert tar.extractfile("log.txt").read() == b"done"
+
+
+def test_artifact_paths_cannot_leave_their_volume(tmp_path: Path) -> None:
+    (tmp_path / "buf-a").mkdir()
+    escaping = copy.deepcopy(MAKE_FILES)
+    escaping["outputs"]["artifacts"] = [{"name": "x", "path": "/buffer/buf-a/../../secret"}]
+    manifest = workflow([escaping], [task("make", "make")], volumes=BUF_VOLUME)
+    with pytest.raises(WorkflowError, match="only on a buffer"):
+        LocalEngine(manifest, tmp_path, artifact_repository=tmp_path / "repo").run({})
 
 
 def test_pod_name_is_argos_fnv_hash() -> None:
