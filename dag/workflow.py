@@ -104,9 +104,14 @@ def _parameter_args() -> list[str]:
     return args
 
 
+def _pod_buffer(parameter: str) -> str:
+    """Where a buffer (named by a workflow parameter) is mounted in the pods."""
+    return f"/buffer/{{{{workflow.parameters.{parameter}}}}}"
+
+
 def _buffer_mounts() -> list[m.VolumeMount]:
     return [
-        m.VolumeMount(name=volume, mount_path=f"/buffer/{{{{workflow.parameters.{parameter}}}}}")
+        m.VolumeMount(name=volume, mount_path=_pod_buffer(parameter))
         for volume, parameter in BUFFERS.items()
     ]
 
@@ -154,8 +159,7 @@ def report_artifacts() -> list[Artifact]:
     shows them: report.html and each preview (optional: a preview whose input is missing is
     not written)."""
     buffers = Buffers(
-        vis=Path(f"/buffer/{{{{workflow.parameters.{BUFFERS['buffer-vis']}}}}}"),
-        img=Path(f"/buffer/{{{{workflow.parameters.{BUFFERS['buffer-img']}}}}}"),
+        vis=Path(_pod_buffer(BUFFERS["buffer-vis"])), img=Path(_pod_buffer(BUFFERS["buffer-img"]))
     )
     none = m.ArchiveStrategy(none=m.NoneStrategy())
     return [
@@ -175,8 +179,8 @@ def report_artifacts() -> list[Artifact]:
 def _container(step: str, image: str, name: str | None = None) -> Container:
     daemon = step == CLAIM_STEP  # holds the lease-bound claim while the DAG runs
     outputs: list[Parameter | Artifact] = [
-        Parameter(name=name, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}", default=""))
-        for name in step_outputs(step)
+        Parameter(name=output, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{output}", default=""))
+        for output in step_outputs(step)
     ]
     if name == ARTIFACTS_TEMPLATE:
         outputs += report_artifacts()
