@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 from steps import manifest, store
+from tests.cli import batch_imaging
 
 SEED = json.loads((Path(__file__).parents[1] / "examples" / "batch_imaging.json").read_text())
 SBI = json.loads(
@@ -69,17 +70,6 @@ PARAMS_CASES = [
     ("override-unknown", params(), ["-p", "colour=blue"], 2, "colour: unknown key"),
     ("artifacts-nowhere", params(), ["-p", "artifacts=true"], 2, "--artifact-repository DIR"),
 ]
-
-
-def batch_imaging(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dag", *argv],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, code: int, fragment: str) -> None:
@@ -274,23 +264,9 @@ def test_report_refuses_a_fits_image_without_wcs(tmp_path):
     image = tmp_path / params.buffer_img
     image.mkdir()
     fits.PrimaryHDU(np.ones((1, 1, 64, 64), np.float32)).writeto(image / "restored.fits")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dag",
-            "step",
-            "report",
-            "-p",
-            f"pb_id={params.pb_id}",
-            "-p",
-            f"config_db={params.config_db}",
-        ],
+    result = batch_imaging(
+        *("step", "report", "-p", f"pb_id={params.pb_id}", "-p", f"config_db={params.config_db}"),
         env={**os.environ, BUFFER_ROOT_ENV: str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert_clean_failure(result, 1, "restored.fits: no celestial WCS")
     assert not (image / "report.html").exists()

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from dask.distributed import Client
 
+from tests.cli import batch_imaging
+
 SMALL = {
     "nfreqwin": 2,
     "ntimes": 2,
@@ -75,22 +77,8 @@ def cluster(tmp_path):
 def test_steps_run_on_the_given_scheduler(tmp_path, cluster):
     params = tmp_path / "params.json"
     params.write_text(json.dumps(SMALL))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dag",
-            "run",
-            str(params),
-            "--buffer-root",
-            str(tmp_path / "b"),
-            "-p",
-            f"dask_scheduler={cluster}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = batch_imaging(
+        "run", str(params), "--buffer-root", str(tmp_path / "b"), "-p", f"dask_scheduler={cluster}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Dask EE: scheduler {cluster}" in result.stderr

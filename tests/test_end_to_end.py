@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from astropy.wcs import WCS
 from steps.buffers import PREVIEWS
 from steps.metrics import peak_near
 from steps.science import sky
+from tests.cli import batch_imaging
 
 SMALL = {
     "n_workers": 2,
@@ -41,23 +40,9 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     params = root / "params.json"
     params.write_text(json.dumps(SMALL))
-    result = subprocess.run(
-        [
-            *(
-                sys.executable,
-                "-m",
-                "dag",
-                "run",
-                str(params),
-                "--buffer-root",
-                str(root / "buffers"),
-            ),
-            *("-p", "artifacts=true", "--artifact-repository", str(root / "artifacts")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = batch_imaging(
+        *("run", str(params), "--buffer-root", str(root / "buffers")),
+        *("-p", "artifacts=true", "--artifact-repository", str(root / "artifacts")),
     )
     return result, root / "buffers"
 

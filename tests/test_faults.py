@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from steps import manifest, store
 from steps.configdb import ConfigDB, open_backend
+from tests import cli
 
 SMALL = {
     "n_workers": 1,
@@ -55,21 +55,7 @@ def state(db: Path) -> dict:
 def start(tmp_path: Path, root: Path, db: Path) -> subprocess.Popen:
     params = tmp_path / "params.json"
     params.write_text(json.dumps(SMALL))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dag",
-            "run",
-            str(params),
-            "--buffer-root",
-            str(root),
-            "--config-db",
-            str(db),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return cli.start("run", str(params), "--buffer-root", str(root), "--config-db", str(db))
 
 
 def test_disk_full_mid_run_fails_cleanly_and_resumes(tmp_path, tmpfs):

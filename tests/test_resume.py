@@ -7,7 +7,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from steps import manifest, store
 from steps.configdb import ConfigDB, open_backend
 from steps.params import parse
 from steps.runner import PIPELINE, key_parameters
+from tests import cli
 
 SMALL = {
     "n_workers": 1,
@@ -33,8 +33,7 @@ SMALL = {
 
 
 def start(params_file: Path, root: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "dag", "run", str(params_file), "--buffer-root", str(root)]
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    return cli.start("run", str(params_file), "--buffer-root", str(root))
 
 
 def step_phase(root: Path, pb_id: str, step: str) -> str | None:
@@ -80,14 +79,7 @@ def test_killed_steps_resume_to_identical_products(tmp_path):
     root = tmp_path / "buffers"
     reference = tmp_path / "reference.json"
     reference.write_text(json.dumps({**SMALL, "pb_id": "pb-ref-20261126-00000"}))
-    assert (
-        subprocess.run(
-            [sys.executable, "-m", "dag", "run", str(reference), "--buffer-root", str(root)],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
+    assert cli.batch_imaging("run", str(reference), "--buffer-root", str(root)).returncode == 0
 
     pb = "pb-crash-20261126-00000"
     params = tmp_path / "crash.json"
