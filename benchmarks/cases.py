@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from steps.metrics import peak_near, phase_rms, shift_removed_phase_rms, station_uvw
-from steps.science import gains, ical, imaging, layout, predict, restore
+from steps.science import gains, ical, layout, predict, restore
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,19 +150,9 @@ def run_case(case: Case, settings: ical.Settings) -> dict[str, Any]:
     ical_s = time.perf_counter() - started
     centre = len(windows) // 2
     win = windows[centre]
-    freq = np.array([win.freq_hz])
     t0 = time.perf_counter()
-    model_vis = imaging.predict(
-        result.model[centre], win.uvw, freq, case.cell_rad, settings.epsilon
-    ).reshape(win.vis.shape)
-    residual, _ = imaging.invert(
-        win.uvw,
-        freq,
-        (ical.corrected_vis(win, result.tables[centre]) - model_vis).reshape(-1, 1),
-        win.imaging_weight.reshape(-1, 1),
-        case.npixel,
-        case.cell_rad,
-        settings.epsilon,
+    residual = ical.final_residual(
+        win, ical.corrected_vis(win, result.tables[centre]), result.model[centre], settings
     )
     final_gridder = time.perf_counter() - t0
     beam = restore.fit_clean_beam(win.psf, case.cell_rad)

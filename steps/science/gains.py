@@ -8,6 +8,7 @@ V_pq = g_p g_q^* M_pq. Visibilities of one frequency window have shape
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -148,18 +149,13 @@ def solve_gains(
     ant1: np.ndarray,
     ant2: np.ndarray,
     nstations: int,
-    phase_only: bool = True,
-    niter: int = 100,
-    tol: float = 1e-10,
-    damping: float = 0.5,
-    ref: int = 0,
-    initial: np.ndarray | None = None,
     interval: int = 1,
+    **options: Any,
 ) -> SolveResult:
     """Solve V_pq = g_p g_q^* M_pq per solution slot (``interval`` times each) from the
-    visibilities ``vis``, ``model`` and ``weight`` (ntimes, nbaselines); see :func:`solve`."""
-    eq = equations(vis, model, weight, ant1, ant2, nstations, interval)
-    return solve(eq, phase_only, niter, tol, damping, ref, initial)
+    visibilities ``vis``, ``model`` and ``weight`` (ntimes, nbaselines); ``options`` are
+    those of :func:`solve`."""
+    return solve(equations(vis, model, weight, ant1, ant2, nstations, interval), **options)
 
 
 def _normalise(g: np.ndarray, phase_only: bool, ref: int) -> np.ndarray:

@@ -240,6 +240,27 @@ def solve_chain(
     return new, reports
 
 
+def predict_window(win: Window, model: np.ndarray, settings: Settings) -> np.ndarray:
+    """Visibilities (ntimes, nbaselines) of a model image (Jy/pixel) for the window."""
+    return imaging.predict(
+        model, win.uvw, np.array([win.freq_hz]), settings.cell_rad, settings.epsilon,
+        settings.nthreads,
+    ).reshape(win.vis.shape)  # fmt: skip
+
+
+def residual_image(win: Window, vis: np.ndarray, settings: Settings) -> np.ndarray:
+    """Image (Jy/beam) of residual visibilities (ntimes, nbaselines) of the window."""
+    image, _ = imaging.invert(
+        win.uvw,
+        np.array([win.freq_hz]),
+        vis.reshape(-1, 1),
+        win.imaging_weight.reshape(-1, 1),
+        nthreads=settings.nthreads,
+        **settings.grid(),
+    )
+    return image
+
+
 def model_prediction(
     win: Window, model: np.ndarray | None, version: int, settings: Settings
 ) -> tuple[np.ndarray, float]:
@@ -251,10 +272,7 @@ def model_prediction(
     if cached is not None:
         return cached, 0.0
     t0 = time.perf_counter()
-    model_vis = imaging.predict(
-        model, win.uvw, np.array([win.freq_hz]), settings.cell_rad, settings.epsilon,
-        settings.nthreads,
-    ).reshape(win.vis.shape)  # fmt: skip
+    model_vis = predict_window(win, model, settings)
     win.cache.store(version, model_vis)
     return model_vis, time.perf_counter() - t0
 
@@ -331,7 +349,6 @@ def window_cycle(
     ``version`` identifies the model: an unchanged model reuses the cached prediction.
     """
     t_start = time.perf_counter()
-    freq = np.array([win.freq_hz])
     shape = win.vis.shape
     model_vis, gridder = model_prediction(win, model, version, settings)
     reports: list[SolveReport] = []
@@ -348,14 +365,7 @@ def window_cycle(
     gain = combined_gain(tables, shape[0], win.nstations)
     corrected = gains.apply_gains(win.vis, gain, win.ant1, win.ant2, inverse=True)
     t0 = time.perf_counter()
-    residual, _ = imaging.invert(
-        win.uvw,
-        freq,
-        (corrected - model_vis).reshape(-1, 1),
-        win.imaging_weight.reshape(-1, 1),
-        nthreads=settings.nthreads,
-        **settings.grid(),
-    )
+    residual = residual_image(win, corrected - model_vis, settings)
     gridder += time.perf_counter() - t0
     increment, ncomp = None, 0
     if settings.algorithm != "mmclean":
@@ -383,19 +393,7 @@ def final_residual(
     win: Window, corrected: np.ndarray, model: np.ndarray, settings: Settings
 ) -> np.ndarray:
     """Residual image of the corrected data less the prediction of the final model."""
-    freq = np.array([win.freq_hz])
-    model_vis = imaging.predict(
-        model, win.uvw, freq, settings.cell_rad, settings.epsilon, settings.nthreads
-    ).reshape(corrected.shape)
-    residual, _ = imaging.invert(
-        win.uvw,
-        freq,
-        (corrected - model_vis).reshape(-1, 1),
-        win.imaging_weight.reshape(-1, 1),
-        nthreads=settings.nthreads,
-        **settings.grid(),
-    )
-    return residual
+    return residual_image(win, corrected - predict_window(win, model, settings), settings)
 
 
 def deconvolve_single(
