@@ -84,8 +84,12 @@ class WindowSource:
     scratch: Path
     settings: ical.Settings
 
-    def path(self, kind: str) -> Path:
-        return self.scratch / f"{kind}-{self.index}.npz"
+    def path(self, kind: str, suffix: str = ".npz") -> Path:
+        return self.scratch / f"{kind}-{self.index}{suffix}"
+
+    def sumwt(self) -> float:
+        """The window's sum of imaging weights, saved with its PSF."""
+        return float(np.load(self.path("sumwt", ".npy")))
 
 
 class ScratchCache(ical.PredictionCache):
@@ -104,9 +108,13 @@ class ScratchCache(ical.PredictionCache):
         _save(self.path, version=version, vis=vis)
 
 
-def _save(path: Path, **arrays: Any) -> None:
+def _save(path: Path, *array: np.ndarray, **arrays: Any) -> None:
+    """One array as ``.npy`` (memory-mappable), or named arrays as ``.npz``, atomically."""
     with atomic.replacing(path) as tmp, open(tmp, "wb") as out:
-        np.savez(out, **arrays)
+        if array:
+            np.save(out, *array)
+        else:
+            np.savez(out, **arrays)
 
 
 def read_window(source: WindowSource) -> ical.Window:
@@ -114,9 +122,8 @@ def read_window(source: WindowSource) -> ical.Window:
     group = zarr.open_group(source.store, mode="r")
     vis, weight, flag = store.read_window(source.store, source.index)
     psf = None
-    if source.path("psf").exists():
-        with np.load(source.path("psf")) as saved:
-            psf = (saved["psf"], float(saved["sumwt"]))
+    if source.path("psf", ".npy").exists():  # mapped: read only by a task that uses it
+        psf = (np.load(source.path("psf", ".npy"), mmap_mode="r"), float(source.sumwt()))
     win = ical.make_window(
         source.index,
         float(group["frequency"][source.index]),
@@ -130,7 +137,8 @@ def read_window(source: WindowSource) -> ical.Window:
         psf,
     )
     if psf is None:
-        _save(source.path("psf"), psf=win.psf, sumwt=win.sumwt)
+        _save(source.path("sumwt", ".npy"), np.array(win.sumwt))
+        _save(source.path("psf", ".npy"), win.psf)
     win.cache = ScratchCache(source.path("prediction"))
     return win
 
