@@ -8,11 +8,13 @@ bridge that started it (a restarted bridge adopts it from the PB state).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from dag.local import LocalEngine
@@ -213,32 +215,33 @@ def process_alive(pid: int, marker: str = "") -> bool:
     return True
 
 
+def _processes(entry: str) -> Iterator[tuple[int, list[str]]]:
+    """(pid, the NUL-separated items of ``/proc/<pid>/<entry>``) of each readable process."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            yield int(proc.name), (proc / entry).read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+
+
 def run_leftovers(pgid: int, name: str) -> list[int]:
     """Live processes of process group ``pgid`` that belong to workflow ``name`` (their
     environment says so): the steps a killed run left behind, never the processes of an
     unrelated group that reused the id."""
-    marker = f"WORKFLOW_NAME={name}".encode()
     found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if os.getpgid(int(proc.name)) != pgid:
-                continue
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except (OSError, ProcessLookupError):
+    for pid, environ in _processes("environ"):
+        if f"WORKFLOW_NAME={name}" not in environ:
             continue
-        if marker in environ and process_alive(int(proc.name)):
-            found.append(int(proc.name))
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pgid and process_alive(pid):
+                found.append(pid)
     return found
 
 
 def find_run_process(name: str, buffer_root: str) -> int | None:
     """The pid of a live ``run-pb`` process on this host running workflow ``name`` in
     ``buffer_root``, if any."""
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if {"run-pb", name, buffer_root} <= set(argv) and process_alive(int(proc.name), name):
-            return int(proc.name)
+    for pid, argv in _processes("cmdline"):
+        if {"run-pb", name, buffer_root} <= set(argv) and process_alive(pid, name):
+            return pid
     return None
