@@ -86,17 +86,19 @@ def equations(
     ntimes = vis.shape[0]
     slot = np.arange(ntimes) // interval
     nslots = int(slot[-1]) + 1
-    num = np.zeros((nslots, ant1.size), dtype=complex)
-    den = np.zeros((nslots, ant1.size))
-    np.add.at(num, slot, weight * vis * np.conj(model))
-    np.add.at(den, slot, weight * np.abs(model) ** 2)
-    xw = np.zeros((nslots, nstations, nstations), dtype=complex)
-    w = np.zeros((nslots, nstations, nstations))
-    every = slice(None)
-    np.add.at(xw, (every, ant1, ant2), num)
-    np.add.at(xw, (every, ant2, ant1), np.conj(num))
-    np.add.at(w, (every, ant1, ant2), den)
-    np.add.at(w, (every, ant2, ant1), den)
+    starts = np.arange(0, ntimes, interval)
+    num = np.add.reduceat(weight * vis * np.conj(model), starts, axis=0)
+    den = np.add.reduceat(weight * np.abs(model) ** 2, starts, axis=0)
+    # each baseline adds to both (p, q) and (q, p): flat indices into (nslots, nst, nst)
+    cells = np.concatenate([ant1 * nstations + ant2, ant2 * nstations + ant1])
+    index = (np.arange(nslots)[:, None] * nstations**2 + cells).ravel()
+    shape = (nslots, nstations, nstations)
+
+    def pairs(values: np.ndarray) -> np.ndarray:
+        return np.bincount(index, values.ravel(), nslots * nstations**2).reshape(shape)
+
+    xw = pairs(np.hstack([num.real, num.real])) + 1j * pairs(np.hstack([num.imag, -num.imag]))
+    w = pairs(np.hstack([den, den]))
     return Equations(xw, w, slot)
 
 
