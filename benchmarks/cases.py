@@ -136,23 +136,30 @@ def run_case(case: Case, settings: ical.Settings) -> dict[str, Any]:
     """
     started = time.perf_counter()
     windows = [case_window(case, c, settings) for c in range(len(case.freqs))]
+    members = ical.band_members(len(windows), windows[0].vis.size, settings)
+    bands = [[windows[i] for i in m] for m in members]
     result = ical.run_ical(
-        windows,
+        bands,
+        members,
         case.freqs,
         np.stack([w.psf for w in windows]),
         np.array([w.sumwt for w in windows]),
         case.vis.shape[1],
         case.nstations,
         settings,
-        ical.serial_mapper(windows),
+        ical.serial_mapper(bands),
         case.true_gains,
     )
     ical_s = time.perf_counter() - started
     centre = len(windows) // 2
     win = windows[centre]
+    band = next(b for b, m in enumerate(members) if centre in m)
+    at = list(members[band]).index(centre)
+    model = result.models[band]
+    model = ical.Model(model.images, model.coeff[at : at + 1], model.version)  # centre only
     t0 = time.perf_counter()
-    residual = ical.final_residual(
-        win, ical.corrected_vis(win, result.tables[centre]), result.model[centre], settings
+    (residual,) = ical.final_residuals(
+        [win], [ical.corrected_vis(win, result.tables[centre])], model, settings
     )
     final_gridder = time.perf_counter() - t0
     beam = restore.fit_clean_beam(win.psf, case.cell_rad)

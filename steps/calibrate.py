@@ -1,10 +1,12 @@
 """calibrate: ICAL from an empty model (self-calibration with major/minor cycles).
 
-No worker holds windows between tasks: each task (a window's major cycle) reads its window
-from the visibility store, and its PSF and last model prediction from this run's scratch
-directory, so a worker's memory is bounded by one window per thread, not by the windows it
-serves.  Each major cycle sends a window its current model and receives its residual image
-and solved gains.  MS-MFS CLEAN runs here, on the moment images reduced across windows.
+The windows are processed in bands of consecutive windows (``ical.band_members``: a few
+windows, bounded in bytes), gridded together in one ducc0 call per Taylor term.  No worker
+holds windows between tasks: each task (a band's major cycle) reads its windows from the
+visibility store, and their PSFs and last model predictions from this run's scratch
+directory, so a worker's memory is bounded by one band per thread, not by the windows it
+serves.  Each major cycle sends a band its current model and receives its residual moment
+images and solved gains.  MS-MFS CLEAN runs here, on the moments reduced across bands.
 Writes the solved gain tables, the calibrated visibilities, the model (``ical_model.zarr``
 in the image buffer, with the PSFs and each window's final residual, made by the window's
 last task so that ``image`` need not read the visibilities again) and the convergence
@@ -70,6 +72,7 @@ def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) ->
         solver_niter=params.solver_niter,
         solver_tol=params.solver_tol,
         global_solution=params.global_solution,
+        band_windows=params.band_windows,
         nthreads=nthreads,
     )
 
@@ -143,37 +146,38 @@ def read_window(source: WindowSource) -> ical.Window:
     return win
 
 
-def on_window(fn: Callable[..., Any], source: WindowSource, *args: Any) -> Any:
-    """Run ``fn(window, *args)`` on the window read from ``source`` (a Dask task)."""
-    return fn(read_window(source), *args)
+def on_band(fn: Callable[..., Any], band: Sequence[WindowSource], *args: Any) -> Any:
+    """Run ``fn(windows, *args)`` on the band's windows read from their sources (a Dask task)."""
+    return fn([read_window(source) for source in band], *args)
 
 
-def psf_of(win: ical.Window) -> tuple[np.ndarray, float, float]:
-    """The window's PSF (float32, as stored), sum of imaging weights and PSF gridder time."""
-    return win.psf.astype(np.float32), win.sumwt, win.psf_s
+def psfs_of(band: Sequence[ical.Window]) -> list[tuple[np.ndarray, float, float]]:
+    """Each window's PSF (float32, as stored), sum of imaging weights and PSF gridder time."""
+    return [(win.psf.astype(np.float32), win.sumwt, win.psf_s) for win in band]
 
 
-def finish_window(
-    win: ical.Window,
-    model: np.ndarray,
-    tables: dict[str, np.ndarray],
+def finish_band(
+    band: Sequence[ical.Window],
+    model: ical.Model,
+    tables: Sequence[dict[str, np.ndarray]],
     source: Path,
     target: Path,
     settings: ical.Settings,
-) -> tuple[np.ndarray, float]:
-    """Write the window's corrected visibilities, chunk by chunk, into the store being built
-    and return its final residual image with its gridder time (a Dask task).
+) -> tuple[list[np.ndarray], float]:
+    """Write the band's corrected visibilities, chunk by chunk, into the store being built
+    and return its windows' final residual images with their gridder time (a Dask task).
 
-    The residual ``invert(corrected - predict(model))`` is made here, where the window is
-    read, so that ``image`` only restores.
+    The residuals ``invert(corrected - predict(model))`` are made here, where the windows
+    are read, so that ``image`` only restores.
     """
-    corrected = ical.corrected_vis(win, tables)
-    for times in store.time_chunks(target):
-        _, weight, flag = store.read_window(source, win.index, times)
-        store.write_window(target, win.index, corrected[times], weight, flag, times)
+    corrected = [ical.corrected_vis(win, t) for win, t in zip(band, tables, strict=True)]
+    for win, vis in zip(band, corrected, strict=True):
+        for times in store.time_chunks(target):
+            _, weight, flag = store.read_window(source, win.index, times)
+            store.write_window(target, win.index, vis[times], weight, flag, times)
     t0 = time.perf_counter()
-    residual = ical.final_residual(win, corrected, model, settings)
-    return residual, time.perf_counter() - t0
+    residuals = ical.final_residuals(band, corrected, model, settings)
+    return residuals, time.perf_counter() - t0
 
 
 @contextlib.contextmanager
@@ -185,28 +189,28 @@ def _removed(directory: Path) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def dask_mapper(client: Client, sources: Sequence[WindowSource]) -> ical.Mapper:
-    """Run a per-window function on each window, results in window order; windows are dealt
+def dask_mapper(client: Client, bands: Sequence[Sequence[WindowSource]]) -> ical.Mapper:
+    """Run a per-band function on each band, results in band order; bands are dealt
     round-robin over the workers (every major cycle waits for the busiest worker, so an
-    uneven placement would cost a window's work per cycle)."""
+    uneven placement would cost a band's work per cycle)."""
     workers = sorted(client.scheduler_info()["workers"])
 
     def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
         args = list(args)
-        # every window's arguments in one scatter: one round trip, not one per window
+        # every band's arguments in one scatter: one round trip, not one per window
         flat = client.scatter([x for a in args for x in a], hash=False) if any(args) else []
         starts = np.cumsum([0, *(len(a) for a in args)])
         futures = [
             client.submit(
-                on_window,
+                on_band,
                 fn,
-                source,
+                band,
                 *flat[starts[i] : starts[i + 1]],
-                key=f"{fn.__name__}-{source.index}-{uuid.uuid4().hex}",  # named on the dashboard
-                workers=[workers[source.index % len(workers)]],
+                key=f"{fn.__name__}-{i}-{uuid.uuid4().hex}",  # named on the dashboard
+                workers=[workers[i % len(workers)]],
                 allow_other_workers=True,
             )
-            for i, source in enumerate(sources)
+            for i, band in enumerate(bands)
         ]
         return client.gather(futures)
 
@@ -227,16 +231,22 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         buffers.calibrated, obs, {**data.attrs, "creator": "batch-imaging calibrate"}
     )
     scratch = Path(tempfile.mkdtemp(prefix=".calibrate.tmp-", dir=buffers.vis))
-    sources = [WindowSource(i, buffers.corrupted, scratch, settings) for i in range(nwin)]
+    members = ical.band_members(nwin, ntimes * len(obs.antenna1), settings)
+    bands = [
+        [WindowSource(int(i), buffers.corrupted, scratch, settings) for i in m] for m in members
+    ]
+    sizes = "/".join(sorted({str(len(m)) for m in members}))
+    LOG.info("ICAL over %d bands of %s windows (gridded together)", len(bands), sizes)
     with engine(params.n_workers, [__name__]) as client, _removed(scratch):
-        mapper = dask_mapper(client, sources)
-        psf_info = mapper(psf_of, [() for _ in sources])
+        mapper = dask_mapper(client, bands)
+        psf_info = [p for band in mapper(psfs_of, [() for _ in bands]) for p in band]
         psfs = np.stack([p[0] for p in psf_info])
         sumwt = np.array([p[1] for p in psf_info])
         psf_s = float(sum(p[2] for p in psf_info))
         del psf_info  # the PSFs live on in the cube only
         result = ical.run_ical(
-            sources,
+            bands,
+            members,
             obs.frequencies,
             psfs,
             sumwt,
@@ -248,10 +258,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             LOG.info,
         )
         finals = mapper(
-            finish_window,
+            finish_band,
             [
-                (result.model[i], result.tables[i], buffers.corrupted, tmp, settings)
-                for i in range(nwin)
+                (model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
+                for model, m in zip(result.models, members, strict=True)
             ],
         )
     store.finalize(tmp, buffers.calibrated)
@@ -268,8 +278,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     buffers.img.mkdir(parents=True, exist_ok=True)
     final_s = float(sum(f[1] for f in finals))
     residual = np.empty((nwin, params.npixel, params.npixel))
-    for i in range(nwin):  # one image at a time: no second copy of the cube
-        residual[i], finals[i] = finals[i][0], None
+    for b, m in enumerate(members):  # one band at a time: no second copy of the cube
+        residual[m], finals[b] = finals[b][0], None
     write_model(
         buffers.img / MODEL_STORE, result, psfs, sumwt, residual, final_s, obs.frequencies, params
     )

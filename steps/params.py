@@ -162,6 +162,12 @@ class Params(BaseModel):
     global_solution: bool = Field(
         False, description="Solve each term once for all windows (default: per window)"
     )
+    band_windows: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Windows gridded together (one ducc0 call per Taylor term) in one ICAL task",
+    )
     t_phase_only: bool = Field(True, description="T solves phase only")
     g_phase_only: bool = Field(False, description="G solves phase only")
     b_phase_only: bool = Field(False, description="B solves phase only")

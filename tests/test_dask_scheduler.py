@@ -87,7 +87,7 @@ def test_steps_run_on_the_given_scheduler(tmp_path, cluster):
         prefixes = client.run_on_scheduler(
             lambda dask_scheduler: list(dask_scheduler.task_prefixes)
         )
-    for task in ("predict_window", "corrupt_window", "window_equations", "window_cycle"):
+    for task in ("predict_window", "corrupt_window", "band_equations", "band_cycle", "finish_band"):
         assert task in prefixes, prefixes
 
 

@@ -330,19 +330,46 @@ def msmfs(
     """
     cube = [dirty] if np.ndim(dirty) == 2 else dirty
     psfs_in = [psf] if np.ndim(psf) == 2 else psf
-    nchan, (ny, nx) = len(cube), np.shape(cube[0])
+    nchan = len(cube)
     freqs = np.asarray(freqs_hz, dtype=np.float64).reshape(nchan)
     w = np.ones(nchan) if chan_weights is None else np.asarray(chan_weights, dtype=np.float64)
     ref = float(freqs.mean()) if ref_hz is None else float(ref_hz)
     nt = min(nmoment, nchan)
     taylor = taylor_weights(freqs, ref, 2 * nt - 1)
+    extent = max(np.shape(cube[0])) if psf_support is None else int(psf_support)
+    margin = max(scale_kernel(s).shape[0] for s in scales)
+    return msmfs_moments(
+        moments(cube, taylor[:nt], w),
+        moments([_crop(p, extent + margin) for p in psfs_in], taylor, w),
+        scales,
+        gain,
+        niter,
+        threshold,
+        fractional_threshold,
+        window,
+        psf_support,
+    )
+
+
+def msmfs_moments(
+    dmom: np.ndarray,
+    pmom: np.ndarray,
+    scales: Sequence[float] = (0, 3, 10),
+    gain: float = 0.25,
+    niter: int = 1000,
+    threshold: float = 0.0,
+    fractional_threshold: float = 0.1,
+    window: np.ndarray | None = None,
+    psf_support: int | None = 128,
+) -> CleanResult:
+    """MS-MFS CLEAN of the residual moments ``D_t`` (nt, ny, nx) with the PSF moments
+    ``P_k`` (2 nt - 1, any size, centred on its (ny//2, nx//2) pixel): see ``msmfs``."""
+    nt, ny, nx = dmom.shape
     kernels = [scale_kernel(s) for s in scales]
     ns = len(kernels)
     margin = max(k.shape[0] for k in kernels)
     half = max(ny, nx) if psf_support is None else min(int(psf_support), max(ny, nx))
-
-    dmom = moments(cube, taylor[:nt], w)
-    pmom = moments([_crop(p, half + margin) for p in psfs_in], taylor, w)
+    pmom = np.stack([_crop(p, half + margin) for p in pmom])
     peak = float(pmom[0, half + margin, half + margin])
     dmom, pmom = dmom / peak, pmom / peak
     t_abs = max(threshold, fractional_threshold * float(np.max(np.abs(dmom[0]))))

@@ -8,9 +8,13 @@ residual ``calibrated - model`` and deconvolves it, adding to the model.  Window
 independently, or, with ``global_solution``, each term once for all windows: the windows'
 normal equations are summed on the coordinator, which solves and hands the gains back.
 
-Per-window work (predict, solve, apply, invert, and per-window CLEAN) runs where the window
-lives, through a ``mapper``; MS-MFS CLEAN reduces the windows' residuals to Taylor moments
-and runs on the caller (the coordinator).
+The windows are processed in bands of consecutive windows, each through a ``mapper`` where
+its data lives: a band predicts its model with one ducc0 call per model image over all its
+windows (the Taylor terms of MS-MFS: ``I(nu_c) = sum_t x_c^t I_t``), solves and applies each
+window's gains, and images the residuals with one call per image (the adjoint: weights
+``x_c^t``), so the gridder's FFTs are shared by the band's windows.  The bands' residual
+moments are summed on the caller (the coordinator), which runs MS-MFS CLEAN; per-window
+algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import numpy as np
 from steps.metrics import phase_rms
 from steps.science import clean, deconvolve, gains, imaging
 
-# a mapper calls fn(window, *args_i) for every window (args_i per window) and returns results
+# a mapper calls fn(band, *args_i) for every band (args_i per band) and returns results
 Mapper = Callable[[Callable[..., Any], Sequence[tuple]], list]
+# a band holds at most this many bytes of visibilities (complex128)
+BAND_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class Settings:
     solver_niter: int = 50
     solver_tol: float = 1e-10
     global_solution: bool = False
+    band_windows: int = 4
     nthreads: int = 1
 
     def grid(self) -> dict[str, Any]:
@@ -240,139 +247,185 @@ def solve_chain(
     return new, reports
 
 
-def predict_window(win: Window, model: np.ndarray, settings: Settings) -> np.ndarray:
-    """Visibilities (ntimes, nbaselines) of a model image (Jy/pixel) for the window."""
-    return imaging.predict(
-        model, win.uvw, np.array([win.freq_hz]), settings.cell_rad, settings.epsilon,
-        settings.nthreads,
-    ).reshape(win.vis.shape)  # fmt: skip
+def uvw_of(band: Sequence[Window]) -> np.ndarray:
+    """The band's baseline coordinates (metres): the same for all its windows."""
+    return band[0].uvw
 
 
-def residual_image(win: Window, vis: np.ndarray, settings: Settings) -> np.ndarray:
-    """Image (Jy/beam) of residual visibilities (ntimes, nbaselines) of the window."""
-    image, _ = imaging.invert(
-        win.uvw,
-        np.array([win.freq_hz]),
-        vis.reshape(-1, 1),
-        win.imaging_weight.reshape(-1, 1),
-        nthreads=settings.nthreads,
-        **settings.grid(),
-    )
-    return image
+def predict_band(
+    band: Sequence[Window], images: np.ndarray, coeff: np.ndarray, settings: Settings
+) -> list[np.ndarray]:
+    """Each window's visibilities (ntimes, nbaselines) of its model ``sum_j coeff[c, j]
+    images[j]`` (Jy/pixel): each image is predicted once, for all windows that use it, in
+    one gridder call (Taylor terms for MS-MFS; the windows' own models otherwise)."""
+    freqs = np.array([w.freq_hz for w in band])
+    out = [np.zeros(w.vis.shape, dtype=np.complex128) for w in band]
+    for j, image in enumerate(images):
+        used = np.flatnonzero(coeff[:, j])
+        if not used.size or not np.any(image):
+            continue
+        vis = imaging.predict(
+            image, uvw_of(band), freqs[used], settings.cell_rad, settings.epsilon,
+            settings.nthreads,
+        )  # fmt: skip
+        for k, c in enumerate(used):
+            out[c] += coeff[c, j] * vis[:, k].reshape(out[c].shape)
+    return out
 
 
-def model_prediction(
-    win: Window, model: np.ndarray | None, version: int, settings: Settings
-) -> tuple[np.ndarray, float]:
-    """The model's visibilities for the window (cached per model ``version``) and the
-    gridder seconds spent."""
-    if model is None or not np.any(model):
-        return np.zeros(win.vis.shape, dtype=np.complex128), 0.0
-    cached = win.cache.load(version)
-    if cached is not None:
-        return cached, 0.0
+def image_band(
+    band: Sequence[Window], vis: Sequence[np.ndarray], coeff: np.ndarray, settings: Settings
+) -> np.ndarray:
+    """The adjoint of ``predict_band``: ``sum_c coeff[c, j] dirty_c`` for each image ``j``,
+    where ``dirty_c`` is window c's imaging-weighted sum (not normalised), one gridder call
+    per image: (nimage, npixel, npixel)."""
+    freqs = np.array([w.freq_hz for w in band])
+    out = np.zeros((coeff.shape[1], settings.npixel, settings.npixel))
+    for j in range(coeff.shape[1]):
+        used = np.flatnonzero(coeff[:, j])
+        if not used.size:
+            continue
+        out[j] = imaging.dirty(
+            uvw_of(band),
+            freqs[used],
+            np.stack([vis[c].reshape(-1) for c in used], axis=1),
+            np.stack([band[c].imaging_weight.reshape(-1) * coeff[c, j] for c in used], axis=1),
+            nthreads=settings.nthreads,
+            **settings.grid(),
+        )
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A band's model: window ``c``'s image is ``sum_j coeff[c, j] images[j]``; ``images`` is
+    None while the model is empty; ``version`` changes whenever the images do."""
+
+    images: np.ndarray | None
+    coeff: np.ndarray
+    version: int
+
+
+def band_prediction(
+    band: Sequence[Window], model: Model, settings: Settings
+) -> tuple[list[np.ndarray], float]:
+    """The model's visibilities for each window (cached per model version) and the gridder
+    seconds spent."""
+    if model.images is None or not np.any(model.images):
+        return [np.zeros(w.vis.shape, dtype=np.complex128) for w in band], 0.0
+    cached = [w.cache.load(model.version) for w in band]
+    if all(v is not None for v in cached):
+        return cached, 0.0  # type: ignore[return-value]
     t0 = time.perf_counter()
-    model_vis = predict_window(win, model, settings)
-    win.cache.store(version, model_vis)
+    model_vis = predict_band(band, model.images, model.coeff, settings)
+    for win, vis in zip(band, model_vis, strict=True):
+        win.cache.store(model.version, vis)
     return model_vis, time.perf_counter() - t0
 
 
-def window_equations(
-    win: Window,
-    model: np.ndarray,
-    version: int,
-    tables: dict[str, np.ndarray],
+def band_equations(
+    band: Sequence[Window],
+    model: Model,
+    tables: Sequence[dict[str, np.ndarray]],
     term_name: str,
     cycle: int,
     settings: Settings,
 ) -> tuple[gains.Equations, float]:
-    """One window's share of a global solution of ``term_name`` (and its gridder seconds)."""
-    model_vis, gridder_s = model_prediction(win, model, version, settings)
+    """The band's share of a global solution of ``term_name`` (its windows' equations
+    summed) and the gridder seconds spent."""
+    model_vis, gridder_s = band_prediction(band, model, settings)
     active = active_terms(settings.terms, cycle)
     term = next(t for t in active if t.name == term_name)
-    return term_equations(win, model_vis, tables, active, term), gridder_s
+    shares = [
+        term_equations(win, vis, table, active, term)
+        for win, vis, table in zip(band, model_vis, tables, strict=True)
+    ]
+    total = shares[0]
+    for eq in shares[1:]:
+        total = total + eq
+    return total, gridder_s
 
 
 def solve_global(
-    model: np.ndarray,
-    version: int,
-    tables: list[dict[str, np.ndarray]],
+    models: Sequence[Model],
+    tables: list[list[dict[str, np.ndarray]]],
     cycle: int,
     settings: Settings,
     mapper: Mapper,
-) -> tuple[list[dict[str, np.ndarray]], list[SolveReport], float]:
-    """Solve each active term once for all windows (summed equations); return the windows'
+) -> tuple[list[list[dict[str, np.ndarray]]], list[SolveReport], float]:
+    """Solve each active term once for all windows (summed equations); return the bands'
     tables, the reports and the gridder seconds spent predicting."""
     reports, gridder = [], 0.0
     for term in active_terms(settings.terms, cycle):
-        args = [
-            (model[i], version, tables[i], term.name, cycle, settings) for i in range(len(tables))
-        ]
-        shares = mapper(window_equations, args)
+        args = [(m, t, term.name, cycle, settings) for m, t in zip(models, tables, strict=True)]
+        shares = mapper(band_equations, args)
         gridder += sum(seconds for _, seconds in shares)
         total = shares[0][0]
         for eq, _ in shares[1:]:
             total = total + eq
         table, report = solve_term(
-            total, term, tables[0][term.name], settings.solver_niter, settings.solver_tol
+            total, term, tables[0][0][term.name], settings.solver_niter, settings.solver_tol
         )
-        tables = [{**t, term.name: table} for t in tables]
+        tables = [[{**t, term.name: table} for t in band] for band in tables]
         reports.append(report)
     return tables, reports, gridder
 
 
 @dataclass(frozen=True, eq=False)
 class CycleResult:
-    """What one window returns from a major cycle."""
+    """What one band returns from a major cycle: its residual images (``image_band`` of the
+    residual visibilities, not normalised), its windows' tables, gains and reports, and (per
+    window algorithms) their model increments."""
 
     residual: np.ndarray
-    tables: dict[str, np.ndarray]
-    gain: np.ndarray
+    tables: list[dict[str, np.ndarray]]
+    gains: list[np.ndarray]
     reports: list[SolveReport]
-    model_increment: np.ndarray | None
+    increments: list[np.ndarray] | None
     ncomponents: int
     gridder_s: float
     busy_s: float
 
 
-def window_cycle(
-    win: Window,
-    model: np.ndarray | None,
-    version: int,
-    tables: dict[str, np.ndarray],
+def band_cycle(
+    band: Sequence[Window],
+    model: Model,
+    tables: Sequence[dict[str, np.ndarray]],
     cycle: int,
     settings: Settings,
 ) -> CycleResult:
     """Predict, solve (unless solved globally), apply, image the residual and (per-window
-    algorithms) deconvolve it.
-
-    ``version`` identifies the model: an unchanged model reuses the cached prediction.
-    """
+    algorithms) deconvolve it, for each window of the band."""
     t_start = time.perf_counter()
-    shape = win.vis.shape
-    model_vis, gridder = model_prediction(win, model, version, settings)
+    model_vis, gridder = band_prediction(band, model, settings)
+    new_tables, gain_list, residual_vis = [], [], []
     reports: list[SolveReport] = []
-    if np.any(model_vis) and not settings.global_solution:
-        tables, reports = solve_chain(
-            win,
-            model_vis,
-            tables,
-            settings.terms,
-            cycle,
-            settings.solver_niter,
-            settings.solver_tol,
-        )
-    gain = combined_gain(tables, shape[0], win.nstations)
-    corrected = gains.apply_gains(win.vis, gain, win.ant1, win.ant2, inverse=True)
+    for win, vis, table in zip(band, model_vis, tables, strict=True):
+        if np.any(vis) and not settings.global_solution:
+            table, solved = solve_chain(
+                win, vis, table, settings.terms, cycle, settings.solver_niter,
+                settings.solver_tol,
+            )  # fmt: skip
+            reports += solved
+        gain = combined_gain(table, win.vis.shape[0], win.nstations)
+        corrected = gains.apply_gains(win.vis, gain, win.ant1, win.ant2, inverse=True)
+        residual_vis.append(corrected - vis)
+        new_tables.append(table)
+        gain_list.append(gain)
     t0 = time.perf_counter()
-    residual = residual_image(win, corrected - model_vis, settings)
+    residual = image_band(band, residual_vis, model.coeff, settings)
     gridder += time.perf_counter() - t0
-    increment, ncomp = None, 0
-    if settings.algorithm != "mmclean":
-        increment, _, ncomp = deconvolve_single(residual, win.psf, settings)
+    increments, ncomp = None, 0
+    if settings.algorithm != "mmclean":  # the band's model images are its windows' own
+        increments = []
+        for win, image in zip(band, residual, strict=True):
+            found, _, n = deconvolve_single(image / max(win.sumwt, 1e-300), win.psf, settings)
+            increments.append(found)
+            ncomp += n
     return CycleResult(
-        residual, tables, gain, reports, increment, ncomp, gridder, time.perf_counter() - t_start
-    )
+        residual, new_tables, gain_list, reports, increments, ncomp, gridder,
+        time.perf_counter() - t_start,
+    )  # fmt: skip
 
 
 def combined_gain(tables: dict[str, np.ndarray], ntimes: int, nstations: int) -> np.ndarray:
@@ -389,11 +442,24 @@ def corrected_vis(win: Window, tables: dict[str, np.ndarray]) -> np.ndarray:
     return gains.apply_gains(win.vis, total, win.ant1, win.ant2, inverse=True)
 
 
-def final_residual(
-    win: Window, corrected: np.ndarray, model: np.ndarray, settings: Settings
-) -> np.ndarray:
-    """Residual image of the corrected data less the prediction of the final model."""
-    return residual_image(win, corrected - predict_window(win, model, settings), settings)
+def final_residuals(
+    band: Sequence[Window], corrected: Sequence[np.ndarray], model: Model, settings: Settings
+) -> list[np.ndarray]:
+    """Each window's residual image (Jy/beam) of its corrected data less the prediction of
+    the final model."""
+    model_vis, _ = band_prediction(band, model, settings)
+    out = []
+    for win, data, vis in zip(band, corrected, model_vis, strict=True):
+        image, _ = imaging.invert(
+            win.uvw,
+            np.array([win.freq_hz]),
+            (data - vis).reshape(-1, 1),
+            win.imaging_weight.reshape(-1, 1),
+            nthreads=settings.nthreads,
+            **settings.grid(),
+        )
+        out.append(image)
+    return out
 
 
 def deconvolve_single(
@@ -417,19 +483,12 @@ def deconvolve_single(
 
 
 def deconvolve_joint(
-    residuals: Sequence[np.ndarray],
-    psfs: Sequence[np.ndarray],
-    freqs_hz: np.ndarray,
-    sumwt: np.ndarray,
-    settings: Settings,
+    residual_moments: np.ndarray, psf_moments: np.ndarray, settings: Settings
 ) -> deconvolve.CleanResult:
-    """MS-MFS CLEAN of all windows' residuals (coordinator side)."""
-    return deconvolve.msmfs(
-        residuals,
-        psfs,
-        freqs_hz,
-        sumwt,
-        nmoment=settings.nmoment,
+    """MS-MFS CLEAN of the residual moments reduced across windows (coordinator side)."""
+    return deconvolve.msmfs_moments(
+        residual_moments,
+        psf_moments,
         scales=settings.scales,
         gain=settings.gain,
         niter=settings.niter,
@@ -440,14 +499,25 @@ def deconvolve_joint(
     )
 
 
+def band_members(nwin: int, rows: int, settings: Settings) -> list[np.ndarray]:
+    """Windows of each band: consecutive windows, at most ``settings.band_windows`` and at
+    most ``BAND_BYTES`` of visibilities (``rows`` per window) per band, bands as even as
+    possible.  Depends only on the data's shape, so the products do not depend on the
+    number of workers."""
+    size = max(1, min(settings.band_windows, BAND_BYTES // max(16 * rows, 1)))
+    return np.array_split(np.arange(nwin), -(-nwin // size))
+
+
 @dataclass
 class IcalResult:
-    """Final per-window models, Taylor model, per-window tables and the convergence record."""
+    """Final per-window models, Taylor model, per-window tables and the convergence record;
+    ``models`` are the bands' final models (for their final residuals)."""
 
     model: np.ndarray
     taylor: np.ndarray
     tables: list[dict[str, np.ndarray]]
     gains: np.ndarray
+    models: list[Model]
     convergence: list[dict[str, Any]]
     gridder_s: float
     minor_s: float
@@ -455,7 +525,8 @@ class IcalResult:
 
 
 def run_ical(
-    windows: Sequence[Any],
+    bands: Sequence[Any],
+    members: Sequence[np.ndarray],
     freqs_hz: np.ndarray,
     psfs: np.ndarray,
     sumwt: np.ndarray,
@@ -466,55 +537,63 @@ def run_ical(
     true_gains: np.ndarray | None = None,
     log: Callable[..., None] | None = None,
 ) -> IcalResult:
-    """The ICAL loop over ``windows`` (objects or handles the mapper understands).
+    """The ICAL loop over ``bands`` (objects or handles the mapper understands) holding the
+    windows ``members[b]``.
 
     ``true_gains`` (nwindow, ntimes, nstations), if given, adds the phase error against the
     truth to each cycle's convergence record; ``log`` receives a line per cycle.
     """
-    nwin = len(windows)
+    nwin = len(freqs_hz)
     npix = settings.npixel
     freqs = np.asarray(freqs_hz, dtype=np.float64)
-    ref = float(freqs.mean())
-    nt = min(settings.nmoment, nwin) if settings.algorithm == "mmclean" else 1
-    taylor_w = deconvolve.taylor_weights(freqs, ref, nt)
+    joint = settings.algorithm == "mmclean"
+    nt = min(settings.nmoment, nwin) if joint else 1
+    taylor_w = deconvolve.taylor_weights(freqs, float(freqs.mean()), 2 * nt - 1)
+    psf_moments = deconvolve.moments(psfs, taylor_w, sumwt) if joint else None
     model = np.zeros((nwin, npix, npix))
     taylor = np.zeros((nt, npix, npix))
     unit = np.ones((ntimes, nstations), dtype=np.complex128)
-    tables = [{t.name: unit.copy() for t in settings.terms} for _ in range(nwin)]
+    tables = [[{t.name: unit.copy() for t in settings.terms} for _ in m] for m in members]
     gain_all = np.ones((nwin, ntimes, nstations), dtype=np.complex128)
     record: list[dict[str, Any]] = []
     gridder = minor = busy = 0.0
     version = 0  # bumped whenever the model changes
+
+    def models(empty: bool) -> list[Model]:
+        """Each band's model: the Taylor images (MS-MFS) or its windows' own images."""
+        if joint:
+            return [Model(None if empty else taylor, taylor_w[:nt, m].T, version) for m in members]
+        return [Model(None if empty else model[m], np.eye(len(m)), version) for m in members]
+
     for cycle in range(settings.nmajor + 1):
         t_cycle = time.perf_counter()
-        args = [
-            (model[i] if cycle else None, version, tables[i], cycle, settings) for i in range(nwin)
-        ]
+        current = models(cycle == 0)
         solved: list[SolveReport] = []
         if settings.global_solution and cycle and np.any(model):
-            tables, solved, seconds = solve_global(model, version, tables, cycle, settings, mapper)
+            tables, solved, seconds = solve_global(current, tables, cycle, settings, mapper)
             gridder += seconds
-            args = [(model[i], version, tables[i], cycle, settings) for i in range(nwin)]
-        results: list[CycleResult] = mapper(window_cycle, args)
+        args = [(m, t, cycle, settings) for m, t in zip(current, tables, strict=True)]
+        results: list[CycleResult] = mapper(band_cycle, args)
         tables = [r.tables for r in results]
-        gain_all = np.stack([r.gain for r in results])
-        residuals = [r.residual for r in results]
+        gain_all = np.stack([g for r in results for g in r.gains])
+        # the bands' residual images, summed: the moments (MS-MFS) or the MFS image
+        residual = sum(r.residual if joint else r.residual.sum(0) for r in results) / sumwt.sum()
         gridder += sum(r.gridder_s for r in results)
         busy += sum(r.busy_s for r in results)
         t0 = time.perf_counter()
-        if settings.algorithm == "mmclean":
-            found = deconvolve_joint(residuals, psfs, freqs, sumwt, settings)
+        if joint:
+            found = deconvolve_joint(residual, psf_moments, settings)
             taylor += found.model
-            model += deconvolve.cube_from_taylor(found.model, taylor_w)
+            model += deconvolve.cube_from_taylor(found.model, taylor_w[:nt])
             ncomp = found.ncomponents
         else:
-            for i, r in enumerate(results):
-                model[i] += r.model_increment
-            taylor = deconvolve.moments(model, taylor_w, sumwt)
+            for m, r in zip(members, results, strict=True):
+                model[m] += r.increments
+            taylor = deconvolve.moments(model, taylor_w[:nt], sumwt)
             ncomp = sum(r.ncomponents for r in results)
         minor += time.perf_counter() - t0
         version += ncomp > 0
-        mfs_residual = deconvolve.moments(residuals, taylor_w[:1], sumwt)[0]
+        mfs_residual = residual[0] if joint else residual
         reports = solved + [rep for r in results for rep in r.reports]
         entry: dict[str, Any] = {
             "cycle": cycle,
@@ -539,13 +618,16 @@ def run_ical(
                 entry["components"],
                 f", phase error {entry['phase_rms_rad']:.3g} rad" if true_gains is not None else "",
             )
-    return IcalResult(model, taylor, tables, gain_all, record, gridder, minor, busy)
+    window_tables = [t for band in tables for t in band]
+    return IcalResult(
+        model, taylor, window_tables, gain_all, models(False), record, gridder, minor, busy
+    )
 
 
-def serial_mapper(windows: Sequence[Window]) -> Mapper:
-    """A mapper that runs every window here, in order."""
+def serial_mapper(bands: Sequence[Sequence[Window]]) -> Mapper:
+    """A mapper that runs every band here, in order."""
 
     def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
-        return [fn(w, *a) for w, a in zip(windows, args, strict=True)]
+        return [fn(b, *a) for b, a in zip(bands, args, strict=True)]
 
     return run

@@ -15,6 +15,10 @@ DFT in ``tests/test_imaging.py``.
 component, and a point component's visibility has ``|V| = S`` (no ``1/n``), so the forward
 operator must not scale by ``1/n``; the adjoint uses the same choice so that ``invert`` is the
 exact adjoint of ``predict``.
+
+Precision follows the accuracy asked for: with ``epsilon >= 1e-5`` the gridder runs in single
+precision (float32 rounding, 6e-8, is far below its kernel error there; 1.3x faster), below it
+in double.  Results are returned in double precision either way.
 """
 
 from __future__ import annotations
@@ -27,11 +31,48 @@ from ducc0.wgridder.experimental import dirty2vis, vis2dirty
 C_M_S = 299792458.0
 
 _FLIPS = {"flip_u": False, "flip_v": True, "flip_w": True}
+SINGLE_PRECISION_EPSILON = 1e-5
+
+
+def _real(epsilon: float) -> type[np.floating]:
+    """The gridder's real type for an accuracy ``epsilon``."""
+    return np.float32 if epsilon >= SINGLE_PRECISION_EPSILON else np.float64
 
 
 def _ducc_uvw(uvw: np.ndarray) -> np.ndarray:
     """Reorder baseline coordinates to ducc0's axis order (v, u, w)."""
     return np.ascontiguousarray(np.asarray(uvw, dtype=np.float64)[:, (1, 0, 2)])
+
+
+def dirty(
+    uvw: np.ndarray,
+    freqs_hz: np.ndarray,
+    vis: np.ndarray,
+    weight: np.ndarray,
+    npixel: int,
+    cell_rad: float,
+    epsilon: float = 1e-6,
+    nthreads: int = 1,
+) -> np.ndarray:
+    """Weighted sum ``sum_rc w_rc V_rc exp(...)`` over rows and channels (not normalised):
+    the adjoint of ``predict``, (npixel, npixel) float64."""
+    real = _real(epsilon)
+    image = vis2dirty(
+        uvw=_ducc_uvw(uvw),
+        freq=np.asarray(freqs_hz, dtype=np.float64),
+        vis=np.ascontiguousarray(vis, dtype=np.result_type(real, np.complex64)),
+        wgt=np.ascontiguousarray(weight, dtype=real),
+        npix_x=npixel,
+        npix_y=npixel,
+        pixsize_x=cell_rad,
+        pixsize_y=cell_rad,
+        epsilon=epsilon,
+        do_wgridding=True,
+        divide_by_n=False,
+        nthreads=nthreads,
+        **_FLIPS,
+    )
+    return image.astype(np.float64, copy=False)
 
 
 def invert(
@@ -48,26 +89,10 @@ def invert(
 
     Returns ``(dirty (npixel, npixel) float64, sumwt)``; the image is zero if ``sumwt == 0``.
     """
-    wgt = np.ascontiguousarray(weight, dtype=np.float64)
-    sumwt = float(wgt.sum())
+    sumwt = float(np.sum(weight, dtype=np.float64))
     if sumwt <= 0.0:
         return np.zeros((npixel, npixel)), 0.0
-    dirty = vis2dirty(
-        uvw=_ducc_uvw(uvw),
-        freq=np.asarray(freqs_hz, dtype=np.float64),
-        vis=np.ascontiguousarray(vis, dtype=np.complex128),
-        wgt=wgt,
-        npix_x=npixel,
-        npix_y=npixel,
-        pixsize_x=cell_rad,
-        pixsize_y=cell_rad,
-        epsilon=epsilon,
-        do_wgridding=True,
-        divide_by_n=False,
-        nthreads=nthreads,
-        **_FLIPS,
-    )
-    return dirty / sumwt, sumwt
+    return dirty(uvw, freqs_hz, vis, weight, npixel, cell_rad, epsilon, nthreads) / sumwt, sumwt
 
 
 def make_psf(
@@ -93,10 +118,10 @@ def predict(
     nthreads: int = 1,
 ) -> np.ndarray:
     """Visibilities ``(nrow, nchan)`` of a Jy/pixel model image (adjoint of ``invert``)."""
-    return dirty2vis(
+    vis = dirty2vis(
         uvw=_ducc_uvw(uvw),
         freq=np.asarray(freqs_hz, dtype=np.float64),
-        dirty=np.ascontiguousarray(model, dtype=np.float64),
+        dirty=np.ascontiguousarray(model, dtype=_real(epsilon)),
         pixsize_x=cell_rad,
         pixsize_y=cell_rad,
         epsilon=epsilon,
@@ -105,6 +130,7 @@ def predict(
         nthreads=nthreads,
         **_FLIPS,
     )
+    return vis.astype(np.complex128, copy=False)
 
 
 def weights(
