@@ -278,9 +278,10 @@ def image_band(
 ) -> np.ndarray:
     """The adjoint of ``predict_band``: ``sum_c coeff[c, j] dirty_c`` for each image ``j``,
     where ``dirty_c`` is window c's imaging-weighted sum (not normalised), one gridder call
-    per image: (nimage, npixel, npixel)."""
+    per image: (nimage, npixel, npixel) in the gridder's precision."""
     freqs = np.array([w.freq_hz for w in band])
-    out = np.zeros((coeff.shape[1], settings.npixel, settings.npixel))
+    shape = (coeff.shape[1], settings.npixel, settings.npixel)
+    out = np.zeros(shape, dtype=imaging.real_type(settings.epsilon))
     for j in range(coeff.shape[1]):
         used = np.flatnonzero(coeff[:, j])
         if not used.size:
@@ -419,7 +420,9 @@ def band_cycle(
     if settings.algorithm != "mmclean":  # the band's model images are its windows' own
         increments = []
         for win, image in zip(band, residual, strict=True):
-            found, _, n = deconvolve_single(image / max(win.sumwt, 1e-300), win.psf, settings)
+            found, _, n = deconvolve_single(
+                image.astype(np.float64) / max(win.sumwt, 1e-300), win.psf, settings
+            )
             increments.append(found)
             ncomp += n
     return CycleResult(
@@ -577,7 +580,10 @@ def run_ical(
         tables = [r.tables for r in results]
         gain_all = np.stack([g for r in results for g in r.gains])
         # the bands' residual images, summed: the moments (MS-MFS) or the MFS image
-        residual = sum(r.residual if joint else r.residual.sum(0) for r in results) / sumwt.sum()
+        residual = np.zeros((nt, npix, npix))
+        for r in results:
+            residual += r.residual if joint else r.residual.sum(0, dtype=np.float64)
+        residual /= sumwt.sum()
         gridder += sum(r.gridder_s for r in results)
         busy += sum(r.busy_s for r in results)
         t0 = time.perf_counter()
@@ -593,7 +599,7 @@ def run_ical(
             ncomp = sum(r.ncomponents for r in results)
         minor += time.perf_counter() - t0
         version += ncomp > 0
-        mfs_residual = residual[0] if joint else residual
+        mfs_residual = residual[0]
         reports = solved + [rep for r in results for rep in r.reports]
         entry: dict[str, Any] = {
             "cycle": cycle,

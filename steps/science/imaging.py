@@ -18,7 +18,8 @@ exact adjoint of ``predict``.
 
 Precision follows the accuracy asked for: with ``epsilon >= 1e-5`` the gridder runs in single
 precision (float32 rounding, 6e-8, is far below its kernel error there; 1.3x faster), below it
-in double.  Results are returned in double precision either way.
+in double.  ``dirty`` returns the gridder's precision (the band images of ICAL travel in it);
+``invert`` and ``predict`` return double precision.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _FLIPS = {"flip_u": False, "flip_v": True, "flip_w": True}
 SINGLE_PRECISION_EPSILON = 1e-5
 
 
-def _real(epsilon: float) -> type[np.floating]:
+def real_type(epsilon: float) -> type[np.floating]:
     """The gridder's real type for an accuracy ``epsilon``."""
     return np.float32 if epsilon >= SINGLE_PRECISION_EPSILON else np.float64
 
@@ -55,8 +56,8 @@ def dirty(
     nthreads: int = 1,
 ) -> np.ndarray:
     """Weighted sum ``sum_rc w_rc V_rc exp(...)`` over rows and channels (not normalised):
-    the adjoint of ``predict``, (npixel, npixel) float64."""
-    real = _real(epsilon)
+    the adjoint of ``predict``, (npixel, npixel) in the gridder's precision."""
+    real = real_type(epsilon)
     image = vis2dirty(
         uvw=_ducc_uvw(uvw),
         freq=np.asarray(freqs_hz, dtype=np.float64),
@@ -72,7 +73,7 @@ def dirty(
         nthreads=nthreads,
         **_FLIPS,
     )
-    return image.astype(np.float64, copy=False)
+    return image
 
 
 def invert(
@@ -92,7 +93,8 @@ def invert(
     sumwt = float(np.sum(weight, dtype=np.float64))
     if sumwt <= 0.0:
         return np.zeros((npixel, npixel)), 0.0
-    return dirty(uvw, freqs_hz, vis, weight, npixel, cell_rad, epsilon, nthreads) / sumwt, sumwt
+    image = dirty(uvw, freqs_hz, vis, weight, npixel, cell_rad, epsilon, nthreads)
+    return image.astype(np.float64) / sumwt, sumwt
 
 
 def make_psf(
@@ -121,7 +123,7 @@ def predict(
     vis = dirty2vis(
         uvw=_ducc_uvw(uvw),
         freq=np.asarray(freqs_hz, dtype=np.float64),
-        dirty=np.ascontiguousarray(model, dtype=_real(epsilon)),
+        dirty=np.ascontiguousarray(model, dtype=real_type(epsilon)),
         pixsize_x=cell_rad,
         pixsize_y=cell_rad,
         epsilon=epsilon,
