@@ -82,6 +82,25 @@ def test_band_prediction_is_each_windows_model_and_its_adjoint(tiny) -> None:
     lhs = sum(np.vdot(v, d).real for v, d in zip(vis, weighted, strict=True))
     rhs = np.sum(taylor * ical.image_band(band, data, coeff, settings))
     assert lhs == pytest.approx(rhs, rel=1e-6)
+    # a band of two windows (no more windows than images) grids window by window: the same
+    assert not ical.joint_calls(coeff[:2])
+    pair = ical.predict_band(band[:2], taylor, coeff[:2], settings)
+    for c in range(2):
+        np.testing.assert_allclose(pair[c], vis[c], atol=1e-6)
+    images = ical.image_band(band[:2], data[:2], coeff[:2], settings)
+    for j in range(2):  # against one call over both windows, weights scaled by coeff
+        joint = imaging.dirty(
+            band[0].uvw,
+            tiny.freqs[:2],
+            np.stack([d.reshape(-1) for d in data[:2]], axis=1),
+            np.stack(
+                [w.imaging_weight.reshape(-1) * coeff[c, j] for c, w in enumerate(band[:2])], 1
+            ),
+            128,
+            settings.cell_rad,
+            1e-7,
+        )
+        np.testing.assert_allclose(images[j], joint, atol=1e-6 * np.abs(joint).max())
 
 
 def test_bands_do_not_change_the_result(tiny) -> None:

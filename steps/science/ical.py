@@ -12,8 +12,9 @@ The windows are processed in bands of consecutive windows, each through a ``mapp
 its data lives: a band predicts its model with one ducc0 call per model image over all its
 windows (the Taylor terms of MS-MFS: ``I(nu_c) = sum_t x_c^t I_t``), solves and applies each
 window's gains, and images the residuals with one call per image (the adjoint: weights
-``x_c^t``), so the gridder's FFTs are shared by the band's windows.  The bands' residual
-moments are summed on the caller (the coordinator), which runs MS-MFS CLEAN; per-window
+``x_c^t``), so the gridder's FFTs are shared by the band's windows; a band with no more
+windows than images (one window, or per-window models) grids window by window.  The bands'
+residual moments are summed on the caller (the coordinator), which runs MS-MFS CLEAN; per-window
 algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
 """
 
@@ -252,22 +253,34 @@ def uvw_of(band: Sequence[Window]) -> np.ndarray:
     return band[0].uvw
 
 
+def joint_calls(coeff: np.ndarray) -> bool:
+    """Whether a band grids one call per image over all its windows (else one per window):
+    the cheaper when it has more windows than images, since a call's cost grows slowly
+    with its channels (the FFTs are shared)."""
+    return coeff.shape[0] > coeff.shape[1]
+
+
 def predict_band(
     band: Sequence[Window], images: np.ndarray, coeff: np.ndarray, settings: Settings
 ) -> list[np.ndarray]:
     """Each window's visibilities (ntimes, nbaselines) of its model ``sum_j coeff[c, j]
-    images[j]`` (Jy/pixel): each image is predicted once, for all windows that use it, in
-    one gridder call (Taylor terms for MS-MFS; the windows' own models otherwise)."""
+    images[j]`` (Jy/pixel; Taylor terms for MS-MFS, the windows' own models otherwise),
+    with one gridder call per image over the windows using it, or one per window."""
     freqs = np.array([w.freq_hz for w in band])
     out = [np.zeros(w.vis.shape, dtype=np.complex128) for w in band]
+    grid = (settings.cell_rad, settings.epsilon, settings.nthreads)
+    if not joint_calls(coeff):
+        for c, win in enumerate(band):
+            image = np.tensordot(coeff[c], images, axes=1)
+            if np.any(image):
+                vis = imaging.predict(image, win.uvw, freqs[c : c + 1], *grid)
+                out[c] = vis.reshape(out[c].shape)
+        return out
     for j, image in enumerate(images):
         used = np.flatnonzero(coeff[:, j])
         if not used.size or not np.any(image):
             continue
-        vis = imaging.predict(
-            image, uvw_of(band), freqs[used], settings.cell_rad, settings.epsilon,
-            settings.nthreads,
-        )  # fmt: skip
+        vis = imaging.predict(image, uvw_of(band), freqs[used], *grid)
         for k, c in enumerate(used):
             out[c] += coeff[c, j] * vis[:, k].reshape(out[c].shape)
     return out
@@ -277,11 +290,24 @@ def image_band(
     band: Sequence[Window], vis: Sequence[np.ndarray], coeff: np.ndarray, settings: Settings
 ) -> np.ndarray:
     """The adjoint of ``predict_band``: ``sum_c coeff[c, j] dirty_c`` for each image ``j``,
-    where ``dirty_c`` is window c's imaging-weighted sum (not normalised), one gridder call
-    per image: (nimage, npixel, npixel) in the gridder's precision."""
+    where ``dirty_c`` is window c's imaging-weighted sum (not normalised), with the same
+    gridder calls: (nimage, npixel, npixel) in the gridder's precision."""
     freqs = np.array([w.freq_hz for w in band])
     shape = (coeff.shape[1], settings.npixel, settings.npixel)
     out = np.zeros(shape, dtype=imaging.real_type(settings.epsilon))
+    if not joint_calls(coeff):
+        for c, win in enumerate(band):
+            image = imaging.dirty(
+                win.uvw,
+                freqs[c : c + 1],
+                vis[c].reshape(-1, 1),
+                win.imaging_weight.reshape(-1, 1),
+                nthreads=settings.nthreads,
+                **settings.grid(),
+            )
+            for j in np.flatnonzero(coeff[c]):
+                out[j] += coeff[c, j] * image
+        return out
     for j in range(coeff.shape[1]):
         used = np.flatnonzero(coeff[:, j])
         if not used.size:
