@@ -197,7 +197,7 @@ def dask_mapper(client: Client, bands: Sequence[Sequence[WindowSource]]) -> ical
 
     def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
         args = list(args)
-        # every band's arguments in one scatter: one round trip, not one per window
+        # every band's arguments in one scatter: one round trip, not one per band
         flat = client.scatter([x for a in args for x in a], hash=False) if any(args) else []
         starts = np.cumsum([0, *(len(a) for a in args)])
         futures = [
@@ -236,7 +236,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         [WindowSource(int(i), buffers.corrupted, scratch, settings) for i in m] for m in members
     ]
     sizes = "/".join(sorted({str(len(m)) for m in members}))
-    LOG.info("ICAL over %d bands of %s windows (gridded together)", len(bands), sizes)
+    LOG.info("ICAL over %d bands of %s windows", len(bands), sizes)
     with engine(params.n_workers, [__name__]) as client, _removed(scratch):
         mapper = dask_mapper(client, bands)
         psf_info = [p for band in mapper(psfs_of, [() for _ in bands]) for p in band]

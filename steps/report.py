@@ -186,6 +186,17 @@ def write(
     return buffers.report
 
 
+def status_of(steps: Mapping[str, Mapping[str, Any]], this: str = "report") -> str:
+    """The run's phase as its recorded steps show it (this step aside): Failed if one failed,
+    Running while one is unfinished, Succeeded when all succeeded (or were skipped)."""
+    phases = [str(e.get("phase", "")) for name, e in steps.items() if name != this]
+    if any(p in ("Failed", "Error") for p in phases):
+        return "Failed"
+    if not phases or any(p not in ("Succeeded", "Skipped") for p in phases):
+        return "Running"
+    return "Succeeded"
+
+
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
     """The ``report`` step: previews and ``report.html`` from the products and the timeline."""
     from steps import previews
@@ -194,6 +205,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     with ConfigDB(connect(params.config_db or None)) as db:
         state = db.run(lambda txn: txn.get_state(params.pb_id))
     steps = getattr(state, "steps", None) or {}
-    path = write(params, buffers, "Succeeded", steps, previews.write_all(params, buffers))
+    status = status_of(steps)
+    path = write(params, buffers, status, steps, previews.write_all(params, buffers))
     LOG.info("Run report: %s", path)
     return {"report": str(path)}

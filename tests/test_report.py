@@ -49,6 +49,7 @@ def _chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProce
 def test_report_content(run: SmallRun, page: str) -> None:
     for step in ("simulate", "corrupt", "calibrate", "image"):
         assert f"<td>{step}</td>" in page
+    assert '<span class="status-Succeeded">Succeeded</span></h1>' in page  # from the timeline
     metrics = json.loads(run.buffers.metrics.read_text())
     assert metrics["sources"][0]["name"] in page
     assert "restored_peak_jy" in page and "clean_beam.bmaj_deg" in page
@@ -62,6 +63,16 @@ def test_report_content(run: SmallRun, page: str) -> None:
 def test_report_is_self_contained(page: str) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_status_comes_from_the_recorded_steps() -> None:
+    done = {"phase": "Succeeded"}
+    assert report.status_of({"simulate": done, "image": done, "report": {"phase": "Running"}}) == (
+        "Succeeded"
+    )
+    assert report.status_of({"simulate": done, "image": {"phase": "Running"}}) == "Running"
+    assert report.status_of({"simulate": {"phase": "Failed"}, "image": done}) == "Failed"
+    assert report.status_of({}) == "Running"
 
 
 def test_report_without_products(tmp_path: Path) -> None:
