@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from dask.distributed import Client
+from dask.distributed import Client, Future
 
 from steps import atomic, store
 from steps.buffers import Buffers
@@ -36,7 +36,7 @@ from steps.dask_ee import engine
 from steps.log import LOG
 from steps.metrics import phase_rms, shift_removed_phase_rms, station_uvw
 from steps.params import Params
-from steps.science import ical
+from steps.science import ical, imaging
 
 OUTPUTS = ("calibrated", "phase_rms_rad")
 MODEL_STORE = "ical_model.zarr"
@@ -195,7 +195,7 @@ def dask_mapper(client: Client, bands: Sequence[Sequence[WindowSource]]) -> ical
     uneven placement would cost a band's work per cycle)."""
     workers = sorted(client.scheduler_info()["workers"])
 
-    def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
+    def run(fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[Any]:
         args = list(args)
         # every band's arguments in one scatter: one round trip, not one per band
         flat = client.scatter([x for a in args for x in a], hash=False) if any(args) else []
@@ -212,9 +212,20 @@ def dask_mapper(client: Client, bands: Sequence[Sequence[WindowSource]]) -> ical
             )
             for i, band in enumerate(bands)
         ]
-        return client.gather(futures)
+        return _in_order(futures, flat)
 
     return run
+
+
+def _in_order(futures: list[Future], inputs: list[Future]) -> Iterator[Any]:
+    """The futures' results in order, each released once fetched: the coordinator holds one
+    band's result at a time, the others wait on their workers.  The scattered ``inputs``
+    stay referenced until the last result is in (released, they could be forgotten before
+    the tasks needing them ran)."""
+    for future in futures:
+        yield future.result()
+        future.release()
+    del inputs
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
@@ -239,11 +250,11 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     LOG.info("ICAL over %d bands of %s windows", len(bands), sizes)
     with engine(params.n_workers, [__name__]) as client, _removed(scratch):
         mapper = dask_mapper(client, bands)
-        psf_info = [p for band in mapper(psfs_of, [() for _ in bands]) for p in band]
-        psfs = np.stack([p[0] for p in psf_info])
-        sumwt = np.array([p[1] for p in psf_info])
-        psf_s = float(sum(p[2] for p in psf_info))
-        del psf_info  # the PSFs live on in the cube only
+        psfs = np.empty((nwin, params.npixel, params.npixel), dtype=np.float32)
+        sumwt, psf_s = np.empty(nwin), 0.0
+        for m, band in zip(members, mapper(psfs_of, [() for _ in bands]), strict=True):
+            for i, (psf, weight, seconds) in zip(m, band, strict=True):
+                psfs[i], sumwt[i], psf_s = psf, weight, psf_s + seconds
         result = ical.run_ical(
             bands,
             members,
@@ -257,13 +268,14 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             truth,
             LOG.info,
         )
-        finals = mapper(
-            finish_band,
-            [
-                (model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
-                for model, m in zip(result.models, members, strict=True)
-            ],
-        )
+        args = [
+            (model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
+            for model, m in zip(result.models, members, strict=True)
+        ]
+        residual = np.empty((nwin, params.npixel, params.npixel), imaging.real_type(params.epsilon))
+        final_s = 0.0
+        for m, (images, seconds) in zip(members, mapper(finish_band, args), strict=True):
+            residual[m], final_s = images, final_s + seconds
     store.finalize(tmp, buffers.calibrated)
     table = store.gain_table(
         result.gains, obs.times, obs.frequencies, obs.antenna_names, solver="antsol (damped)"
@@ -276,10 +288,6 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     table.attrs["calibration_context"] = params.calibration_context
     store.write_dataset(table, buffers.solved_gains)
     buffers.img.mkdir(parents=True, exist_ok=True)
-    final_s = float(sum(f[1] for f in finals))
-    residual = np.empty((nwin, params.npixel, params.npixel))
-    for b, m in enumerate(members):  # one band at a time: no second copy of the cube
-        residual[m], finals[b] = finals[b][0], None
     write_model(
         buffers.img / MODEL_STORE, result, psfs, sumwt, residual, final_s, obs.frequencies, params
     )

@@ -21,7 +21,7 @@ algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +30,9 @@ import numpy as np
 from steps.metrics import phase_rms
 from steps.science import clean, deconvolve, gains, imaging
 
-# a mapper calls fn(band, *args_i) for every band (args_i per band) and returns results
-Mapper = Callable[[Callable[..., Any], Sequence[tuple]], list]
+# a mapper calls fn(band, *args_i) for every band (args_i per band) and returns the results
+# in band order, as an iterable: one band's result at a time need be in memory
+Mapper = Callable[[Callable[..., Any], Sequence[tuple]], Iterable[Any]]
 # a band holds at most this many bytes of visibilities (complex128)
 BAND_BYTES = 64 * 2**20
 
@@ -385,11 +386,10 @@ def solve_global(
     reports, gridder = [], 0.0
     for term in active_terms(settings.terms, cycle):
         args = [(m, t, term.name, cycle, settings) for m, t in zip(models, tables, strict=True)]
-        shares = mapper(band_equations, args)
-        gridder += sum(seconds for _, seconds in shares)
-        total = shares[0][0]
-        for eq, _ in shares[1:]:
-            total = total + eq
+        total = None
+        for eq, seconds in mapper(band_equations, args):
+            total = eq if total is None else total + eq
+            gridder += seconds
         table, report = solve_term(
             total, term, tables[0][0][term.name], settings.solver_niter, settings.solver_tol
         )
@@ -474,12 +474,12 @@ def corrected_vis(win: Window, tables: dict[str, np.ndarray]) -> np.ndarray:
 def final_residuals(
     band: Sequence[Window], corrected: Sequence[np.ndarray], model: Model, settings: Settings
 ) -> list[np.ndarray]:
-    """Each window's residual image (Jy/beam) of its corrected data less the prediction of
-    the final model."""
+    """Each window's residual image (Jy/beam, in the gridder's precision) of its corrected
+    data less the prediction of the final model."""
     model_vis, _ = band_prediction(band, model, settings)
     out = []
     for win, data, vis in zip(band, corrected, model_vis, strict=True):
-        image, _ = imaging.invert(
+        image = imaging.dirty(
             win.uvw,
             np.array([win.freq_hz]),
             (data - vis).reshape(-1, 1),
@@ -487,7 +487,7 @@ def final_residuals(
             nthreads=settings.nthreads,
             **settings.grid(),
         )
-        out.append(image)
+        out.append(image / image.dtype.type(win.sumwt) if win.sumwt > 0 else image)
     return out
 
 
@@ -602,16 +602,22 @@ def run_ical(
             tables, solved, seconds = solve_global(current, tables, cycle, settings, mapper)
             gridder += seconds
         args = [(m, t, cycle, settings) for m, t in zip(current, tables, strict=True)]
-        results: list[CycleResult] = mapper(band_cycle, args)
-        tables = [r.tables for r in results]
-        gain_all = np.stack([g for r in results for g in r.gains])
         # the bands' residual images, summed: the moments (MS-MFS) or the MFS image
         residual = np.zeros((nt, npix, npix))
-        for r in results:
+        tables, gain_list, reports, ncomp = [], [], list(solved), 0
+        r: CycleResult
+        for m, r in zip(members, mapper(band_cycle, args), strict=True):
+            tables.append(r.tables)
+            gain_list += r.gains
+            reports += r.reports
             residual += r.residual if joint else r.residual.sum(0, dtype=np.float64)
+            gridder += r.gridder_s
+            busy += r.busy_s
+            if not joint:
+                model[m] += r.increments
+                ncomp += r.ncomponents
+        gain_all = np.stack(gain_list)
         residual /= sumwt.sum()
-        gridder += sum(r.gridder_s for r in results)
-        busy += sum(r.busy_s for r in results)
         t0 = time.perf_counter()
         if joint:
             found = deconvolve_joint(residual, psf_moments, settings)
@@ -619,14 +625,10 @@ def run_ical(
             model += deconvolve.cube_from_taylor(found.model, taylor_w[:nt])
             ncomp = found.ncomponents
         else:
-            for m, r in zip(members, results, strict=True):
-                model[m] += r.increments
             taylor = deconvolve.moments(model, taylor_w[:nt], sumwt)
-            ncomp = sum(r.ncomponents for r in results)
         minor += time.perf_counter() - t0
         version += ncomp > 0
         mfs_residual = residual[0]
-        reports = solved + [rep for r in results for rep in r.reports]
         entry: dict[str, Any] = {
             "cycle": cycle,
             "solved_terms": sorted({rep.term for rep in reports}),
@@ -657,9 +659,9 @@ def run_ical(
 
 
 def serial_mapper(bands: Sequence[Sequence[Window]]) -> Mapper:
-    """A mapper that runs every band here, in order."""
+    """A mapper that runs every band here, in order, as its result is asked for."""
 
-    def run(fn: Callable[..., Any], args: Sequence[tuple]) -> list:
-        return [fn(b, *a) for b, a in zip(bands, args, strict=True)]
+    def run(fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[Any]:
+        return (fn(b, *a) for b, a in zip(bands, args, strict=True))
 
     return run
