@@ -73,6 +73,11 @@ class Buffers:
         return self.img / "psf.fits"
 
     @property
+    def ical_model(self) -> Path:
+        """ICAL's model, PSFs and final residuals (Zarr), written by calibrate for image."""
+        return self.img / "ical_model.zarr"
+
+    @property
     def convergence(self) -> Path:
         """ICAL's record per major cycle (phase and residual rms)."""
         return self.img / "ical_convergence.json"

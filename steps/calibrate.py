@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from dask.distributed import Client, Future
+from dask.distributed import Client, Future, as_completed
 
 from steps import atomic, store
 from steps.buffers import Buffers
@@ -39,7 +39,6 @@ from steps.params import Params
 from steps.science import ical, imaging
 
 OUTPUTS = ("calibrated", "phase_rms_rad")
-MODEL_STORE = "ical_model.zarr"
 
 
 def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) -> ical.Settings:
@@ -158,7 +157,9 @@ def psfs_of(band: Sequence[ical.Window]) -> list[tuple[np.ndarray, float, float]
 
 def finish_band(
     band: Sequence[ical.Window],
-    model: ical.Model,
+    images: np.ndarray | None,
+    coeff: np.ndarray,
+    version: int,
     tables: Sequence[dict[str, np.ndarray]],
     source: Path,
     target: Path,
@@ -176,6 +177,7 @@ def finish_band(
             _, weight, flag = store.read_window(source, win.index, times)
             store.write_window(target, win.index, vis[times], weight, flag, times)
     t0 = time.perf_counter()
+    model = ical.Model(images, coeff, version)
     residuals = ical.final_residuals(band, corrected, model, settings)
     return residuals, time.perf_counter() - t0
 
@@ -196,35 +198,42 @@ def dask_mapper(client: Client, bands: Sequence[Sequence[WindowSource]]) -> ical
     workers = sorted(client.scheduler_info()["workers"])
 
     def run(fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[Any]:
-        args = list(args)
-        # every band's arguments in one scatter: one round trip, not one per band
-        flat = client.scatter([x for a in args for x in a], hash=False) if any(args) else []
-        starts = np.cumsum([0, *(len(a) for a in args)])
+        # each distinct argument scattered once (the Taylor images all bands share reach a
+        # worker once, not once per band), all in one round trip
+        distinct = {id(x): x for a in args for x in a}
+        scattered = client.scatter(list(distinct.values()), hash=False) if distinct else []
+        future_of = dict(zip(distinct, scattered, strict=True))
         futures = [
             client.submit(
                 on_band,
                 fn,
                 band,
-                *flat[starts[i] : starts[i + 1]],
+                *(future_of[id(x)] for x in a),
                 key=f"{fn.__name__}-{i}-{uuid.uuid4().hex}",  # named on the dashboard
                 workers=[workers[i % len(workers)]],
                 allow_other_workers=True,
             )
-            for i, band in enumerate(bands)
+            for i, (band, a) in enumerate(zip(bands, args, strict=True))
         ]
-        return _in_order(futures, flat)
+        return _in_order(futures, scattered)
 
     return run
 
 
 def _in_order(futures: list[Future], inputs: list[Future]) -> Iterator[Any]:
-    """The futures' results in order, each released once fetched: the coordinator holds one
-    band's result at a time, the others wait on their workers.  The scattered ``inputs``
-    stay referenced until the last result is in (released, they could be forgotten before
-    the tasks needing them ran)."""
-    for future in futures:
-        yield future.result()
+    """The futures' results in order, each fetched as soon as it is done (so that it does
+    not wait in a worker's memory) and released; the coordinator holds only those that came
+    before their turn.  The scattered ``inputs`` stay referenced until the last result is in
+    (released, they could be forgotten before the tasks needing them ran)."""
+    index = {future.key: i for i, future in enumerate(futures)}
+    arrived: dict[int, Any] = {}
+    turn = 0
+    for future in as_completed(futures):
+        arrived[index[future.key]] = future.result()
         future.release()
+        while turn in arrived:
+            yield arrived.pop(turn)
+            turn += 1
     del inputs
 
 
@@ -269,7 +278,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             LOG.info,
         )
         args = [
-            (model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
+            (*model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
             for model, m in zip(result.models, members, strict=True)
         ]
         residual = np.empty((nwin, params.npixel, params.npixel), imaging.real_type(params.epsilon))
@@ -288,9 +297,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     table.attrs["calibration_context"] = params.calibration_context
     store.write_dataset(table, buffers.solved_gains)
     buffers.img.mkdir(parents=True, exist_ok=True)
-    write_model(
-        buffers.img / MODEL_STORE, result, psfs, sumwt, residual, final_s, obs.frequencies, params
-    )
+    write_model(buffers.ical_model, result, psfs, sumwt, residual, final_s, obs.frequencies, params)
     rms = phase_rms(truth, result.gains)
     uvw0 = station_uvw(obs.uvw, obs.antenna1, obs.antenna2, nstations)
     shifted = shift_removed_phase_rms(truth, result.gains, uvw0, obs.frequencies)

@@ -20,7 +20,6 @@ from astropy.wcs import WCS
 
 from steps import atomic, store
 from steps.buffers import Buffers
-from steps.calibrate import MODEL_STORE
 from steps.log import LOG
 from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
@@ -35,8 +34,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     LOG.info("Imaging %d windows, %d x %d pixels", params.nfreqwin, params.npixel, params.npixel)
     calibrated = store.open_store(buffers.calibrated)  # the data the residuals were made of
     channel_width = float(calibrated.attrs["channel_width_hz"])
-    model_path = buffers.img / MODEL_STORE
-    products = store.open_dataset(model_path)
+    products = store.open_dataset(buffers.ical_model)
     model = products["MODEL"].values
     taylor = products["TAYLOR"].values
     psfs = products["PSF"].values  # float32; moments accumulate in float64

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -324,10 +324,12 @@ def image_band(
     return out
 
 
-@dataclass(frozen=True, eq=False)
-class Model:
+class Model(NamedTuple):
     """A band's model: window ``c``'s image is ``sum_j coeff[c, j] images[j]``; ``images`` is
-    None while the model is empty; ``version`` changes whenever the images do."""
+    None while the model is empty; ``version`` changes whenever the images do.
+
+    Tasks take it as its three parts (``*model``), so that the images all bands share (the
+    Taylor terms) travel to each worker once."""
 
     images: np.ndarray | None
     coeff: np.ndarray
@@ -353,7 +355,9 @@ def band_prediction(
 
 def band_equations(
     band: Sequence[Window],
-    model: Model,
+    images: np.ndarray | None,
+    coeff: np.ndarray,
+    version: int,
     tables: Sequence[dict[str, np.ndarray]],
     term_name: str,
     cycle: int,
@@ -361,7 +365,7 @@ def band_equations(
 ) -> tuple[gains.Equations, float]:
     """The band's share of a global solution of ``term_name`` (its windows' equations
     summed) and the gridder seconds spent."""
-    model_vis, gridder_s = band_prediction(band, model, settings)
+    model_vis, gridder_s = band_prediction(band, Model(images, coeff, version), settings)
     active = active_terms(settings.terms, cycle)
     term = next(t for t in active if t.name == term_name)
     shares = [
@@ -385,7 +389,7 @@ def solve_global(
     tables, the reports and the gridder seconds spent predicting."""
     reports, gridder = [], 0.0
     for term in active_terms(settings.terms, cycle):
-        args = [(m, t, term.name, cycle, settings) for m, t in zip(models, tables, strict=True)]
+        args = [(*m, t, term.name, cycle, settings) for m, t in zip(models, tables, strict=True)]
         total = None
         for eq, seconds in mapper(band_equations, args):
             total = eq if total is None else total + eq
@@ -416,14 +420,17 @@ class CycleResult:
 
 def band_cycle(
     band: Sequence[Window],
-    model: Model,
+    images: np.ndarray | None,
+    coeff: np.ndarray,
+    version: int,
     tables: Sequence[dict[str, np.ndarray]],
     cycle: int,
     settings: Settings,
 ) -> CycleResult:
     """Predict, solve (unless solved globally), apply, image the residual and (per-window
-    algorithms) deconvolve it, for each window of the band."""
+    algorithms) deconvolve it, for each window of the band (model: ``Model``'s parts)."""
     t_start = time.perf_counter()
+    model = Model(images, coeff, version)
     model_vis, gridder = band_prediction(band, model, settings)
     new_tables, gain_list, residual_vis = [], [], []
     reports: list[SolveReport] = []
@@ -601,7 +608,7 @@ def run_ical(
         if settings.global_solution and cycle and np.any(model):
             tables, solved, seconds = solve_global(current, tables, cycle, settings, mapper)
             gridder += seconds
-        args = [(m, t, cycle, settings) for m, t in zip(current, tables, strict=True)]
+        args = [(*m, t, cycle, settings) for m, t in zip(current, tables, strict=True)]
         # the bands' residual images, summed: the moments (MS-MFS) or the MFS image
         residual = np.zeros((nt, npix, npix))
         tables, gain_list, reports, ncomp = [], [], list(solved), 0
