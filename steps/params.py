@@ -166,7 +166,7 @@ class Params(BaseModel):
         4,
         ge=1,
         le=1024,
-        description="Windows gridded together (one ducc0 call per Taylor term) in one ICAL task",
+        description="Windows per ICAL task, gridded together (fewer past 64 MiB of visibilities)",
     )
     t_phase_only: bool = Field(True, description="T solves phase only")
     g_phase_only: bool = Field(False, description="G solves phase only")
