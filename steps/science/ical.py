@@ -586,7 +586,8 @@ def run_ical(
     nt = min(settings.nmoment, nwin) if joint else 1
     taylor_w = deconvolve.taylor_weights(freqs, float(freqs.mean()), 2 * nt - 1)
     psf_moments = deconvolve.moments(psfs, taylor_w, sumwt) if joint else None
-    model = np.zeros((nwin, npix, npix))
+    # per-window models: the state of per-window algorithms; MS-MFS keeps Taylor terms only
+    model = np.zeros((0 if joint else nwin, npix, npix))
     taylor = np.zeros((nt, npix, npix))
     unit = np.ones((ntimes, nstations), dtype=np.complex128)
     tables = [[{t.name: unit.copy() for t in settings.terms} for _ in m] for m in members]
@@ -605,7 +606,7 @@ def run_ical(
         t_cycle = time.perf_counter()
         current = models(cycle == 0)
         solved: list[SolveReport] = []
-        if settings.global_solution and cycle and np.any(model):
+        if settings.global_solution and version > 0:  # a model to solve against
             tables, solved, seconds = solve_global(current, tables, cycle, settings, mapper)
             gridder += seconds
         args = [(*m, t, cycle, settings) for m, t in zip(current, tables, strict=True)]
@@ -629,7 +630,6 @@ def run_ical(
         if joint:
             found = deconvolve_joint(residual, psf_moments, settings)
             taylor += found.model
-            model += deconvolve.cube_from_taylor(found.model, taylor_w[:nt])
             ncomp = found.ncomponents
         else:
             taylor = deconvolve.moments(model, taylor_w[:nt], sumwt)
@@ -661,7 +661,15 @@ def run_ical(
             )
     window_tables = [t for band in tables for t in band]
     return IcalResult(
-        model, taylor, window_tables, gain_all, models(False), record, gridder, minor, busy
+        deconvolve.cube_from_taylor(taylor, taylor_w[:nt]) if joint else model,
+        taylor,
+        window_tables,
+        gain_all,
+        models(False),
+        record,
+        gridder,
+        minor,
+        busy,
     )
 
 
