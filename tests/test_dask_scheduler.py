@@ -108,3 +108,31 @@ def test_a_step_waits_for_the_workers_of_an_external_cluster():
         pytest.raises(RuntimeError, match="no Dask worker joined"),
     ):
         wait_for_workers(client, 2, 0.5)
+
+
+def _after(band: list, delay: float, shared, index: int) -> tuple[int, float]:
+    time.sleep(delay)
+    return index, float(shared.sum())
+
+
+def test_the_mapper_hands_results_on_in_band_order_and_scatters_shared_arguments_once():
+    """Later bands finish first; the results still come in band order, and an argument all
+    bands share is one scattered object on the cluster, not one per band."""
+    import numpy as np
+    from dask.distributed import LocalCluster
+
+    from steps.calibrate import dask_mapper
+
+    shared = np.arange(4.0)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as local,
+        Client(local) as client,
+    ):
+        results = dask_mapper(client, [[], [], [], []])(
+            _after, [(0.4 - 0.1 * i, shared, i) for i in range(4)]
+        )
+        arrays = [key for key in client.who_has() if str(key).startswith("ndarray")]
+        assert len(arrays) == 1
+        assert list(results) == [(i, 6.0) for i in range(4)]
