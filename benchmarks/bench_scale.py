@@ -20,7 +20,7 @@ than a period is missed) and peak RSS, both of the largest single process and of
   simulate's time;
 - ``largest_simulate_corrupt``: simulate and corrupt of the largest configuration;
 - ``gridder_limit``: the calibrate step of the seed (n_workers 2, ``nmajor`` 5) against the
-  same 14 ducc0 calls per window made directly on the same uvw, one thread each, divided by
+  same ducc0 calls (per band) made directly on the same uvw, one thread each, divided by
   the cores.
 """
 
