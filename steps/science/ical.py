@@ -454,7 +454,7 @@ def band_cycle(
         increments = []
         for win, image in zip(band, residual, strict=True):
             found, _, n = deconvolve_single(
-                image.astype(np.float64) / max(win.sumwt, 1e-300), win.psf, settings
+                normalised(image.astype(np.float64), win.sumwt), win.psf, settings
             )
             increments.append(found)
             ncomp += n
@@ -478,24 +478,21 @@ def corrected_vis(win: Window, tables: dict[str, np.ndarray]) -> np.ndarray:
     return gains.apply_gains(win.vis, total, win.ant1, win.ant2, inverse=True)
 
 
+def normalised(image: np.ndarray, sumwt: float) -> np.ndarray:
+    """A window's image divided by its sum of imaging weights (Jy/beam), in its precision;
+    a window without weight keeps its zero image."""
+    return image / image.dtype.type(sumwt) if sumwt > 0 else image
+
+
 def final_residuals(
     band: Sequence[Window], corrected: Sequence[np.ndarray], model: Model, settings: Settings
 ) -> list[np.ndarray]:
     """Each window's residual image (Jy/beam, in the gridder's precision) of its corrected
     data less the prediction of the final model."""
     model_vis, _ = band_prediction(band, model, settings)
-    out = []
-    for win, data, vis in zip(band, corrected, model_vis, strict=True):
-        image = imaging.dirty(
-            win.uvw,
-            np.array([win.freq_hz]),
-            (data - vis).reshape(-1, 1),
-            win.imaging_weight.reshape(-1, 1),
-            nthreads=settings.nthreads,
-            **settings.grid(),
-        )
-        out.append(image / image.dtype.type(win.sumwt) if win.sumwt > 0 else image)
-    return out
+    residual_vis = [data - vis for data, vis in zip(corrected, model_vis, strict=True)]
+    images = image_band(band, residual_vis, np.eye(len(band)), settings)  # one per window
+    return [normalised(image, win.sumwt) for win, image in zip(band, images, strict=True)]
 
 
 def deconvolve_single(

@@ -58,7 +58,7 @@ def dirty(
     """Weighted sum ``sum_rc w_rc V_rc exp(...)`` over rows and channels (not normalised):
     the adjoint of ``predict``, (npixel, npixel) in the gridder's precision."""
     real = real_type(epsilon)
-    image = vis2dirty(
+    return vis2dirty(
         uvw=_ducc_uvw(uvw),
         freq=np.asarray(freqs_hz, dtype=np.float64),
         vis=np.ascontiguousarray(vis, dtype=np.result_type(real, np.complex64)),
@@ -73,7 +73,6 @@ def dirty(
         nthreads=nthreads,
         **_FLIPS,
     )
-    return image
 
 
 def invert(
