@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +56,14 @@ def _forkserver(preload: Sequence[str], threads: int) -> None:
     )
     for name in THREAD_ENV[:3]:  # inherited by the forkserver when it starts (first worker)
         os.environ.setdefault(name, str(threads))
+
+
+def prestart(n_workers: int, preload: Sequence[str]) -> None:
+    """Start the workers' forkserver now, so that it imports ``preload`` on another core while
+    the step imports its own modules and reads its inputs (nothing to do for a scheduler)."""
+    if not os.environ.get(SCHEDULER_ENV):
+        _forkserver(preload, threads_per_worker(n_workers))
+        multiprocessing.forkserver.ensure_running()
 
 
 @contextmanager

@@ -27,6 +27,7 @@ OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 # always made anew (the claim daemon runs beside the others: never recorded)
 PIPELINE = ("simulate", "corrupt", "calibrate", "image")
 RECORDED = {*PIPELINE, "report"}
+DASK_STEPS = ("simulate", "corrupt", "calibrate")  # the steps that run a Dask EE
 
 
 def write_outputs(outputs: dict[str, str]) -> None:
@@ -85,7 +86,12 @@ def run_step(name: str, raw: dict[str, str]) -> int:
     else:
         upstream = PIPELINE[: PIPELINE.index(name)] if name in PIPELINE else PIPELINE
         before, inputs = manifest.snapshot(dirs), manifest.recorded_files(dirs, upstream)
-        module = importlib.import_module(f"steps.{name.replace('-', '_')}")
+        module_name = f"steps.{name.replace('-', '_')}"
+        if name in DASK_STEPS:  # imported here: the light steps need no Dask
+            from steps import dask_ee
+
+            dask_ee.prestart(params.n_workers, [module_name])
+        module = importlib.import_module(module_name)
         try:
             outputs = {k: str(v) for k, v in (module.run(params, buffers) or {}).items()}
         except Exception as exc:

@@ -1,6 +1,9 @@
 """Scale: time-chunked stores, per-(window, time chunk) tasks, and the thread rule."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import zarr
@@ -75,3 +78,26 @@ def test_workers_never_exceed_the_cores():
         results = map_tasks(client, "env", lambda _: _thread_env(), [(0,), (1,)])
     threads = threads_per_worker(2)
     assert results == [(str(threads), threads)] * 2
+
+
+PRESTART = """
+import json, multiprocessing.forkserver as fs, os, sys
+from steps.dask_ee import engine, map_tasks, prestart
+prestart(2, ["steps.corrupt"])
+server = fs._forkserver._forkserver_pid
+with engine(2, ["steps.corrupt"]) as client:
+    seen = map_tasks(client, "w", lambda _: (os.getppid(), "steps.corrupt" in sys.modules), [(0,)])
+print(json.dumps([server, "steps.corrupt" in sys.modules, *seen[0]]))
+"""
+
+
+def test_prestarted_forkserver_imports_the_step_and_forks_the_workers():
+    """The runner starts the workers' forkserver before importing the step itself: the
+    workers are forked from that server, with the step module already imported."""
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", PRESTART], env=env, capture_output=True, text=True, check=True
+    )
+    server, in_step, parent, in_worker = json.loads(done.stdout.splitlines()[-1])
+    assert server and not in_step  # the step process itself has not imported it yet
+    assert parent == server and in_worker
