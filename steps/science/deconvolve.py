@@ -30,7 +30,8 @@ from typing import Literal
 
 import numpy as np
 from numba import njit
-from scipy import signal
+
+from steps.science.convolution import convolve
 
 TILE = 16
 
@@ -375,14 +376,14 @@ def msmfs_moments(
     t_abs = max(threshold, fractional_threshold * float(np.max(np.abs(dmom[0]))))
 
     def smooth(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        return image if kernel.size == 1 else signal.fftconvolve(image, kernel, mode="same")
+        return image if kernel.size == 1 else convolve(image, kernel)
 
     res = np.stack([[smooth(d, k) for d in dmom] for k in kernels])
     psfs = np.empty((ns, ns, 2 * nt - 1, 2 * half, 2 * half))
     inner = slice(margin, margin + 2 * half)
     for s in range(ns):
         for p in range(s, ns):
-            both = signal.fftconvolve(kernels[s], kernels[p]) if s or p else kernels[0]
+            both = convolve(kernels[s], kernels[p], same=False) if s or p else kernels[0]
             for k in range(2 * nt - 1):
                 psfs[s, p, k] = psfs[p, s, k] = smooth(pmom[k], both)[inner, inner]
     idx = np.arange(nt)

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, optimize, signal
+from scipy import ndimage, optimize
+
+from steps.science.convolution import convolve
 
 FWHM_PER_SIGMA = float(np.sqrt(8.0 * np.log(2.0)))
 LOBE_LEVEL = 0.35
@@ -98,6 +100,4 @@ def restore(model: np.ndarray, residual: np.ndarray, beam: Beam) -> np.ndarray:
     """
     npix = max(model.shape[-2:])
     half = int(min(np.ceil(8.0 * beam.sigma_major_px), npix))
-    kernel = beam_kernel(beam, half).reshape((1,) * (model.ndim - 2) + (2 * half + 1,) * 2)
-    smooth = signal.fftconvolve(model, kernel, mode="same", axes=(-2, -1))
-    return smooth + residual
+    return convolve(model, beam_kernel(beam, half)) + residual
