@@ -10,6 +10,7 @@ from steps.params import Params
 
 BUFFER_ROOT_ENV = "BATCH_IMAGING_BUFFER_ROOT"
 DEFAULT_BUFFER_ROOT = "/buffer"
+BUFFER_PREFIX = "buffer:"
 PREVIEWS = {  # name -> caption of each preview PNG the report step draws
     "restored": "Restored image",
     "residual": "Residual image",
@@ -23,6 +24,15 @@ PREVIEWS = {  # name -> caption of each preview PNG the report step draws
 def buffer_root() -> Path:
     """The directory holding the buffers: the PVC mount root in a pod, any directory locally."""
     return Path(os.environ.get(BUFFER_ROOT_ENV, DEFAULT_BUFFER_ROOT))
+
+
+def resolve(reference: str) -> Path:
+    """The file a ``sky_model``/``configuration`` value names: ``buffer:<name>/<file>`` lies
+    inside buffer ``<name>`` under the buffer root; anything else is a path (relative paths
+    against the working directory)."""
+    if reference.startswith(BUFFER_PREFIX):
+        return buffer_root() / reference.removeprefix(BUFFER_PREFIX)
+    return Path(reference)
 
 
 @dataclass(frozen=True)

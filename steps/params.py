@@ -347,10 +347,9 @@ def file_reference(value: str, names: tuple[str, ...]) -> str:
 def _readable(reference: str, field: str) -> Any:
     """Parse a catalogue (``sky_model``) or layout (``configuration``) file if it is reachable
     here (a ``buffer:`` file may exist only where the buffers are mounted); None if not."""
-    from steps.buffers import buffer_root
-    from steps.science.catalogue import resolve
+    from steps.buffers import resolve
 
-    path = resolve(reference, buffer_root())
+    path = resolve(reference)
     if not path.is_file():
         return None
     stat = path.stat()

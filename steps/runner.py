@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from steps import manifest, resources
-from steps.buffers import Buffers, buffer_root
+from steps.buffers import Buffers, resolve
 from steps.configdb import ConfigDB, connect
 from steps.log import LOG
 from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
-from steps.science.catalogue import resolve
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 # the steps whose products are recorded in the buffer manifests and reused when unchanged,
@@ -62,7 +61,7 @@ def key_parameters(params: Params) -> dict[str, Any]:
     for field, named in NAMED_FILES.items():
         reference = values[field]
         if reference not in named:
-            path = resolve(reference, buffer_root())
+            path = resolve(reference)
             values[f"{field}_sha256"] = manifest.sha256(path) if path.is_file() else None
     return values
 

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from steps import atomic, store
-from steps.buffers import Buffers, buffer_root
+from steps.buffers import Buffers, resolve
 from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
 from steps.params import Params
@@ -53,7 +53,7 @@ def load_layout(configuration: str) -> layout.Stations:
     """A shipped layout by name or a layout CSV (path or ``buffer:<name>/<file>``)."""
     if configuration in layout.CONFIGURATIONS:
         return layout.load_stations(configuration)
-    path = catalogue.resolve(configuration, buffer_root())
+    path = resolve(configuration)
     stations = layout.read_layout(path)
     return replace(stations, provenance=f"{stations.provenance}, sha256 {_sha256(path)}")
 
@@ -86,7 +86,7 @@ def sky_components(params: Params) -> tuple[sky.Components, str]:
             f"alpha ~ N({synthetic.ALPHA_MEAN:g}, {synthetic.ALPHA_SCATTER:g}), "
             f"within {radius:.3f} deg of the phase centre"
         )
-    path = catalogue.resolve(params.sky_model, buffer_root())
+    path = resolve(params.sky_model)
     components = catalogue.read_catalogue(path)
     return components, f"catalogue {path} ({len(components.names)} sources, sha256 {_sha256(path)})"
 

@@ -28,7 +28,6 @@ import numpy as np
 
 from steps.science.sky import Components
 
-BUFFER_PREFIX = "buffer:"
 CSV_REQUIRED = ("name", "ra_deg", "dec_deg", "flux_jy", "ref_freq_hz", "alpha")
 CSV_OPTIONAL = ("curvature", "major_arcsec", "minor_arcsec", "pa_deg")
 SOURCEDB_REQUIRED = ("Name", "Type", "Ra", "Dec", "I")
@@ -40,17 +39,6 @@ class CatalogueError(ValueError):
 
     def __init__(self, path: Path | str, line: int, field: str, message: str) -> None:
         super().__init__(f"{path}, line {line}, field {field}: {message}")
-
-
-def resolve(reference: str, buffer_root: Path) -> Path:
-    """The file a ``sky_model``/``configuration`` value names.
-
-    ``buffer:<name>/<file>`` lies inside buffer ``<name>`` under ``buffer_root``; anything
-    else is a path (relative paths against the working directory).
-    """
-    if reference.startswith(BUFFER_PREFIX):
-        return buffer_root / reference.removeprefix(BUFFER_PREFIX)
-    return Path(reference)
 
 
 def read_catalogue(path: Path) -> Components:
