@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.wcs import WCS
+
+if TYPE_CHECKING:  # annotation only: calibrate imports this module without astropy
+    from astropy.wcs import WCS
 
 C_M_S = 299792458.0
 
