@@ -85,15 +85,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    from dag import bridge, outputs, sdp
-    from dag.workflow import EXIT_STEP, STEPS
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; for ``command`` "step" (every container's entry point) only that
+    subcommand, so that a step starts without importing Hera, the bridge or the Argo client."""
+    from steps.runner import EXIT_STEP, STEPS
 
     top = argparse.ArgumentParser(
         prog="batch-imaging", description="SKA SDP batch imaging workflow (Argo DAG, local engine)"
     )
     top.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     sub = top.add_subparsers(dest="command", required=True)
+    step = sub.add_parser("step", help="run one step (the container entry point)")
+    step.add_argument("name", choices=[*STEPS, EXIT_STEP])
+    step.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    step.set_defaults(func=cmd_step)
+    if command == "step":
+        return top
+    from dag import bridge, outputs, sdp
 
     run = sub.add_parser("run", help="run the whole DAG on this machine")
     run.add_argument("params", help="JSON file of processing-block parameters")
@@ -116,12 +124,6 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--check", action="store_true", help="only check they are up to date")
     render.set_defaults(func=cmd_render)
     __import__("dag.argo", fromlist=["add_commands"]).add_commands(sub)  # submit, status, logs
-
-    step = sub.add_parser("step", help="run one step (the container entry point)")
-    step.add_argument("name", choices=[*STEPS, EXIT_STEP])
-    step.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-    step.set_defaults(func=cmd_step)
-
     params = sub.add_parser("params", help="the parameter model")
     params.add_argument("action", choices=["schema", "validate"])
     params.add_argument("file", nargs="?", help="parameter file to validate")
@@ -137,7 +139,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     log.setup(args.debug)
     if getattr(args, "action", None) == "validate" and not args.file:
         parser().error("params validate needs a FILE")

@@ -20,11 +20,10 @@ from hera.workflows import models as m
 
 from steps.buffers import PREVIEWS, Buffers
 from steps.params import Params
+from steps.runner import EXIT_STEP, STEPS
 
 NAME = "batch-imaging"
 SERVICE_ACCOUNT = NAME
-STEPS = ("claim", "buffer-reserve", "simulate", "corrupt", "calibrate", "image", "report")
-EXIT_STEP = "release"
 CLAIM_STEP = "claim"
 BUFFERS = {"buffer-vis": "buffer_vis", "buffer-img": "buffer_img"}
 HEAVY = {"simulate", "corrupt", "calibrate", "image", "report"}

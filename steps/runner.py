@@ -21,6 +21,9 @@ from steps.log import LOG
 from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
+# the DAG's tasks, one module of this package each, and the exit handler
+STEPS = ("claim", "buffer-reserve", "simulate", "corrupt", "calibrate", "image", "report")
+EXIT_STEP = "release"
 # the steps whose products are recorded in the buffer manifests and reused when unchanged,
 # in the order they run (each reads its predecessors' products); the report is recorded but
 # always made anew (the claim daemon runs beside the others: never recorded)
