@@ -264,9 +264,9 @@ class Params(BaseModel):
     def _check_sky(self) -> None:
         """A synthetic sky is finite and a catalogue file parses (GLEAM's coverage of the
         field is checked by simulate, which names the alternatives)."""
-        from steps.science import sky, synthetic
-
         if self.sky_model == "synthetic":
+            from steps.science import sky, synthetic
+
             if self.flux_limit <= 0:
                 raise _field_error("flux_limit", self.flux_limit, "must be > 0 for synthetic")
             radius = sky.image_radius_deg(self.npixel, self.cellsize)

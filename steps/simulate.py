@@ -23,7 +23,7 @@ from steps.buffers import Buffers, resolve
 from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
 from steps.params import Params
-from steps.science import catalogue, layout, predict, sky, synthetic
+from steps.science import beam, catalogue, layout, predict, sky, synthetic
 
 OUTPUTS = ("model", "components")
 
@@ -68,7 +68,7 @@ def sky_components(params: Params) -> tuple[sky.Components, str]:
             params.freq_min,
             params.npixel,
             params.cellsize,
-            sky.StationBeam(),
+            beam.StationBeam(),
         )
         if problem:
             raise ValueError(f"sky_model = 'gleam': {problem}")
@@ -109,7 +109,7 @@ def field_components(params: Params) -> tuple[sky.Components, np.ndarray, str]:
         )
     components = components.select(inside)
     apparent = sky.apparent_flux(
-        components, np.asarray(params.frequencies()), params.ra, params.dec, sky.StationBeam()
+        components, np.asarray(params.frequencies()), params.ra, params.dec, beam.StationBeam()
     )
     return components, apparent, provenance
 

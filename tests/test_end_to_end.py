@@ -10,7 +10,7 @@ from astropy.wcs import WCS
 
 from steps.buffers import PREVIEWS
 from steps.metrics import peak_near
-from steps.science import sky
+from steps.science import beam, sky
 from tests.cli import batch_imaging
 
 SMALL = {
@@ -95,7 +95,7 @@ def test_brightest_source_restored_at_its_position_and_flux(run):
     freqs = wcs.sub(["spectral"]).pixel_to_world_values(np.arange(data.shape[0]))
     half_width_deg = math.degrees(SMALL["npixel"] * SMALL["cellsize"] / 2)
     components = sky.load_gleam(3.0, 0.0, -30.0, 2 * half_width_deg)
-    apparent = sky.apparent_flux(components, freqs, 0.0, -30.0, sky.StationBeam())
+    apparent = sky.apparent_flux(components, freqs, 0.0, -30.0, beam.StationBeam())
     for window in range(data.shape[0]):
         brightest = int(np.argmax(apparent[:, window]))
         x, y = wcs.celestial.world_to_pixel_values(

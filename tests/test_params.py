@@ -1,6 +1,9 @@
 """The parameter model: the seed's defaults and a clear error for every invalid value."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +100,22 @@ def test_schema_lists_every_field():
     schema = Params.model_json_schema()
     assert set(SEED_EXAMPLE) <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+LIGHT_START = """
+import json, sys
+from dag.cli import parser
+from steps.params import parse_strings
+parser("step").parse_args(["step", "release"])
+parse_strings({k: str(v) for k, v in json.load(open(sys.argv[1])).items()})
+print(json.dumps([m for m in ("hera", "astropy", "scipy", "dask", "xarray") if m in sys.modules]))
+"""
+
+
+def test_a_step_starts_and_checks_its_parameters_without_the_heavy_libraries():
+    """Every container starts as ``batch-imaging step NAME -p ...`` and checks its parameters:
+    neither imports Hera, astropy, scipy, Dask or xarray (the light steps would pay for them)."""
+    example = Path(__file__).parent.parent / "examples" / "batch_imaging.json"
+    command = [sys.executable, "-c", LIGHT_START, str(example)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []

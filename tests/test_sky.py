@@ -1,12 +1,12 @@
-"""Tests for steps.science.sky."""
+"""Tests for steps.science.sky and steps.science.beam."""
 
 import numpy as np
 import pytest
 
+from steps.science.beam import StationBeam
 from steps.science.sky import (
     DATA_DIR,
     Components,
-    StationBeam,
     angular_separation_deg,
     apparent_flux,
     lmn,

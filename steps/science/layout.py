@@ -13,9 +13,7 @@ Frames
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import astropy.units as u
 import numpy as np
-from astropy.time import Time
 
 from steps.science.catalogue import CatalogueError, number
 
@@ -358,6 +356,9 @@ def observation_times(ra_deg: float, hour_angles_rad: np.ndarray, lon_deg: float
     sidereal time at ``lon_deg`` equals ``ra_deg`` (the J2000 RA is used
     as is); hour angle H is reached H * 86164.0905 / (2 pi) s later.
     """
+    import astropy.units as u  # here: parameter checks load layouts without astropy
+    from astropy.time import Time
+
     sidereal_day = SIDEREAL_DAY_S / SOLAR_DAY_S
     transit = Time("2020-01-01T00:00:00", scale="utc")
     lst = transit.sidereal_time("apparent", longitude=lon_deg).deg
