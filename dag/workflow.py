@@ -8,7 +8,6 @@ the workflow parameters passed as separate arguments (never through a shell).
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 from importlib.metadata import version
@@ -20,7 +19,7 @@ from hera.workflows import models as m
 
 from steps.buffers import PREVIEWS, Buffers
 from steps.params import Params
-from steps.runner import EXIT_STEP, STEPS
+from steps.runner import EXIT_STEP, OUTPUTS, STEPS
 
 NAME = "batch-imaging"
 SERVICE_ACCOUNT = NAME
@@ -89,11 +88,6 @@ POD_SECURITY = m.PodSecurityContext(
 def default_image() -> str:
     """The container image reference: ``$BATCH_IMAGING_IMAGE`` or batch-imaging:<version>."""
     return os.environ.get(IMAGE_ENV, f"{NAME}:{version('batch-imaging')}")
-
-
-def step_outputs(step: str) -> tuple[str, ...]:
-    """Names of the output parameters a step writes (declared by its module)."""
-    return importlib.import_module(f"steps.{step.replace('-', '_')}").OUTPUTS
 
 
 def _parameter_args() -> list[str]:
@@ -179,7 +173,7 @@ def _container(step: str, image: str, name: str | None = None) -> Container:
     daemon = step == CLAIM_STEP  # holds the lease-bound claim while the DAG runs
     outputs: list[Parameter | Artifact] = [
         Parameter(name=output, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{output}", default=""))
-        for output in step_outputs(step)
+        for output in OUTPUTS[step]
     ]
     if name == ARTIFACTS_TEMPLATE:
         outputs += report_artifacts()

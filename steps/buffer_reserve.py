@@ -14,8 +14,6 @@ from steps.configdb import ConfigDB, connect
 from steps.log import LOG
 from steps.params import Params
 
-OUTPUTS = ("buffer_vis", "buffer_img")
-
 
 class BufferError(RuntimeError):
     """A buffer is not mounted or not writable."""

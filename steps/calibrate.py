@@ -38,8 +38,6 @@ from steps.metrics import phase_rms, shift_removed_phase_rms, station_uvw
 from steps.params import Params
 from steps.science import ical, imaging
 
-OUTPUTS = ("calibrated", "phase_rms_rad")
-
 
 def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) -> ical.Settings:
     """ICAL settings from the parameters."""

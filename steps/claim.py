@@ -17,7 +17,6 @@ from steps.log import LOG
 from steps.params import Params
 from steps.runner import write_outputs
 
-OUTPUTS: tuple[str, ...] = ()  # readiness is signalled by the "claimed" file
 POLL_S = 0.5
 LEASE_TTL_S = 10
 

@@ -14,8 +14,6 @@ from steps.log import LOG
 from steps.params import Params
 from steps.science import gains
 
-OUTPUTS = ("corrupted", "gains")
-
 
 def corrupt_window(
     index: int, times: slice, source: Path, target: Path, true_gains: np.ndarray

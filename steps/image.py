@@ -25,7 +25,6 @@ from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
 from steps.science import deconvolve, fitsio, restore
 
-OUTPUTS = ("restored", "restored_peak_jy", "dynamic_range")
 ALPHA_SNR = 10.0  # spectral index where the restored MFS image exceeds this many residual rms
 
 

@@ -14,8 +14,6 @@ from steps.configdb import ConfigDB, PBStatus, connect
 from steps.log import LOG
 from steps.params import Params
 
-OUTPUTS = ("status",)
-
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
     del buffers

@@ -19,7 +19,6 @@ from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
 from steps.params import Params
 
-OUTPUTS = ("report",)
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1100px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }

@@ -24,6 +24,18 @@ OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 # the DAG's tasks, one module of this package each, and the exit handler
 STEPS = ("claim", "buffer-reserve", "simulate", "corrupt", "calibrate", "image", "report")
 EXIT_STEP = "release"
+# the output parameters each step's ``run`` returns (declared here, so that the workflow
+# definition needs none of the step modules)
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "claim": (),  # readiness is signalled by the "claimed" file
+    "buffer-reserve": ("buffer_vis", "buffer_img"),
+    "simulate": ("model", "components"),
+    "corrupt": ("corrupted", "gains"),
+    "calibrate": ("calibrated", "phase_rms_rad"),
+    "image": ("restored", "restored_peak_jy", "dynamic_range"),
+    "report": ("report",),
+    "release": ("status",),
+}
 # the steps whose products are recorded in the buffer manifests and reused when unchanged,
 # in the order they run (each reads its predecessors' products); the report is recorded but
 # always made anew (the claim daemon runs beside the others: never recorded)
@@ -96,6 +108,11 @@ def run_step(name: str, raw: dict[str, str]) -> int:
         module = importlib.import_module(module_name)
         try:
             outputs = {k: str(v) for k, v in (module.run(params, buffers) or {}).items()}
+            if sorted(outputs) != sorted(OUTPUTS[name]):
+                raise RuntimeError(
+                    f"step {name} returned the outputs {sorted(outputs)}, "
+                    f"but declares {list(OUTPUTS[name])}"
+                )
         except Exception as exc:
             failed = {"finished": _iso(time.time()), "phase": "Failed", "message": str(exc)}
             record(params, name, {**entry, **failed})

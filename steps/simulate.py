@@ -25,8 +25,6 @@ from steps.log import LOG
 from steps.params import Params
 from steps.science import beam, catalogue, layout, predict, sky, synthetic
 
-OUTPUTS = ("model", "components")
-
 
 def observation(params: Params) -> tuple[layout.Stations, store.Layout]:
     """Stations within rmax and the store coordinates of the observation."""

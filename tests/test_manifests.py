@@ -17,9 +17,10 @@ from kubernetes import client as k8s
 
 from dag import render
 from dag.local import substitute
-from dag.workflow import HEAVY, NAME, PB_LABEL, SBI_LABEL, STEPS, step_outputs
+from dag.workflow import HEAVY, NAME, PB_LABEL, SBI_LABEL, STEPS
 from steps.buffers import PREVIEWS
 from steps.params import Params
+from steps.runner import OUTPUTS
 
 SCHEMA = Path(__file__).resolve().parents[2] / "shared/data/argo/argo-workflows-v4.1.2.schema.json"
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
@@ -226,7 +227,7 @@ def test_every_step_container_is_hardened_and_sized() -> None:
         if step != "claim":
             assert tpl["retryStrategy"]["backoff"]["factor"] == "2"
         outputs = [p["name"] for p in tpl.get("outputs", {}).get("parameters", [])]
-        assert outputs == list(step_outputs(step))
+        assert outputs == list(OUTPUTS[step])
 
 
 def test_outputs_the_ui_shows() -> None:

@@ -1,0 +1,44 @@
+"""The step runner's contract: a step writes exactly the output parameters it declares."""
+
+import pytest
+
+from dag.runner import embedded_db, register
+from steps import params as parameters
+from steps import runner
+from steps.buffers import BUFFER_ROOT_ENV, Buffers
+from steps.configdb import ConfigDB, open_backend
+
+
+@pytest.fixture
+def block(tmp_path, monkeypatch):
+    raw = {"pb_id": "pb-runner-20261201-00000"}
+    params = parameters.parse({**raw, "config_db": embedded_db(tmp_path)})
+    with ConfigDB(open_backend(params.config_db)) as db:
+        register(db, params, raw)
+    buffers = Buffers.of(params, tmp_path)
+    buffers.vis.mkdir(), buffers.img.mkdir()  # the volumes, as mounted in a pod
+    monkeypatch.setenv(BUFFER_ROOT_ENV, str(tmp_path))
+    monkeypatch.setenv(runner.OUTPUTS_ENV, str(tmp_path / "outputs"))
+    return params, tmp_path
+
+
+def _phase(params: parameters.Params, step: str) -> str:
+    with ConfigDB(open_backend(params.config_db)) as db:
+        return db.run(lambda txn: txn.get_state(params.pb_id)).steps[step]["phase"]
+
+
+def test_a_step_writes_its_declared_outputs(block):
+    params, root = block
+    assert runner.run_step("buffer-reserve", params.as_strings()) == 0
+    written = sorted(p.name for p in (root / "outputs").iterdir())
+    assert written == sorted(runner.OUTPUTS["buffer-reserve"])
+    assert _phase(params, "buffer-reserve") == "Succeeded"
+
+
+def test_a_step_returning_undeclared_outputs_fails_and_is_marked_failed(block, monkeypatch):
+    params, root = block
+    monkeypatch.setitem(runner.OUTPUTS, "buffer-reserve", ("buffer_vis",))
+    with pytest.raises(RuntimeError, match=r"returned the outputs \['buffer_img', 'buffer_vis'\]"):
+        runner.run_step("buffer-reserve", params.as_strings())
+    assert _phase(params, "buffer-reserve") == "Failed"
+    assert not (root / "outputs").exists()
