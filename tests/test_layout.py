@@ -133,15 +133,22 @@ def test_uvw_zenith_is_enu() -> None:
     np.testing.assert_allclose(uvw, enu, atol=0.5)
 
 
-def test_observation_times() -> None:
+@pytest.mark.parametrize("ra_deg", [0.0, 150.0, 359.0])
+def test_observation_times(ra_deg: float) -> None:
+    """Against astropy's apparent sidereal time (with its IERS tables and polar motion): the
+    hour angles are reached to 1 ms of time (a sign error in UT1 - UTC would be 0.35 s)."""
     ha = np.linspace(-np.pi / 6, np.pi / 6, 5)
     lon = layout.SKA1_LOW_REF[0]
-    times = layout.observation_times(0.0, ha, lon)
+    times = layout.observation_times(ra_deg, ha, lon)
     lst = Time(times / 86400.0, format="mjd", scale="utc").sidereal_time("apparent", longitude=lon)
+    hour_angle_h = lst.hour - ra_deg / 15.0
     np.testing.assert_allclose(
-        ((lst.hour - np.degrees(ha) / 15.0 + 12.0) % 24.0) - 12.0, 0.0, atol=1e-5
+        ((hour_angle_h - np.degrees(ha) / 15.0 + 12.0) % 24.0) - 12.0, 0.0, atol=1e-3 / 3600
     )
     assert Time(times[2] / 86400.0, format="mjd").iso.startswith("2020-01-01")
+    assert Time("2020-01-01T12:00:00").delta_ut1_utc == pytest.approx(
+        layout.DUT1_2020_01_01_S, abs=1e-3
+    )
     assert layout.integration_time(ha) == pytest.approx(3590.17, abs=0.01)
     assert layout.integration_time(ha[:1]) == layout.SINGLE_INTEGRATION_S
 

@@ -13,6 +13,7 @@ Frames
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import erfa
 import numpy as np
 
 from steps.science.catalogue import CatalogueError, number
@@ -23,6 +24,11 @@ WGS84_A = 6378137.0
 WGS84_F = 1.0 / 298.257223563
 SIDEREAL_DAY_S = 86164.0905
 SOLAR_DAY_S = 86400.0
+MJD_JD = 2400000.5  # JD of MJD 0
+TRANSIT_SEARCH_MJD = 58849.0  # 2020-01-01T00:00:00 UTC
+# UT1 - UTC then (IERS EOP 14 C04, as bundled with astropy; it drifts by < 0.5 ms over a day):
+# given, so that no IERS table is parsed (astropy's sidereal_time took 1-2 s for that)
+DUT1_2020_01_01_S = -0.1772
 SINGLE_INTEGRATION_S = 600.0
 
 CONFIGURATIONS = ("ska1-low", "lowbd2")
@@ -356,17 +362,21 @@ def observation_times(ra_deg: float, hour_angles_rad: np.ndarray, lon_deg: float
     sidereal time at ``lon_deg`` equals ``ra_deg`` (the J2000 RA is used
     as is); hour angle H is reached H * 86164.0905 / (2 pi) s later.
     """
-    import astropy.units as u  # here: parameter checks load layouts without astropy
-    from astropy.time import Time
-
     sidereal_day = SIDEREAL_DAY_S / SOLAR_DAY_S
-    transit = Time("2020-01-01T00:00:00", scale="utc")
-    lst = transit.sidereal_time("apparent", longitude=lon_deg).deg
-    transit = transit + (ra_deg - lst) % 360.0 / 360.0 * sidereal_day * u.day
-    lst = transit.sidereal_time("apparent", longitude=lon_deg).deg
-    transit = transit + ((ra_deg - lst + 180.0) % 360.0 - 180.0) / 360.0 * sidereal_day * u.day
+    mjd = TRANSIT_SEARCH_MJD
+    mjd += (ra_deg - apparent_lst_deg(mjd, lon_deg)) % 360.0 / 360.0 * sidereal_day
+    offset = (ra_deg - apparent_lst_deg(mjd, lon_deg) + 180.0) % 360.0 - 180.0
+    mjd += offset / 360.0 * sidereal_day
     h = np.asarray(hour_angles_rad, dtype=float)
-    return transit.mjd * SOLAR_DAY_S + h * SIDEREAL_DAY_S / (2.0 * np.pi)
+    return mjd * SOLAR_DAY_S + h * SIDEREAL_DAY_S / (2.0 * np.pi)
+
+
+def apparent_lst_deg(mjd_utc: float, lon_deg: float) -> float:
+    """Apparent local sidereal time (deg, IAU 2006/2000A, ERFA's ``gst06a``) at UTC
+    ``mjd_utc`` near 2020-01-01, polar motion neglected (< 1 ms of time)."""
+    ut1 = erfa.utcut1(MJD_JD, mjd_utc, DUT1_2020_01_01_S)
+    tt = erfa.taitt(*erfa.utctai(MJD_JD, mjd_utc))
+    return float((np.degrees(erfa.gst06a(*ut1, *tt)) + lon_deg) % 360.0)
 
 
 def integration_time(hour_angles_rad: np.ndarray) -> float:
