@@ -190,12 +190,14 @@ def open_store(path: Path) -> xr.Dataset:
 
 
 def open_dataset(path: Path) -> xr.Dataset:
-    """Open any complete store of this project (visibilities or gains)."""
+    """Open any complete store of this project (visibilities, gains, images), lazily: a
+    variable is read from its Zarr chunks when indexed (no Dask graph: the steps read whole
+    windows or small tables, and Dask's import and scheduling cost more than the reads)."""
     path = Path(path)
     if not path.is_dir():
         raise StoreError(f"store {path} does not exist")
     try:
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
+        ds = xr.open_zarr(path, consolidated=False, zarr_format=3, chunks=None)
     except Exception as exc:  # zarr raises several types for damaged stores
         raise StoreError(f"store {path} is unreadable: {exc}") from None
     if ds.attrs.get("schema_version") != SCHEMA_VERSION:
