@@ -21,11 +21,9 @@ from steps.log import LOG
 from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
-# the DAG's tasks, one module of this package each, and the exit handler
-STEPS = ("claim", "buffer-reserve", "simulate", "corrupt", "calibrate", "image", "report")
-EXIT_STEP = "release"
-# the output parameters each step's ``run`` returns (declared here, so that the workflow
-# definition needs none of the step modules)
+# the DAG's steps in order, one module of this package each, with the output parameters
+# each step's ``run`` returns (declared here, so that the workflow definition needs none of
+# the step modules); the last is the exit handler
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "claim": (),  # readiness is signalled by the "claimed" file
     "buffer-reserve": ("buffer_vis", "buffer_img"),
@@ -36,6 +34,8 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "report": ("report",),
     "release": ("status",),
 }
+EXIT_STEP = "release"
+STEPS = tuple(name for name in OUTPUTS if name != EXIT_STEP)
 # the steps whose products are recorded in the buffer manifests and reused when unchanged,
 # in the order they run (each reads its predecessors' products); the report is recorded but
 # always made anew (the claim daemon runs beside the others: never recorded)
