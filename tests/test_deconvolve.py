@@ -111,6 +111,28 @@ def test_msmfs_moments_and_weights() -> None:
     assert mom[1, 0, 0] == pytest.approx((0 * -0.1 + 0 + 2 * 2 * 0.1) / 4)
 
 
+def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> None:
+    """ICAL makes the PSF side once for all its minor cycles: cleaning does not change it,
+    it gives what a fresh one gives, and moments of another order are refused."""
+    pmom = deconvolve.moments(big_psfs, deconvolve.taylor_weights(FREQS, REF, 3), np.ones(5))
+    psf = deconvolve.couplings(pmom, (NPIX, NPIX), (0, 3), psf_support=40)
+    saved = psf.psfs.copy(), psf.hinv.copy()
+    dmom = np.stack(
+        [10 * _shifted(pmom[t], 64, 64) + 3 * _shifted(pmom[t + 1], 64, 64) for t in (0, 1)]
+    )
+    runs = [
+        deconvolve.msmfs_moments(dmom, p, niter=30, fractional_threshold=0.0)
+        for p in (psf, psf, deconvolve.couplings(pmom, (NPIX, NPIX), (0, 3), psf_support=40))
+    ]
+    assert [r.ncomponents for r in runs] == [30, 30, 30]
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.model, runs[0].model)
+    np.testing.assert_array_equal(psf.psfs, saved[0])
+    np.testing.assert_array_equal(psf.hinv, saved[1])
+    with pytest.raises(ValueError, match="3 residual moments, but couplings for 2"):
+        deconvolve.msmfs_moments(np.zeros((3, NPIX, NPIX)), psf)
+
+
 def test_window_and_support(big_psfs: np.ndarray) -> None:
     psf = big_psfs[2]
     dirty = 10 * _shifted(psf, 64, 64) + 4 * _shifted(psf, 40, 90)

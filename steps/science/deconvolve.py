@@ -339,56 +339,82 @@ def msmfs(
     taylor = taylor_weights(freqs, ref, 2 * nt - 1)
     extent = max(np.shape(cube[0])) if psf_support is None else int(psf_support)
     margin = max(scale_kernel(s).shape[0] for s in scales)
+    pmom = moments([_crop(p, extent + margin) for p in psfs_in], taylor, w)
     return msmfs_moments(
         moments(cube, taylor[:nt], w),
-        moments([_crop(p, extent + margin) for p in psfs_in], taylor, w),
-        scales,
+        couplings(pmom, np.shape(cube[0]), scales, psf_support),
         gain,
         niter,
         threshold,
         fractional_threshold,
         window,
-        psf_support,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class Couplings:
+    """The PSF side of MS-MFS CLEAN, fixed for given PSF moments and scales (an ICAL makes it
+    once for all its minor cycles): the scale kernels, the coupling PSFs ``P_{s,p,k}`` over
+    the patch (ns, ns, 2 nt - 1, 2 half, 2 half) and the inverse Hessians (ns, nt, nt), all
+    divided by the PSF's ``peak``."""
+
+    kernels: tuple[np.ndarray, ...]
+    psfs: np.ndarray
+    hinv: np.ndarray
+    peak: float
+
+
+def couplings(
+    pmom: np.ndarray,
+    shape: tuple[int, int],
+    scales: Sequence[float] = (0, 3, 10),
+    psf_support: int | None = 128,
+) -> Couplings:
+    """``Couplings`` of the PSF moments ``P_k`` (2 nt - 1, any size, centred on its
+    (ny//2, nx//2) pixel) for images of ``shape``; ``psf_support`` limits the patch to that
+    many pixels either side of a component (None: twice the image)."""
+    kernels = tuple(scale_kernel(s) for s in scales)
+    ns, nt = len(kernels), (len(pmom) + 1) // 2
+    margin = max(k.shape[0] for k in kernels)
+    half = max(shape) if psf_support is None else min(int(psf_support), max(shape))
+    pmom = np.stack([_crop(p, half + margin) for p in pmom])
+    peak = float(pmom[0, half + margin, half + margin])
+    pmom /= peak
+    psfs = np.empty((ns, ns, 2 * nt - 1, 2 * half, 2 * half))
+    inner = slice(margin, margin + 2 * half)
+    for s in range(ns):
+        for p in range(s, ns):
+            both = convolve(kernels[s], kernels[p], same=False)
+            psfs[s, p] = psfs[p, s] = _smooth(pmom, both)[:, inner, inner]
+    idx = np.arange(nt)
+    hess = psfs[np.arange(ns), np.arange(ns)][:, idx[:, None] + idx[None, :], half, half]
+    return Couplings(kernels, psfs, np.linalg.inv(hess), peak)
+
+
+def _smooth(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``images`` (..., ny, nx) convolved with a scale kernel (itself if a delta)."""
+    return images if kernel.size == 1 else convolve(images, kernel)
 
 
 def msmfs_moments(
     dmom: np.ndarray,
-    pmom: np.ndarray,
-    scales: Sequence[float] = (0, 3, 10),
+    psf: Couplings,
     gain: float = 0.25,
     niter: int = 1000,
     threshold: float = 0.0,
     fractional_threshold: float = 0.1,
     window: np.ndarray | None = None,
-    psf_support: int | None = 128,
 ) -> CleanResult:
-    """MS-MFS CLEAN of the residual moments ``D_t`` (nt, ny, nx) with the PSF moments
-    ``P_k`` (2 nt - 1, any size, centred on its (ny//2, nx//2) pixel): see ``msmfs``."""
+    """MS-MFS CLEAN of the residual moments ``D_t`` (nt, ny, nx) with the ``couplings`` of
+    their PSF moments (see ``msmfs``)."""
     nt, ny, nx = dmom.shape
-    kernels = [scale_kernel(s) for s in scales]
+    kernels = psf.kernels
     ns = len(kernels)
-    margin = max(k.shape[0] for k in kernels)
-    half = max(ny, nx) if psf_support is None else min(int(psf_support), max(ny, nx))
-    pmom = np.stack([_crop(p, half + margin) for p in pmom])
-    peak = float(pmom[0, half + margin, half + margin])
-    dmom, pmom = dmom / peak, pmom / peak
+    if psf.hinv.shape[1:] != (nt, nt):
+        raise ValueError(f"{nt} residual moments, but couplings for {psf.hinv.shape[1]}")
+    dmom = dmom / psf.peak
     t_abs = max(threshold, fractional_threshold * float(np.max(np.abs(dmom[0]))))
-
-    def smooth(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-        return image if kernel.size == 1 else convolve(image, kernel)
-
-    res = np.stack([[smooth(d, k) for d in dmom] for k in kernels])
-    psfs = np.empty((ns, ns, 2 * nt - 1, 2 * half, 2 * half))
-    inner = slice(margin, margin + 2 * half)
-    for s in range(ns):
-        for p in range(s, ns):
-            both = convolve(kernels[s], kernels[p], same=False) if s or p else kernels[0]
-            for k in range(2 * nt - 1):
-                psfs[s, p, k] = psfs[p, s, k] = smooth(pmom[k], both)[inner, inner]
-    idx = np.arange(nt)
-    hess = psfs[np.arange(ns), np.arange(ns)][:, idx[:, None] + idx[None, :], half, half]
-    hinv = np.linalg.inv(hess)
+    res = np.stack([_smooth(dmom, k) for k in kernels])
     allowed = np.ones((ny, nx), np.bool_) if window is None else np.asarray(window, np.bool_)
     # a scale's components keep their whole kernel inside the image
     mask = np.zeros((ns, ny, nx), np.bool_)
@@ -396,11 +422,11 @@ def msmfs_moments(
         h = kernel.shape[0] // 2
         mask[s, h : ny - h, h : nx - h] = allowed[h : ny - h, h : nx - h]
     comps = np.zeros((ns, nt, ny, nx))
-    n = _msmfs_kernel(res, hinv, psfs, comps, mask, gain, niter, t_abs)
+    n = _msmfs_kernel(res, psf.hinv, psf.psfs, comps, mask, gain, niter, t_abs)
     model = np.zeros((nt, ny, nx))
     for s, kernel in enumerate(kernels):
         _stamp(model, comps[s], kernel)
-    return CleanResult(model=model, residual=res[0] * peak, ncomponents=int(n), threshold=t_abs)
+    return CleanResult(model=model, residual=res[0] * psf.peak, ncomponents=int(n), threshold=t_abs)
 
 
 def msclean(

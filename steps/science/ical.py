@@ -516,19 +516,17 @@ def deconvolve_single(
 
 
 def deconvolve_joint(
-    residual_moments: np.ndarray, psf_moments: np.ndarray, settings: Settings
+    residual_moments: np.ndarray, psf: deconvolve.Couplings, settings: Settings
 ) -> deconvolve.CleanResult:
     """MS-MFS CLEAN of the residual moments reduced across windows (coordinator side)."""
     return deconvolve.msmfs_moments(
         residual_moments,
-        psf_moments,
-        scales=settings.scales,
+        psf,
         gain=settings.gain,
         niter=settings.niter,
         threshold=settings.threshold,
         fractional_threshold=settings.fractional_threshold,
         window=deconvolve.clean_window(settings.npixel, settings.window_shape),  # type: ignore[arg-type]
-        psf_support=settings.psf_support,
     )
 
 
@@ -582,7 +580,16 @@ def run_ical(
     joint = settings.algorithm == "mmclean"
     nt = min(settings.nmoment, nwin) if joint else 1
     taylor_w = deconvolve.taylor_weights(freqs, float(freqs.mean()), 2 * nt - 1)
-    psf_moments = deconvolve.moments(psfs, taylor_w, sumwt) if joint else None
+    psf_side = (
+        deconvolve.couplings(
+            deconvolve.moments(psfs, taylor_w, sumwt),
+            (npix, npix),
+            settings.scales,
+            settings.psf_support,
+        )
+        if joint
+        else None
+    )
     # per-window models: the state of per-window algorithms; MS-MFS keeps Taylor terms only
     model = np.zeros((0 if joint else nwin, npix, npix))
     taylor = np.zeros((nt, npix, npix))
@@ -624,8 +631,8 @@ def run_ical(
         gain_all = np.stack(gain_list)
         residual /= sumwt.sum()
         t0 = time.perf_counter()
-        if joint:
-            found = deconvolve_joint(residual, psf_moments, settings)
+        if psf_side is not None:  # MS-MFS
+            found = deconvolve_joint(residual, psf_side, settings)
             taylor += found.model
             ncomp = found.ncomponents
         else:
