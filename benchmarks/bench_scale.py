@@ -21,7 +21,9 @@ than a period is missed) and peak RSS, both of the largest single process and of
 - ``largest_simulate_corrupt``: simulate and corrupt of the largest configuration;
 - ``gridder_limit``: the calibrate step of the seed (n_workers 2, ``nmajor`` 5) against the
   same ducc0 calls (per band) made directly on the same uvw, one thread each, divided by
-  the cores.
+  the cores;
+- ``gridder_rmax``: one direct ducc0 invert and predict per point of the rmax series, and
+  their exponent against the visibilities (the gridder's own growth).
 """
 
 from __future__ import annotations
@@ -275,6 +277,67 @@ def image_cubes() -> dict[str, Any]:
     return {"cube_mib": round(params.nfreqwin * params.npixel**2 * 8 / 2**20), "steps": steps}
 
 
+def _ducc0_uvw(uvw: np.ndarray) -> np.ndarray:
+    """Our (..., 3) uvw in metres as ``imaging`` hands them to ducc0 (u and v swapped)."""
+    return np.ascontiguousarray(uvw.reshape(-1, 3)[:, (1, 0, 2)])
+
+
+def _ducc0_args(params: Params) -> tuple[dict[str, Any], dict[str, int]]:
+    """The keyword arguments of ``imaging``'s ducc0 calls (one thread), and the image size."""
+    common = {
+        "pixsize_x": params.cellsize,
+        "pixsize_y": params.cellsize,
+        "epsilon": params.epsilon,
+        "do_wgridding": True,
+        "divide_by_n": False,
+        "nthreads": 1,
+        "flip_v": True,
+        "flip_w": True,
+    }
+    return common, {"npix_x": params.npixel, "npix_y": params.npixel}
+
+
+def gridder_rmax() -> dict[str, Any]:
+    """The gridder alone over the rmax series (750, 1500, 3000 m): one invert and one predict
+    of a band of the seed's 4 first windows at 1024^2 on each array's uvw, called directly
+    (one thread, best of 3), and the exponent of their time against the visibilities: the
+    growth ``scale_rmax`` measures for calibrate, without our code."""
+    from ducc0.wgridder.experimental import dirty2vis, vis2dirty
+
+    from steps.science import imaging
+    from steps.simulate import observation
+
+    points = {}
+    for rmax in (750.0, 1500.0, 3000.0):
+        params = Params(rmax=rmax)
+        obs = observation(params)[1]
+        uvw, freqs = _ducc0_uvw(obs.uvw), obs.frequencies[:4]
+        common, size = _ducc0_args(params)
+        complex_type = np.result_type(imaging.real_type(params.epsilon), np.complex64)
+        vis = np.ones((len(uvw), len(freqs)), complex_type)
+        seconds = {"invert_s": [], "predict_s": []}
+        for _ in range(3):
+            t0 = time.perf_counter()
+            dirty = vis2dirty(uvw=uvw, freq=freqs, vis=vis, **size, **common)
+            t1 = time.perf_counter()
+            dirty2vis(uvw=uvw, freq=freqs, dirty=dirty, **common)
+            seconds["invert_s"].append(t1 - t0)
+            seconds["predict_s"].append(time.perf_counter() - t1)
+        points[str(rmax)] = {
+            "stations": len(obs.antenna_names),
+            "max_abs_w_m": round(float(np.abs(obs.uvw[..., 2]).max()), 1),
+            "nvis": params.nfreqwin * vis.shape[0],
+            **{key: round(min(values), 3) for key, values in seconds.items()},
+        }
+    nvis = [p["nvis"] for p in points.values()]
+    return {
+        "exponent_gridder_vs_nvis": _exponent(
+            nvis, [p["invert_s"] + p["predict_s"] for p in points.values()]
+        ),
+        "points": points,
+    }
+
+
 def gridder_limit() -> dict[str, Any]:
     """calibrate (seed, n_workers 2) against the same ducc0 calls made directly, per core:
     per band, one single-window invert per window for the PSFs and the final residuals, per
@@ -292,20 +355,10 @@ def gridder_limit() -> dict[str, Any]:
         steps = run_steps(params, ("simulate", "corrupt", "calibrate"), buffers)
         record = json.loads(buffers.convergence.read_text())
         group = zarr.open_group(buffers.corrupted, mode="r")
-        uvw = np.ascontiguousarray(group["UVW"][:].reshape(-1, 3)[:, (1, 0, 2)])
+        uvw = _ducc0_uvw(group["UVW"][:])
         freqs = group["frequency"][:]
         real = imaging.real_type(params.epsilon)
-        common = {
-            "pixsize_x": params.cellsize,
-            "pixsize_y": params.cellsize,
-            "epsilon": params.epsilon,
-            "do_wgridding": True,
-            "divide_by_n": False,
-            "nthreads": 1,
-            "flip_v": True,
-            "flip_w": True,
-        }
-        size = {"npix_x": params.npixel, "npix_y": params.npixel}
+        common, size = _ducc0_args(params)
         settings = ical.Settings(params.npixel, params.cellsize, band_windows=params.band_windows)
         members = ical.band_members(len(freqs), uvw.shape[0], settings)
         nt = min(params.nmoment, len(freqs))
@@ -354,6 +407,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "scale_largest_calibrate": largest_calibrate,
     "scale_image_cubes": image_cubes,
     "scale_gridder_limit": gridder_limit,
+    "scale_gridder_rmax": gridder_rmax,
     "scale_nfreqwin": scale_nfreqwin,
     "scale_ntimes": scale_ntimes,
     "scale_rmax": scale_rmax,
