@@ -19,11 +19,10 @@ from hera.workflows import models as m
 
 from steps.buffers import PREVIEWS, Buffers
 from steps.params import Params
-from steps.runner import EXIT_STEP, OUTPUTS, STEPS
+from steps.runner import DAEMON_STEP, EXIT_STEP, OUTPUTS, STEPS
 
 NAME = "batch-imaging"
 SERVICE_ACCOUNT = NAME
-CLAIM_STEP = "claim"
 BUFFERS = {"buffer-vis": "buffer_vis", "buffer-img": "buffer_img"}
 HEAVY = {"simulate", "corrupt", "calibrate", "image", "report"}
 # the report step as a second template whose previews and report.html are output artifacts
@@ -170,7 +169,7 @@ def report_artifacts() -> list[Artifact]:
 
 
 def _container(step: str, image: str, name: str | None = None) -> Container:
-    daemon = step == CLAIM_STEP  # holds the lease-bound claim while the DAG runs
+    daemon = step == DAEMON_STEP  # holds the lease-bound claim while the DAG runs
     outputs: list[Parameter | Artifact] = [
         Parameter(name=output, value_from=m.ValueFrom(path=f"{OUTPUTS_DIR}/{output}", default=""))
         for output in OUTPUTS[step]

@@ -18,6 +18,7 @@ from steps import atomic
 from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
 from steps.params import Params
+from steps.runner import DAEMON_STEP
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1100px; }
@@ -71,6 +72,17 @@ def _seconds(entry: Mapping[str, Any], key: str) -> float | None:
         return None
 
 
+def _message(name: str, entry: Mapping[str, Any]) -> str:
+    """A step's message, or what its phase alone does not say (reused, holding the claim)."""
+    if entry.get("message"):
+        return str(entry["message"])
+    if entry.get("reused"):
+        return "reused: products complete and inputs unchanged"
+    if name == DAEMON_STEP and entry.get("phase") == "Running":
+        return "holds the claim while the workflow runs"
+    return ""
+
+
 def _timeline(steps: Mapping[str, Mapping[str, Any]]) -> str:
     if not steps:
         return "<p>No step timeline recorded.</p>"
@@ -95,7 +107,7 @@ def _timeline(steps: Mapping[str, Mapping[str, Any]]) -> str:
                 _number(entry.get("duration_s", "")),
                 f'<div class="{escape(str(entry.get("phase", "")))}" style="width:300px">'
                 f"{bar}</div>",
-                escape(str(entry.get("message", ""))),
+                escape(_message(name, entry)),
             ]
         )
     return _table(
@@ -186,9 +198,14 @@ def write(
 
 
 def status_of(steps: Mapping[str, Mapping[str, Any]], this: str = "report") -> str:
-    """The run's phase as its recorded steps show it (this step aside): Failed if one failed,
-    Running while one is unfinished, Succeeded when all succeeded (or were skipped)."""
-    phases = [str(e.get("phase", "")) for name, e in steps.items() if name != this]
+    """The run's phase as its recorded steps show it (this step and the claim daemon, which
+    runs until the DAG ends, aside): Failed if one failed, Running while one is unfinished,
+    Succeeded when all succeeded (or were skipped)."""
+    phases = [
+        str(e.get("phase", ""))
+        for name, e in steps.items()
+        if name != this and not (name == DAEMON_STEP and e.get("phase") == "Running")
+    ]
     if any(p in ("Failed", "Error") for p in phases):
         return "Failed"
     if not phases or any(p not in ("Succeeded", "Skipped") for p in phases):

@@ -35,6 +35,7 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "release": ("status",),
 }
 EXIT_STEP = "release"
+DAEMON_STEP = "claim"  # an Argo daemon: holds the lease-bound claim, Running until the DAG ends
 STEPS = tuple(name for name in OUTPUTS if name != EXIT_STEP)
 # the steps whose products are recorded in the buffer manifests and reused when unchanged,
 # in the order they run (each reads its predecessors' products); the report is recorded but
@@ -68,11 +69,25 @@ def record(params: Params, step: str, entry: dict) -> None:
         db.run(merge)
 
 
-def key_parameters(params: Params) -> dict[str, Any]:
-    """What a step's products depend on besides its inputs: the parameters (not the
+# what only ICAL and imaging read: simulate and corrupt are keyed without them, so changing
+# them reuses the simulated and corrupted data (every other parameter keys every step)
+ICAL_PARAMETERS = frozenset(
+    {
+        "epsilon", "niter", "nmajor", "gain", "threshold", "fractional_threshold",
+        "solver_niter", "solver_tol", "algorithm", "scales", "nmoment", "psf_support",
+        "window_shape", "weighting", "robust", "calibration_context", "global_solution",
+        "band_windows",
+        *(f"{t}_{name}" for t in "tgb" for name in ("first_selfcal", "phase_only", "interval_s")),
+    }
+)  # fmt: skip
+NOT_READ = {"simulate": ICAL_PARAMETERS, "corrupt": ICAL_PARAMETERS}
+
+
+def key_parameters(params: Params, step: str) -> dict[str, Any]:
+    """What a step's products depend on besides its inputs: the parameters it reads (not the
     operational ones), and the content (sha256) of the files they name (a sky catalogue, a
     layout)."""
-    values: dict[str, Any] = params.model_dump(exclude=set(OPERATIONAL))
+    values: dict[str, Any] = params.model_dump(exclude={*OPERATIONAL, *NOT_READ.get(step, ())})
     for field, named in NAMED_FILES.items():
         reference = values[field]
         if reference not in named:
@@ -92,7 +107,7 @@ def run_step(name: str, raw: dict[str, str]) -> int:
     started = time.time()
     entry = {"started": _iso(started), "phase": "Running"}
     record(params, name, entry)
-    key = key_parameters(params)
+    key = key_parameters(params, name)
     reused = manifest.completed(dirs, name, key) if name in PIPELINE else None
     if reused is not None:
         LOG.info("Step %s: products complete and inputs unchanged; reusing them", name)

@@ -67,6 +67,9 @@ def test_products_are_in_the_buffers(run):
     for name in ("deconvolved.fits", "residual.fits", "restored.fits", "metrics.json"):
         assert (img / name).is_file(), name
     assert not list(buffers.rglob(".*.tmp-*")), "temporary files left behind"
+    # every product readable alike (the FITS files too: not the 0600 of a temporary file)
+    modes = {oct(p.stat().st_mode & 0o777) for p in img.iterdir() if p.is_file()}
+    assert len(modes) == 1, modes
 
 
 def test_report_and_previews_are_output_artifacts(run):
@@ -78,6 +81,9 @@ def test_report_and_previews_are_output_artifacts(run):
     }
     assert set(saved) == {"report.html", *(f"{name}.png" for name in PREVIEWS)}
     assert saved["report.html"].read_bytes() == (img / "report.html").read_bytes()
+    page = saved["report.html"].read_text()  # the claim daemon still runs: the rest is done
+    assert '<span class="status-Succeeded">Succeeded</span></h1>' in page
+    assert "holds the claim while the workflow runs" in page
     for name in PREVIEWS:
         assert saved[f"{name}.png"].read_bytes() == (img / "previews" / f"{name}.png").read_bytes()
     # Argo's default key: <workflow>/<pod>/<file>, the pod named after the template

@@ -73,6 +73,13 @@ def test_status_comes_from_the_recorded_steps() -> None:
     assert report.status_of({"simulate": done, "image": {"phase": "Running"}}) == "Running"
     assert report.status_of({"simulate": {"phase": "Failed"}, "image": done}) == "Failed"
     assert report.status_of({}) == "Running"
+    # the claim daemon runs until the DAG ends: it does not hold the report's status back
+    claim = {"phase": "Running"}
+    assert report.status_of({"claim": claim, "simulate": done, "image": done}) == "Succeeded"
+    assert report.status_of({"claim": {"phase": "Failed"}, "image": done}) == "Failed"
+    timeline = report._timeline({"claim": claim, "simulate": {**done, "reused": True}})
+    assert "holds the claim while the workflow runs" in timeline
+    assert "reused: products complete and inputs unchanged" in timeline
 
 
 def test_report_without_products(tmp_path: Path) -> None:

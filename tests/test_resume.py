@@ -112,6 +112,26 @@ def test_only_science_parameters_key_a_steps_products():
     base = parse({})
     operational = parse({"n_workers": 7, "cpu_limit": "16", "step_deadline_s": 600,
                          "artifacts": True, "config_db": "/elsewhere"})  # fmt: skip
-    assert key_parameters(operational) == key_parameters(base)
-    for change in ({"nfreqwin": 4}, {"epsilon": 1e-6}, {"seed": 1}, {"export_ms": True}):
-        assert key_parameters(parse(change)) != key_parameters(base), change
+    for step in PIPELINE:
+        assert key_parameters(operational, step) == key_parameters(base, step)
+        for change in ({"nfreqwin": 4}, {"seed": 1}, {"export_ms": True}):
+            assert key_parameters(parse(change), step) != key_parameters(base, step), change
+    # what only ICAL reads keys calibrate and image, not the simulated and corrupted data
+    for change in ({"epsilon": 1e-6}, {"niter": 5}, {"calibration_context": "T"},
+                   {"g_interval_s": 60.0}, {"scales": [0, 4]}):  # fmt: skip
+        for step in PIPELINE:
+            changed = key_parameters(parse(change), step) != key_parameters(base, step)
+            assert changed == (step in ("calibrate", "image")), (change, step)
+
+
+def test_changing_ical_parameters_reuses_the_simulated_data(tmp_path):
+    """A re-run with other CLEAN settings reuses simulate and corrupt, and redoes the rest."""
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({**SMALL, "nmajor": 1, "pb_id": "pb-rerun-20261201-00000"}))
+    first = cli.batch_imaging("run", str(params), "--buffer-root", str(tmp_path))
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = cli.batch_imaging("run", str(params), "--buffer-root", str(tmp_path), "-p", "niter=60")
+    assert again.returncode == 0, again.stderr[-2000:]
+    for step in PIPELINE:
+        reused = f"Step {step}: products complete and inputs unchanged" in again.stderr
+        assert reused == (step in ("simulate", "corrupt")), step

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
+from steps import atomic
 from steps.science.restore import Beam
 
 
@@ -95,16 +95,10 @@ def write_image(
     hdu = fits.PrimaryHDU(data=cube[:, np.newaxis], header=hdr)
 
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            hdu.writeto(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(target) as tmp, open(tmp, "wb") as handle:  # the umask's mode
+        hdu.writeto(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
