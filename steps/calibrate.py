@@ -244,6 +244,14 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     # one gridder thread: ducc0 with several threads is not bit-reproducible under CPU
     # contention, and ICAL amplifies 1e-16 differences; windows give the parallelism
     settings = settings_of(params, obs.integration_time, 1)
+    for term in params.calibration_context:  # the parameters refuse a context of none
+        first = getattr(params, f"{term.lower()}_first_selfcal")
+        if first > params.nmajor:
+            LOG.warning(
+                "Calibration term %s is not solved: it starts at major cycle %d "
+                "(%s_first_selfcal), after the last (nmajor = %d)",
+                term, first, term.lower(), params.nmajor,
+            )  # fmt: skip
     truth = store.open_dataset(buffers.true_gains)["GAIN"].values
     tmp = store.create(
         buffers.calibrated, obs, {**data.attrs, "creator": "batch-imaging calibrate"}

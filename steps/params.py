@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -139,7 +139,7 @@ class Params(BaseModel):
     algorithm: Literal["hogbom", "msclean", "mmclean"] = Field(
         "mmclean", description="Deconvolution: Hogbom, multi-scale, or MS-MFS across windows"
     )
-    scales: tuple[float, ...] = Field(
+    scales: tuple[Annotated[float, Field(ge=0, le=1024)], ...] = Field(
         (0.0, 3.0, 10.0), min_length=1, description="msclean/mmclean scale sizes (pixels)"
     )
     nmoment: int = Field(2, ge=1, le=4, description="mmclean Taylor terms")
@@ -238,6 +238,20 @@ class Params(BaseModel):
             raise _field_error("freq_max", self.freq_max, "must exceed freq_min when nfreqwin > 1")
         if self.buffer_vis == self.buffer_img:
             raise _field_error("buffer_img", self.buffer_img, "must differ from buffer_vis")
+        starts = {term: getattr(self, f"{term.lower()}_first_selfcal") for term in "TGB"}
+        if self.calibration_context and all(
+            starts[term] > self.nmajor for term in self.calibration_context
+        ):
+            late = ", ".join(
+                f"{term} starts at cycle {starts[term]} ({term.lower()}_first_selfcal)"
+                for term in self.calibration_context
+            )
+            raise _field_error(
+                "calibration_context",
+                self.calibration_context,
+                f"no term is ever solved with nmajor = {self.nmajor}: {late}; raise nmajor or "
+                "lower the first cycles, or use '' for no calibration",
+            )
         highest = highest_declination()
         if self.dec >= highest:
             raise _field_error(
@@ -262,9 +276,15 @@ class Params(BaseModel):
         return self
 
     def _check_sky(self) -> None:
-        """A synthetic sky is finite and a catalogue file parses (GLEAM's coverage of the
-        field is checked by simulate, which names the alternatives)."""
-        if self.sky_model == "synthetic":
+        """The shipped GLEAM subset covers the field, a synthetic sky is finite and a
+        catalogue file parses."""
+        if self.sky_model == "gleam":
+            from steps.science import sky
+
+            args = (self.ra, self.dec, self.freq_min, self.npixel, self.cellsize)
+            if problem := sky.gleam_coverage_problem(*args):
+                raise _field_error("sky_model", self.sky_model, problem)
+        elif self.sky_model == "synthetic":
             from steps.science import sky, synthetic
 
             if self.flux_limit <= 0:

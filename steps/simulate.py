@@ -59,17 +59,7 @@ def load_layout(configuration: str) -> layout.Stations:
 def sky_components(params: Params) -> tuple[sky.Components, str]:
     """All components of the chosen sky model around the field, and their provenance."""
     radius = sky.image_radius_deg(params.npixel, params.cellsize)
-    if params.sky_model == "gleam":
-        problem = sky.gleam_coverage_problem(
-            params.ra,
-            params.dec,
-            params.freq_min,
-            params.npixel,
-            params.cellsize,
-            beam.StationBeam(),
-        )
-        if problem:
-            raise ValueError(f"sky_model = 'gleam': {problem}")
+    if params.sky_model == "gleam":  # its coverage of the field: checked with the parameters
         return sky.load_gleam(params.flux_limit, params.ra, params.dec, radius), (
             "GLEAM EGC (Hurley-Walker et al. 2017) subset within 10 deg of RA 0, Dec -30 "
             f"(steps/data/gleam_ra0_dec-30.csv), S151 > {params.flux_limit:g} Jy"

@@ -60,6 +60,8 @@ def test_frequencies_and_hour_angles():
         ({"ra": 360.0}, ["ra", "360.0", "less than 360"]),
         ({"freq_min": 1e6}, ["freq_min", "1000000.0", "greater than or equal to 50000000"]),
         ({"pb_id": "pb id; rm -rf /"}, ["pb_id", "must match"]),
+        ({"dec": 30.0}, ["sky_model = 'gleam'", "covers only 10 deg", "'synthetic'"]),
+        ({"ra": 150.0}, ["sky_model = 'gleam'", "reaches", "catalogue file"]),
     ],
 )
 def test_invalid_values_name_field_value_and_range(change, expected):
@@ -73,7 +75,7 @@ def test_invalid_values_name_field_value_and_range(change, expected):
 def test_highest_declination_is_where_the_source_sets_at_ha_30():
     # SKA1-Low at latitude -26.82 deg: tan(dec) = -cos(30 deg) / tan(lat) -> 59.72 deg
     assert highest_declination() == pytest.approx(59.719, abs=1e-3)
-    parse({**SEED_EXAMPLE, "dec": 59.0})
+    parse({**SEED_EXAMPLE, "dec": 59.0, "sky_model": "synthetic"})
 
 
 def test_strings_as_argo_passes_them_round_trip():

@@ -130,6 +130,7 @@ def test_changing_ical_parameters_reuses_the_simulated_data(tmp_path):
     params.write_text(json.dumps({**SMALL, "nmajor": 1, "pb_id": "pb-rerun-20261201-00000"}))
     first = cli.batch_imaging("run", str(params), "--buffer-root", str(tmp_path))
     assert first.returncode == 0, first.stderr[-2000:]
+    assert "Calibration term B is not solved: it starts at major cycle 4" in first.stderr
     again = cli.batch_imaging("run", str(params), "--buffer-root", str(tmp_path), "-p", "niter=60")
     assert again.returncode == 0, again.stderr[-2000:]
     for step in PIPELINE:

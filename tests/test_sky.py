@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from steps.science.beam import StationBeam
+from steps.science.beam import BEAM_FREQ_HZ, SIDELOBE_DEG, StationBeam, sidelobe_radius_deg
 from steps.science.sky import (
     DATA_DIR,
     Components,
@@ -43,6 +43,16 @@ def test_beam_half_power_radius(beam: StationBeam) -> None:
     for freq in (150e6, 200e6):
         scaled = np.mean([_half_power_radius_deg(beam, freq, a) for a in azimuths])
         assert scaled == pytest.approx(radii.mean() * 100e6 / freq, rel=0.01)
+
+
+def test_sidelobe_constant_is_the_beam_images(beam: StationBeam) -> None:
+    """The parameter check's first-sidelobe radius is what the beam image gives, scaled 1/nu
+    (sin r, since the beam is a function of l, m)."""
+    assert beam.sidelobe_deg() == SIDELOBE_DEG
+    assert sidelobe_radius_deg(BEAM_FREQ_HZ) == pytest.approx(SIDELOBE_DEG)
+    sin_r = np.sin(np.radians(SIDELOBE_DEG))
+    assert np.sin(np.radians(sidelobe_radius_deg(50e6))) == pytest.approx(2 * sin_r)
+    assert sidelobe_radius_deg(BEAM_FREQ_HZ * sin_r / 1.01) == 90.0  # beyond the horizon
 
 
 def test_beam_orientation(beam: StationBeam) -> None:

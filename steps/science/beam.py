@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
-from scipy.ndimage import map_coordinates
 
 from steps.science.sky import DATA_DIR
 
 BEAM_FREQ_HZ = 100e6
+# radius (deg) of the first sidelobe's peak at BEAM_FREQ_HZ, as ``StationBeam.sidelobe_deg``
+# measures it on the beam image (a test keeps the two equal): a constant, so that checking a
+# field's parameters needs neither the image nor astropy and scipy
+SIDELOBE_DEG = 8.15
+
+
+def sidelobe_radius_deg(freq_hz: float) -> float:
+    """Radius (deg) of the first sidelobe's peak at ``freq_hz`` (the beam scales as 1/nu)."""
+    sin_r = np.sin(np.radians(SIDELOBE_DEG)) * BEAM_FREQ_HZ / freq_hz
+    return 90.0 if sin_r >= 1.0 else float(np.degrees(np.arcsin(sin_r)))
 
 
 class StationBeam:
@@ -20,6 +28,8 @@ class StationBeam:
     """
 
     def __init__(self, path: Path = DATA_DIR / "ska1_low_beam_100mhz.fits") -> None:
+        from astropy.io import fits
+
         with fits.open(path) as hdul:
             header = hdul[0].header
             self.data = np.asarray(hdul[0].data, dtype=float).reshape(
@@ -32,6 +42,8 @@ class StationBeam:
 
     def _sample(self, l: np.ndarray, m: np.ndarray, scale: float) -> np.ndarray:  # noqa: E741
         """Bicubic image value at (l, m) with the pixel size multiplied by ``scale``."""
+        from scipy.ndimage import map_coordinates
+
         x = self.centre[0] + l / (self.step[0] * scale)
         y = self.centre[1] + m / (self.step[1] * scale)
         value = map_coordinates(
@@ -48,19 +60,19 @@ class StationBeam:
         value = np.clip(self._sample(l, m, BEAM_FREQ_HZ / freq_hz), 0.0, None) / self.norm
         return np.where(l**2 + m**2 < 1.0, value, 0.0)
 
-    def sidelobe_radius_deg(self, freq_hz: float) -> float:
-        """Radius (deg) of the peak of the first sidelobe of the azimuthally averaged beam.
+    def sidelobe_deg(self) -> float:
+        """Radius (deg, on a 0.05 deg grid) of the peak of the first sidelobe of the
+        azimuthally averaged beam at ``BEAM_FREQ_HZ``.
 
         The averaged profile falls to its first minimum (the main lobe's edge), rises to the
         first sidelobe's peak and then falls only slowly onto a ~6 % floor, so the peak is the
         last radius where this beam model gives the sky a distinct response.
         """
-        radius = np.radians(np.arange(0.0, 30.0, 0.05))
+        radius = np.arange(0.0, 30.0, 0.05)
         azimuth = np.radians(np.arange(0.0, 360.0, 10.0))[:, None]
-        l = np.sin(radius) * np.sin(azimuth)  # noqa: E741
-        m = np.sin(radius) * np.cos(azimuth)
+        l = np.sin(np.radians(radius)) * np.sin(azimuth)  # noqa: E741
+        m = np.sin(np.radians(radius)) * np.cos(azimuth)
         profile = self.power(l, m, BEAM_FREQ_HZ).mean(axis=0)
         rising = np.flatnonzero(np.diff(profile) > 0)[0]  # first minimum
         peak = rising + int(np.argmax(np.diff(profile[rising:]) < 0))
-        sin_r = np.sin(radius[peak]) * BEAM_FREQ_HZ / freq_hz
-        return 90.0 if sin_r >= 1.0 else float(np.degrees(np.arcsin(sin_r)))
+        return round(float(radius[peak]), 2)

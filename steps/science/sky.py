@@ -162,19 +162,16 @@ def image_radius_deg(npixel: int, cell_rad: float) -> float:
 
 
 def gleam_coverage_problem(
-    ra_deg: float,
-    dec_deg: float,
-    freq_min_hz: float,
-    npixel: int,
-    cell_rad: float,
-    beam: StationBeam,
+    ra_deg: float, dec_deg: float, freq_min_hz: float, npixel: int, cell_rad: float
 ) -> str | None:
     """Why the shipped GLEAM subset does not cover a field, or None if it does.
 
     The field is the part of the image within the first sidelobe (its peak, at the lowest
     frequency) of the station beam; it must lie inside the subset's 10 deg circle.
     """
-    needed = min(image_radius_deg(npixel, cell_rad), beam.sidelobe_radius_deg(freq_min_hz))
+    from steps.science.beam import sidelobe_radius_deg
+
+    needed = min(image_radius_deg(npixel, cell_rad), sidelobe_radius_deg(freq_min_hz))
     offset = float(angular_separation_deg(np.array(ra_deg), np.array(dec_deg), *GLEAM_CENTRE_DEG))
     if offset + needed <= GLEAM_RADIUS_DEG:
         return None
