@@ -421,7 +421,8 @@ class LocalEngine:
             node.message = "" if code == 0 else f"Error (exit code {code})"
         node.finished = time.time()
         self._collect(node, pod)
-        LOG.info("Step %s %s in %.1f s %s", name, node.phase, node.duration, node.message)
+        message = f" {node.message}" if node.message else ""
+        LOG.info("Step %s %s in %.1f s%s", name, node.phase, node.duration, message)
         return True
 
     def _completed(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, open_backend
+from steps.manifest import NAME as MANIFEST
 from steps.params import Params, parse
 
 POD_ROOT = "/buffer"
@@ -39,14 +40,23 @@ def catalogue(buffers: Buffers) -> tuple[tuple[str, Path, str], ...]:
             ms_path(buffers.calibrated),
             "MS v2: DATA corrupted, CORRECTED_DATA calibrated (export_ms)",
         ),
+        ("img", buffers.ical_model, "ICAL model (per window, Taylor terms), PSFs, residuals"),
         ("img", buffers.image("deconvolved"), "CLEAN model cube (Jy/pixel)"),
         ("img", buffers.image("residual"), "residual cube (Jy/beam)"),
         ("img", buffers.image("restored"), "restored cube (Jy/beam)"),
+        ("img", buffers.image("mfs_model"), "MFS CLEAN model, Taylor term 0 (Jy/pixel)"),
+        ("img", buffers.image("mfs_residual"), "MFS residual (Jy/beam)"),
+        ("img", buffers.image("mfs_restored"), "MFS restored image (Jy/beam)"),
+        ("img", buffers.image("mfs_alpha"), "spectral index where the signal allows (else NaN)"),
         ("img", buffers.psf, "PSF of the centre window"),
         ("img", buffers.metrics, "figures of merit and the source table"),
         ("img", buffers.convergence, "ICAL phase and residual rms per major cycle"),
         ("img", buffers.previews, "preview PNGs (restored, residual, PSF, uv, gains, ICAL)"),
         ("img", buffers.report, "self-contained run report (open in a browser)"),
+        *(
+            (b, folder / MANIFEST, "the buffer's files: size, sha256, producing step")
+            for b, folder in (("vis", buffers.vis), ("img", buffers.img))
+        ),
     )
 
 

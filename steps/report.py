@@ -115,27 +115,58 @@ def _timeline(steps: Mapping[str, Mapping[str, Any]]) -> str:
     )
 
 
+RECORD_TITLES = {  # lists of records in metrics.json, each shown as a table
+    "sources": "Brightest sources (centre window)",
+    "mfs.sources": "Brightest sources (MFS image)",
+    "ical.terms": "Calibration terms",
+}
+
+
+def _flat(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics with the keys of nested objects joined by dots."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def _metrics(metrics: Mapping[str, Any]) -> str:
     if not metrics:
         return "<p>No metrics (the image step did not finish).</p>"
     rows = [
-        [escape(key), _number(value)]
-        for key, value in metrics.items()
-        if not isinstance(value, list | dict)
+        [escape(key), ", ".join(map(_number, value)) if isinstance(value, list) else _number(value)]
+        for key, value in _flat(metrics).items()
+        if not _is_records(value)
     ]
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            rows += [[escape(f"{key}.{k}"), _number(v)] for k, v in value.items()]
     return _table(rows, ["metric", "value"], {1})
 
 
-def _sources(metrics: Mapping[str, Any]) -> str:
-    sources = metrics.get("sources") or []
-    if not sources:
-        return "<p>No source table.</p>"
-    header = list(sources[0])
-    rows = [[_number(row.get(k, "")) for k in header] for row in sources]
-    return _table(rows, header, set(range(1, len(header))))
+def _records(metrics: Mapping[str, Any]) -> str:
+    """Each list of records in the metrics (the sources, the calibration terms) as a table."""
+    tables = []
+    for key, records in _flat(metrics).items():
+        if not _is_records(records):
+            continue
+        header = list(dict.fromkeys(k for row in records for k in row))
+        numeric = {
+            i
+            for i, k in enumerate(header)
+            if all(
+                isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool)
+                for row in records
+            )
+        }
+        rows = [[_number(row.get(k, "")) for k in header] for row in records]
+        title = escape(RECORD_TITLES.get(key, key))
+        tables.append(f"<h2>{title}</h2>\n{_table(rows, header, numeric)}")
+    return "\n".join(tables) or "<p>No source table.</p>"
 
 
 def _previews(previews: Mapping[str, Path]) -> str:
@@ -175,8 +206,7 @@ image buffer <code>{escape(params.buffer_img)}</code>.</p>
 {_previews(previews)}
 <h2>Metrics</h2>
 {_metrics(metrics)}
-<h2>Brightest sources (centre window)</h2>
-{_sources(metrics)}
+{_records(metrics)}
 <h2>Parameters</h2>
 {_parameters(params)}
 </body></html>

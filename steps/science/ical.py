@@ -640,9 +640,10 @@ def run_ical(
         minor += time.perf_counter() - t0
         version += ncomp > 0
         mfs_residual = residual[0]
+        solved_now = {rep.term for rep in reports}
         entry: dict[str, Any] = {
             "cycle": cycle,
-            "solved_terms": sorted({rep.term for rep in reports}),
+            "solved_terms": [t.name for t in settings.terms if t.name in solved_now],
             "residual_rms_jy": float(np.sqrt(np.mean(mfs_residual**2))),
             "residual_peak_jy": float(np.max(np.abs(mfs_residual))),
             "model_flux_jy": float(taylor[0].sum()),
