@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from steps.log import LOG
 from steps.params import ParamsError
 
 USAGE, RUNTIME = 2, 1
+INTERRUPTED = 128 + signal.SIGINT  # as a shell reports a process ended by Ctrl-C
 
 
 def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -151,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"batch-imaging: error: {exc}", file=sys.stderr)
         return USAGE
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the run: no traceback
+        if args.debug:
+            raise
+        LOG.warning("Interrupted")
+        return INTERRUPTED
     except Exception as exc:
         if args.debug:
             raise

@@ -1,5 +1,9 @@
 """The step runner's contract: a step writes exactly the output parameters it declares."""
 
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from dag.runner import embedded_db, register
@@ -42,3 +46,21 @@ def test_a_step_returning_undeclared_outputs_fails_and_is_marked_failed(block, m
         runner.run_step("buffer-reserve", params.as_strings())
     assert _phase(params, "buffer-reserve") == "Failed"
     assert not (root / "outputs").exists()
+
+
+def test_ctrl_c_ends_a_step_quietly(block):
+    """Ctrl-C reaches every step of a run: a waiting claim ends with 130 and one log line."""
+    params, _ = block
+    raw = ["-p", f"pb_id={params.pb_id}", "-p", f"config_db={params.config_db}"]
+    step = subprocess.Popen(
+        [sys.executable, "-m", "dag", "step", "claim", *raw], stderr=subprocess.PIPE, text=True
+    )
+    assert step.stderr is not None
+    lines = []
+    while "Waiting for resources" not in (line := step.stderr.readline()):
+        assert line, "".join(lines)  # the step ended before it waited
+        lines.append(line)
+    step.send_signal(signal.SIGINT)
+    rest = step.stderr.read()
+    assert step.wait(timeout=30) == 130
+    assert "WARNING:batch_imaging:Interrupted" in rest and "Traceback" not in rest, rest
