@@ -40,8 +40,9 @@ def test_round_trip_data_and_cards(tmp_path: Path) -> None:
     path = _write(tmp_path)
     data, hdr = read_image(path)
     assert data.shape == (3, 1, NPIX, NPIX)
+    assert hdr["BITPIX"] == -32  # single precision, as WSClean and CASA write images
     np.testing.assert_array_equal(
-        data[:, 0], np.random.default_rng(0).standard_normal((3, NPIX, NPIX))
+        data[:, 0], np.random.default_rng(0).standard_normal((3, NPIX, NPIX)).astype(np.float32)
     )
     assert hdr["BMAJ"] == BEAM.bmaj_deg and hdr["BMIN"] == BEAM.bmin_deg
     assert hdr["BPA"] == BEAM.bpa_deg

@@ -72,12 +72,13 @@ def write_image(
     history: Sequence[str] = (),
     date_obs: str | None = None,
 ) -> None:
-    """Write ``data`` ((nchan, npix, npix) or (npix, npix), indexed [y, x]) as 4-D FITS.
+    """Write ``data`` ((nchan, npix, npix) or (npix, npix), indexed [y, x]) as 4-D FITS in
+    single precision (BITPIX -32, as WSClean and CASA write images).
 
     ``extra`` holds additional header cards (value or (value, comment)).  The file is written
     to a temporary file in the target directory, fsynced and renamed over ``path``.
     """
-    cube = np.asarray(data)
+    cube = np.asarray(data, dtype=np.float32)
     if cube.ndim == 2:
         cube = cube[np.newaxis]
     nchan, ny, nx = cube.shape
