@@ -44,7 +44,7 @@ def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) ->
     names = ("t", "g", "b")
     terms = ical.terms_from(
         params.calibration_context,
-        {n.upper(): getattr(params, f"{n}_first_selfcal") for n in names},
+        {n.upper(): params.first_selfcal(n) for n in names},
         {n.upper(): getattr(params, f"{n}_phase_only") for n in names},
         {n.upper(): getattr(params, f"{n}_interval_s") for n in names},
         integration_time_s,
@@ -244,13 +244,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     # one gridder thread: ducc0 with several threads is not bit-reproducible under CPU
     # contention, and ICAL amplifies 1e-16 differences; windows give the parallelism
     settings = settings_of(params, obs.integration_time, 1)
-    for term in params.calibration_context:  # the parameters refuse a context of none
-        first = getattr(params, f"{term.lower()}_first_selfcal")
-        if first > params.nmajor:
+    for term in settings.terms:  # (the parameters refuse a context none of whose terms runs)
+        if term.first_selfcal > settings.nmajor:
             LOG.warning(
                 "Calibration term %s is not solved: it starts at major cycle %d "
                 "(%s_first_selfcal), after the last (nmajor = %d)",
-                term, first, term.lower(), params.nmajor,
+                term.name, term.first_selfcal, term.name.lower(), settings.nmajor,
             )  # fmt: skip
     truth = store.open_dataset(buffers.true_gains)["GAIN"].values
     tmp = store.create(

@@ -238,13 +238,11 @@ class Params(BaseModel):
             raise _field_error("freq_max", self.freq_max, "must exceed freq_min when nfreqwin > 1")
         if self.buffer_vis == self.buffer_img:
             raise _field_error("buffer_img", self.buffer_img, "must differ from buffer_vis")
-        starts = {term: getattr(self, f"{term.lower()}_first_selfcal") for term in "TGB"}
-        if self.calibration_context and all(
-            starts[term] > self.nmajor for term in self.calibration_context
-        ):
+        context = self.calibration_context
+        if context and all(self.first_selfcal(term) > self.nmajor for term in context):
             late = ", ".join(
-                f"{term} starts at cycle {starts[term]} ({term.lower()}_first_selfcal)"
-                for term in self.calibration_context
+                f"{term} starts at cycle {self.first_selfcal(term)} ({term.lower()}_first_selfcal)"
+                for term in context
             )
             raise _field_error(
                 "calibration_context",
@@ -298,8 +296,12 @@ class Params(BaseModel):
                     f"gives ~{count:.0f} synthetic sources over this image (at most "
                     f"{MAX_SYNTHETIC_COMPONENTS}); raise flux_limit or image a smaller field",
                 )
-        elif self.sky_model != "gleam":
+        else:
             _readable(self.sky_model, "sky_model")
+
+    def first_selfcal(self, term: str) -> int:
+        """The first major cycle solving calibration term ``term`` (T, G or B)."""
+        return getattr(self, f"{term.lower()}_first_selfcal")
 
     def frequencies(self) -> list[float]:
         """Centre frequency of each window (Hz): linspace(freq_min, freq_max, nfreqwin)."""

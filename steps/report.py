@@ -20,6 +20,11 @@ from steps.log import LOG
 from steps.params import Params
 from steps.runner import DAEMON_STEP
 
+RECORD_TITLES = {  # lists of records in metrics.json, each shown as a table
+    "sources": "Brightest sources (centre window)",
+    "mfs.sources": "Brightest sources (MFS image)",
+    "ical.terms": "Calibration terms",
+}
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1100px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
@@ -115,13 +120,6 @@ def _timeline(steps: Mapping[str, Mapping[str, Any]]) -> str:
     )
 
 
-RECORD_TITLES = {  # lists of records in metrics.json, each shown as a table
-    "sources": "Brightest sources (centre window)",
-    "mfs.sources": "Brightest sources (MFS image)",
-    "ical.terms": "Calibration terms",
-}
-
-
 def _flat(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics with the keys of nested objects joined by dots."""
     out: dict[str, Any] = {}
@@ -166,7 +164,7 @@ def _records(metrics: Mapping[str, Any]) -> str:
         rows = [[_number(row.get(k, "")) for k in header] for row in records]
         title = escape(RECORD_TITLES.get(key, key))
         tables.append(f"<h2>{title}</h2>\n{_table(rows, header, numeric)}")
-    return "\n".join(tables) or "<p>No source table.</p>"
+    return "\n".join(tables)
 
 
 def _previews(previews: Mapping[str, Path]) -> str:

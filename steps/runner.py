@@ -128,8 +128,9 @@ def run_step(name: str, raw: dict[str, str]) -> int:
                     f"step {name} returned the outputs {sorted(outputs)}, "
                     f"but declares {list(OUTPUTS[name])}"
                 )
-        except Exception as exc:
-            failed = {"finished": _iso(time.time()), "phase": "Failed", "message": str(exc)}
+        except (Exception, KeyboardInterrupt) as exc:
+            message = str(exc) if isinstance(exc, Exception) else "Interrupted"
+            failed = {"finished": _iso(time.time()), "phase": "Failed", "message": message}
             record(params, name, {**entry, **failed})
             raise
         if name in RECORDED:

@@ -5,6 +5,7 @@ import pytest
 
 from steps.science import deconvolve
 from steps.science.clean import hogbom
+from steps.science.convolution import convolve
 from steps.science.imaging import make_psf
 
 NPIX = 128
@@ -115,14 +116,14 @@ def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> No
     """ICAL makes the PSF side once for all its minor cycles: cleaning does not change it,
     it gives what a fresh one gives, and moments of another order are refused."""
     pmom = deconvolve.moments(big_psfs, deconvolve.taylor_weights(FREQS, REF, 3), np.ones(5))
-    psf = deconvolve.couplings(pmom, (NPIX, NPIX), (0, 3), psf_support=40)
+    psf = deconvolve.couplings_of(pmom, (NPIX, NPIX), (0, 3), psf_support=40)
     saved = psf.psfs.copy(), psf.hinv.copy()
     dmom = np.stack(
         [10 * _shifted(pmom[t], 64, 64) + 3 * _shifted(pmom[t + 1], 64, 64) for t in (0, 1)]
     )
     runs = [
         deconvolve.msmfs_moments(dmom, p, niter=30, fractional_threshold=0.0)
-        for p in (psf, psf, deconvolve.couplings(pmom, (NPIX, NPIX), (0, 3), psf_support=40))
+        for p in (psf, psf, deconvolve.couplings_of(pmom, (NPIX, NPIX), (0, 3), psf_support=40))
     ]
     assert [r.ncomponents for r in runs] == [30, 30, 30]
     for r in runs[1:]:
@@ -131,6 +132,22 @@ def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> No
     np.testing.assert_array_equal(psf.hinv, saved[1])
     with pytest.raises(ValueError, match="3 residual moments, but couplings for 2"):
         deconvolve.msmfs_moments(np.zeros((3, NPIX, NPIX)), psf)
+
+
+def test_couplings_smooth_each_psf_moment_with_both_scales(big_psfs: np.ndarray) -> None:
+    """P_{s,p,k} = Phi_s * Phi_p * P_k over the patch, divided by the PSF's peak, also when
+    the first scale is not a delta (the (0, 0) coupling once took its kernel only once)."""
+    pmom = deconvolve.moments(big_psfs, deconvolve.taylor_weights(FREQS, REF, 3), np.ones(5))
+    half, centre = 20, big_psfs.shape[-1] // 2
+    found = deconvolve.couplings_of(pmom, (NPIX, NPIX), (3, 10), psf_support=half)
+    assert found.peak == pytest.approx(pmom[0, centre, centre])
+    k3, k10 = deconvolve.scale_kernel(3), deconvolve.scale_kernel(10)
+    patch = slice(centre - half, centre + half)
+    for (s, p), (a, b) in {(0, 0): (k3, k3), (0, 1): (k3, k10), (1, 1): (k10, k10)}.items():
+        for k in range(3):
+            expected = convolve(convolve(pmom[k], a), b)[patch, patch] / found.peak
+            np.testing.assert_allclose(found.psfs[s, p, k], expected, atol=1e-12)
+            np.testing.assert_array_equal(found.psfs[p, s, k], found.psfs[s, p, k])
 
 
 def test_window_and_support(big_psfs: np.ndarray) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -67,9 +68,11 @@ def test_products_are_in_the_buffers(run):
     for name in ("deconvolved.fits", "residual.fits", "restored.fits", "metrics.json"):
         assert (img / name).is_file(), name
     assert not list(buffers.rglob(".*.tmp-*")), "temporary files left behind"
-    # every product readable alike (the FITS files too: not the 0600 of a temporary file)
-    modes = {oct(p.stat().st_mode & 0o777) for p in img.iterdir() if p.is_file()}
-    assert len(modes) == 1, modes
+    # every product has the umask's mode (the FITS files too: not the 0600 of a temporary file)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in img.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
 
 
 def test_report_and_previews_are_output_artifacts(run):

@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -49,18 +50,26 @@ def test_a_step_returning_undeclared_outputs_fails_and_is_marked_failed(block, m
 
 
 def test_ctrl_c_ends_a_step_quietly(block):
-    """Ctrl-C reaches every step of a run: a waiting claim ends with 130 and one log line."""
+    """Ctrl-C reaches every step of a run: a waiting claim ends with 130, one log line and
+    its step recorded Failed."""
     params, _ = block
     raw = ["-p", f"pb_id={params.pb_id}", "-p", f"config_db={params.config_db}"]
     step = subprocess.Popen(
         [sys.executable, "-m", "dag", "step", "claim", *raw], stderr=subprocess.PIPE, text=True
     )
-    assert step.stderr is not None
-    lines = []
-    while "Waiting for resources" not in (line := step.stderr.readline()):
-        assert line, "".join(lines)  # the step ended before it waited
-        lines.append(line)
-    step.send_signal(signal.SIGINT)
-    rest = step.stderr.read()
-    assert step.wait(timeout=30) == 130
+    watchdog = threading.Timer(60, step.kill)  # a claim that never logs fails, not hangs
+    watchdog.start()
+    try:
+        assert step.stderr is not None
+        lines = []
+        while "Waiting for resources" not in (line := step.stderr.readline()):
+            assert line, "".join(lines)  # the step ended before it waited
+            lines.append(line)
+        step.send_signal(signal.SIGINT)
+        rest = step.stderr.read()
+        assert step.wait(timeout=30) == 130
+    finally:
+        watchdog.cancel()
+        step.kill()
     assert "WARNING:batch_imaging:Interrupted" in rest and "Traceback" not in rest, rest
+    assert _phase(params, "claim") == "Failed"

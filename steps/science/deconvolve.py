@@ -342,7 +342,7 @@ def msmfs(
     pmom = moments([_crop(p, extent + margin) for p in psfs_in], taylor, w)
     return msmfs_moments(
         moments(cube, taylor[:nt], w),
-        couplings(pmom, np.shape(cube[0]), scales, psf_support),
+        couplings_of(pmom, np.shape(cube[0]), scales, psf_support),
         gain,
         niter,
         threshold,
@@ -355,8 +355,8 @@ def msmfs(
 class Couplings:
     """The PSF side of MS-MFS CLEAN, fixed for given PSF moments and scales (an ICAL makes it
     once for all its minor cycles): the scale kernels, the coupling PSFs ``P_{s,p,k}`` over
-    the patch (ns, ns, 2 nt - 1, 2 half, 2 half) and the inverse Hessians (ns, nt, nt), all
-    divided by the PSF's ``peak``."""
+    the patch (ns, ns, 2 nt - 1, 2 half, 2 half) and the inverse Hessians (ns, nt, nt), the
+    last two divided by the PSF's ``peak``."""
 
     kernels: tuple[np.ndarray, ...]
     psfs: np.ndarray
@@ -364,13 +364,13 @@ class Couplings:
     peak: float
 
 
-def couplings(
+def couplings_of(
     pmom: np.ndarray,
     shape: tuple[int, int],
     scales: Sequence[float] = (0, 3, 10),
     psf_support: int | None = 128,
 ) -> Couplings:
-    """``Couplings`` of the PSF moments ``P_k`` (2 nt - 1, any size, centred on its
+    """The ``Couplings`` of the PSF moments ``P_k`` (2 nt - 1, any size, centred on its
     (ny//2, nx//2) pixel) for images of ``shape``; ``psf_support`` limits the patch to that
     many pixels either side of a component (None: twice the image)."""
     kernels = tuple(scale_kernel(s) for s in scales)
@@ -398,7 +398,7 @@ def _smooth(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 def msmfs_moments(
     dmom: np.ndarray,
-    psf: Couplings,
+    couplings: Couplings,
     gain: float = 0.25,
     niter: int = 1000,
     threshold: float = 0.0,
@@ -408,11 +408,11 @@ def msmfs_moments(
     """MS-MFS CLEAN of the residual moments ``D_t`` (nt, ny, nx) with the ``couplings`` of
     their PSF moments (see ``msmfs``)."""
     nt, ny, nx = dmom.shape
-    kernels = psf.kernels
+    kernels = couplings.kernels
     ns = len(kernels)
-    if psf.hinv.shape[1:] != (nt, nt):
-        raise ValueError(f"{nt} residual moments, but couplings for {psf.hinv.shape[1]}")
-    dmom = dmom / psf.peak
+    if couplings.hinv.shape[1:] != (nt, nt):
+        raise ValueError(f"{nt} residual moments, but couplings for {couplings.hinv.shape[1]}")
+    dmom = dmom / couplings.peak
     t_abs = max(threshold, fractional_threshold * float(np.max(np.abs(dmom[0]))))
     res = np.stack([_smooth(dmom, k) for k in kernels])
     allowed = np.ones((ny, nx), np.bool_) if window is None else np.asarray(window, np.bool_)
@@ -422,11 +422,13 @@ def msmfs_moments(
         h = kernel.shape[0] // 2
         mask[s, h : ny - h, h : nx - h] = allowed[h : ny - h, h : nx - h]
     comps = np.zeros((ns, nt, ny, nx))
-    n = _msmfs_kernel(res, psf.hinv, psf.psfs, comps, mask, gain, niter, t_abs)
+    n = _msmfs_kernel(res, couplings.hinv, couplings.psfs, comps, mask, gain, niter, t_abs)
     model = np.zeros((nt, ny, nx))
     for s, kernel in enumerate(kernels):
         _stamp(model, comps[s], kernel)
-    return CleanResult(model=model, residual=res[0] * psf.peak, ncomponents=int(n), threshold=t_abs)
+    return CleanResult(
+        model=model, residual=res[0] * couplings.peak, ncomponents=int(n), threshold=t_abs
+    )
 
 
 def msclean(

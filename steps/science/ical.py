@@ -581,7 +581,7 @@ def run_ical(
     nt = min(settings.nmoment, nwin) if joint else 1
     taylor_w = deconvolve.taylor_weights(freqs, float(freqs.mean()), 2 * nt - 1)
     psf_side = (
-        deconvolve.couplings(
+        deconvolve.couplings_of(
             deconvolve.moments(psfs, taylor_w, sumwt),
             (npix, npix),
             settings.scales,
