@@ -7,9 +7,12 @@ whichever engine ran it.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import importlib
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from steps.log import LOG
 from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # the DAG's steps in order, one module of this package each, with the output parameters
 # each step's ``run`` returns (declared here, so that the workflow definition needs none of
 # the step modules); the last is the exit handler
@@ -96,8 +100,17 @@ def key_parameters(params: Params, step: str) -> dict[str, Any]:
     return values
 
 
+def end_with_parent() -> None:
+    """Have the kernel send this step SIGTERM when the process that started it dies (Linux's
+    parent-death signal), as the local engine does when it stops a workflow: an engine that
+    is killed leaves no step writing into the buffers on its own."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_step(name: str, raw: dict[str, str]) -> int:
     """Run step ``name`` with string parameters; return its exit code."""
+    end_with_parent()
     params = parse_strings(raw)
     buffers = Buffers.of(params)
     if name in PIPELINE:

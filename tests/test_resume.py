@@ -138,3 +138,28 @@ def test_changing_ical_parameters_reuses_the_simulated_data(tmp_path):
     for step in PIPELINE:
         reused = f"Step {step}: products complete and inputs unchanged" in again.stderr
         assert reused == (step in ("simulate", "corrupt")), step
+
+
+def test_a_killed_engine_takes_its_steps_with_it(tmp_path):
+    """SIGKILL of ``batch-imaging run`` gives it no chance to stop its steps: the kernel ends
+    the running step (and so its Dask workers), so that none goes on writing into the
+    buffers beside a re-run."""
+    pb = "pb-orphan-20261201-00000"
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({**SMALL, "npixel": 512, "nmajor": 50, "pb_id": pb}))
+    run = start(params, tmp_path)
+    deadline = time.monotonic() + 120
+    while step_phase(tmp_path, pb, "calibrate") != "Running":
+        assert run.poll() is None and time.monotonic() < deadline, "calibrate never started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # its Dask workers started
+    tree = psutil.Process(run.pid).children(recursive=True)
+    assert any({"step", "calibrate"} <= set(p.cmdline()) for p in tree)
+    run.kill()
+    run.wait()
+    _, alive = psutil.wait_procs(tree, timeout=8)  # calibrate alone would run on for minutes
+    left = [process.cmdline()[:5] for process in alive]
+    for process in alive:
+        process.kill()
+    run.communicate(timeout=30)  # its log pipe, which the steps held open
+    assert not left, left
