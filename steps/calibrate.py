@@ -92,8 +92,9 @@ class WindowSource:
         return float(np.load(self.path("sumwt", ".npy")))
 
 
-class ScratchCache(ical.PredictionCache):
-    """A window's last model prediction in the scratch directory (a window lives one task)."""
+class ScratchCache(ical.VersionCache):
+    """A window's array of a model version in the scratch directory (a window lives one
+    task): its last model prediction, or the last cycle's residual image."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -102,10 +103,10 @@ class ScratchCache(ical.PredictionCache):
         if not self.path.exists():
             return None
         with np.load(self.path) as saved:
-            return saved["vis"] if int(saved["version"]) == version else None
+            return saved["array"] if int(saved["version"]) == version else None
 
-    def store(self, version: int, vis: np.ndarray) -> None:
-        _save(self.path, version=version, vis=vis)
+    def store(self, version: int, array: np.ndarray) -> None:
+        _save(self.path, version=version, array=array)
 
 
 def _save(path: Path, *array: np.ndarray, **arrays: Any) -> None:
@@ -140,6 +141,7 @@ def read_window(source: WindowSource) -> ical.Window:
         _save(source.path("sumwt", ".npy"), np.array(win.sumwt))
         _save(source.path("psf", ".npy"), win.psf)
     win.cache = ScratchCache(source.path("prediction"))
+    win.final = ScratchCache(source.path("residual"))
     return win
 
 
@@ -167,7 +169,8 @@ def finish_band(
     and return its windows' final residual images with their gridder time (a Dask task).
 
     The residuals ``invert(corrected - predict(model))`` are made here, where the windows
-    are read, so that ``image`` only restores.
+    are read, so that ``image`` only restores; they are the last cycle's residual images when
+    its deconvolution left the model unchanged (usual once ICAL has converged).
     """
     corrected = [ical.corrected_vis(win, t) for win, t in zip(band, tables, strict=True)]
     for win, vis in zip(band, corrected, strict=True):

@@ -162,3 +162,31 @@ def test_global_solution_shares_one_gain_across_windows() -> None:
     # take: chromatic per window, one compromise for a global solution) and shift removed
     assert figures[True][0] < 1.1 * figures[False][0]
     assert figures[True][1] < 0.01 and figures[False][1] < 0.01
+
+
+def test_final_residuals_are_the_last_cycles_while_the_model_is_unchanged(tiny) -> None:
+    """The last cycle grids window by window and keeps each window's residual image: while
+    the model is that cycle's, the final residuals are those (bit for bit what gridding them
+    anew gives); a changed model has its residuals made anew."""
+    settings = settings_for(tiny, nmajor=4, niter=300, psf_support=64)
+    windows = [case_window(tiny, c, settings) for c in range(3)]
+    members = ical.band_members(3, windows[0].vis.size, settings)
+    bands = [[windows[i] for i in m] for m in members]
+    result = ical.run_ical(
+        bands, members, tiny.freqs, np.stack([w.psf for w in windows]),
+        np.array([w.sumwt for w in windows]), 3, tiny.nstations, settings,
+        ical.serial_mapper(bands),
+    )  # fmt: skip
+    assert result.convergence[-1]["components"] == 0  # the last cycle left the model as it was
+    for band, model, m in zip(bands, result.models, members, strict=True):
+        corrected = [ical.corrected_vis(w, result.tables[i]) for w, i in zip(band, m, strict=True)]
+        assert all(win.final.load(model.version) is not None for win in band)
+        kept = ical.final_residuals(band, corrected, model, settings)
+        changed = ical.Model(1.5 * model.images, model.coeff, model.version + 1)
+        other = ical.final_residuals(band, corrected, changed, settings)
+        for win in band:
+            win.final = ical.VersionCache()  # forget the last cycle's images
+        fresh = ical.final_residuals(band, corrected, model, settings)
+        for a, b, c in zip(kept, fresh, other, strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert np.abs(c - a).max() > 1e-3 * np.abs(a).max()

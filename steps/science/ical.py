@@ -13,7 +13,9 @@ its data lives: a band predicts its model with one ducc0 call per model image ov
 windows (the Taylor terms of MS-MFS: ``I(nu_c) = sum_t x_c^t I_t``), solves and applies each
 window's gains, and images the residuals with one call per image (the adjoint: weights
 ``x_c^t``), so the gridder's FFTs are shared by the band's windows; a band with no more
-windows than images (one window, or per-window models) grids window by window.  The bands'
+windows than images (one window, or per-window models) grids window by window, and so does
+the last cycle, whose window images are kept: they are the final residuals unless its
+deconvolution changes the model.  The bands'
 residual moments are summed on the caller (the coordinator), which runs MS-MFS CLEAN; per-window
 algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
 """
@@ -93,19 +95,20 @@ def terms_from(
     return tuple(out)
 
 
-class PredictionCache:
-    """A window's last model prediction, kept in memory with its model version."""
+class VersionCache:
+    """An array of a window made from a model (its prediction, its residual image), kept in
+    memory with the model's version."""
 
     def __init__(self) -> None:
         self._version: int | None = None
-        self._vis: np.ndarray | None = None
+        self._array: np.ndarray | None = None
 
     def load(self, version: int) -> np.ndarray | None:
-        """The prediction of model ``version``, if it is the one kept."""
-        return self._vis if self._version == version else None
+        """The array made from model ``version``, if it is the one kept."""
+        return self._array if self._version == version else None
 
-    def store(self, version: int, vis: np.ndarray) -> None:
-        self._version, self._vis = version, vis
+    def store(self, version: int, array: np.ndarray) -> None:
+        self._version, self._array = version, array
 
 
 @dataclass(eq=False)
@@ -114,7 +117,8 @@ class Window:
 
     ``vis``, ``weight`` (solver weights, 0 where flagged) and ``imaging_weight`` are
     (ntimes, nbaselines); ``uvw`` (ntimes * nbaselines, 3) metres.  ``cache`` keeps the last
-    model prediction with its model version (in memory, or in calibrate's scratch directory).
+    model prediction and ``final`` the last cycle's residual image (Jy/beam), each with its
+    model version (in memory, or in calibrate's scratch directory).
     """
 
     index: int
@@ -129,7 +133,8 @@ class Window:
     psf: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     sumwt: float = 0.0
     psf_s: float = 0.0
-    cache: PredictionCache = field(default_factory=PredictionCache)
+    cache: VersionCache = field(default_factory=VersionCache)
+    final: VersionCache = field(default_factory=VersionCache)
 
 
 def make_window(
@@ -293,22 +298,11 @@ def image_band(
     """The adjoint of ``predict_band``: ``sum_c coeff[c, j] dirty_c`` for each image ``j``,
     where ``dirty_c`` is window c's imaging-weighted sum (not normalised), with the same
     gridder calls: (nimage, npixel, npixel) in the gridder's precision."""
+    if not joint_calls(coeff):
+        return combined(window_images(band, vis, settings), coeff)
     freqs = np.array([w.freq_hz for w in band])
     shape = (coeff.shape[1], settings.npixel, settings.npixel)
     out = np.zeros(shape, dtype=imaging.real_type(settings.epsilon))
-    if not joint_calls(coeff):
-        for c, win in enumerate(band):
-            image = imaging.dirty(
-                win.uvw,
-                freqs[c : c + 1],
-                vis[c].reshape(-1, 1),
-                win.imaging_weight.reshape(-1, 1),
-                nthreads=settings.nthreads,
-                **settings.grid(),
-            )
-            for j in np.flatnonzero(coeff[c]):
-                out[j] += coeff[c, j] * image
-        return out
     for j in range(coeff.shape[1]):
         used = np.flatnonzero(coeff[:, j])
         if not used.size:
@@ -321,6 +315,33 @@ def image_band(
             nthreads=settings.nthreads,
             **settings.grid(),
         )
+    return out
+
+
+def window_images(
+    band: Sequence[Window], vis: Sequence[np.ndarray], settings: Settings
+) -> list[np.ndarray]:
+    """Each window's imaging-weighted sum of ``vis`` (not normalised), one gridder call per
+    window, in the gridder's precision."""
+    return [
+        imaging.dirty(
+            win.uvw,
+            np.array([win.freq_hz]),
+            v.reshape(-1, 1),
+            win.imaging_weight.reshape(-1, 1),
+            nthreads=settings.nthreads,
+            **settings.grid(),
+        )
+        for win, v in zip(band, vis, strict=True)
+    ]
+
+
+def combined(images: Sequence[np.ndarray], coeff: np.ndarray) -> np.ndarray:
+    """``sum_c coeff[c, j] images[c]`` for each image ``j``, in the images' precision."""
+    out = np.zeros((coeff.shape[1], *images[0].shape), dtype=images[0].dtype)
+    for c, image in enumerate(images):
+        for j in np.flatnonzero(coeff[c]):
+            out[j] += coeff[c, j] * image
     return out
 
 
@@ -447,7 +468,13 @@ def band_cycle(
         new_tables.append(table)
         gain_list.append(gain)
     t0 = time.perf_counter()
-    residual = image_band(band, residual_vis, model.coeff, settings)
+    if cycle == settings.nmajor:  # the last: window by window, each kept as its final residual
+        images = window_images(band, residual_vis, settings)
+        for win, image in zip(band, images, strict=True):
+            win.final.store(model.version, normalised(image, win.sumwt))
+        residual = combined(images, model.coeff)
+    else:
+        residual = image_band(band, residual_vis, model.coeff, settings)
     gridder += time.perf_counter() - t0
     increments, ncomp = None, 0
     if settings.algorithm != "mmclean":  # the band's model images are its windows' own
@@ -488,10 +515,14 @@ def final_residuals(
     band: Sequence[Window], corrected: Sequence[np.ndarray], model: Model, settings: Settings
 ) -> list[np.ndarray]:
     """Each window's residual image (Jy/beam, in the gridder's precision) of its corrected
-    data less the prediction of the final model."""
+    data less the prediction of the final model: the last cycle's, unless its deconvolution
+    changed the model (the data, the gains and the model are then those of the last cycle)."""
+    kept = [win.final.load(model.version) for win in band]
+    if all(image is not None for image in kept):
+        return kept  # type: ignore[return-value]
     model_vis, _ = band_prediction(band, model, settings)
     residual_vis = [data - vis for data, vis in zip(corrected, model_vis, strict=True)]
-    images = image_band(band, residual_vis, np.eye(len(band)), settings)  # one per window
+    images = window_images(band, residual_vis, settings)
     return [normalised(image, win.sumwt) for win, image in zip(band, images, strict=True)]
 
 
