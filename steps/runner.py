@@ -100,17 +100,20 @@ def key_parameters(params: Params, step: str) -> dict[str, Any]:
     return values
 
 
-def end_with_parent() -> None:
-    """Have the kernel send this step SIGTERM when the process that started it dies (Linux's
-    parent-death signal), as the local engine does when it stops a workflow: an engine that
-    is killed leaves no step writing into the buffers on its own."""
+def take_signals() -> None:
+    """Let Ctrl-C and SIGTERM reach this step: unblock them, since a blocked signal stays
+    blocked across exec (an ignored one stays ignored, as its launcher asked); and have the
+    kernel send SIGTERM when the process that started it dies (Linux's parent-death signal),
+    as the local engine does when it stops a workflow: an engine that is killed leaves no
+    step writing into the buffers."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_step(name: str, raw: dict[str, str]) -> int:
     """Run step ``name`` with string parameters; return its exit code."""
-    end_with_parent()
+    take_signals()
     params = parse_strings(raw)
     buffers = Buffers.of(params)
     if name in PIPELINE:

@@ -1,5 +1,6 @@
 """The step runner's contract: a step writes exactly the output parameters it declares."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -49,27 +50,64 @@ def test_a_step_returning_undeclared_outputs_fails_and_is_marked_failed(block, m
     assert not (root / "outputs").exists()
 
 
-def test_ctrl_c_ends_a_step_quietly(block):
-    """Ctrl-C reaches every step of a run: a waiting claim ends with 130, one log line and
-    its step recorded Failed."""
-    params, _ = block
+def _terminal() -> None:
+    """SIGINT as a foreground shell leaves it, whatever this test process has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _blocking() -> None:
+    """SIGINT blocked, as a launcher's thread may leave it (blocked signals survive exec)."""
+    _terminal()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _claim(params: parameters.Params, launcher) -> subprocess.Popen:
+    """The claim step of ``params``'s block, started by ``launcher``, waiting for resources."""
     raw = ["-p", f"pb_id={params.pb_id}", "-p", f"config_db={params.config_db}"]
     step = subprocess.Popen(
-        [sys.executable, "-m", "dag", "step", "claim", *raw], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "dag", "step", "claim", *raw],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints where it is stuck
+        preexec_fn=launcher,
     )
-    watchdog = threading.Timer(60, step.kill)  # a claim that never logs fails, not hangs
+    assert step.stderr is not None
+    lines = []
+    while "Waiting for resources" not in (line := step.stderr.readline()):
+        assert line, "".join(lines)  # the step ended before it waited
+        lines.append(line)
+    return step
+
+
+@pytest.mark.parametrize("launcher", [_terminal, _blocking])
+def test_ctrl_c_ends_a_step_quietly(block, launcher):
+    """Ctrl-C reaches every step of a run: a waiting claim ends with 130, one log line and
+    its step recorded Failed, also when its launcher left SIGINT blocked."""
+    params, _ = block
+    step = _claim(params, launcher)
+    watchdog = threading.Timer(60, step.send_signal, [signal.SIGABRT])  # fails, not hangs
     watchdog.start()
     try:
-        assert step.stderr is not None
-        lines = []
-        while "Waiting for resources" not in (line := step.stderr.readline()):
-            assert line, "".join(lines)  # the step ended before it waited
-            lines.append(line)
         step.send_signal(signal.SIGINT)
-        rest = step.stderr.read()
-        assert step.wait(timeout=30) == 130
+        rest = step.stderr.read()  # type: ignore[union-attr]
+        assert step.wait(timeout=30) == 130, rest
     finally:
         watchdog.cancel()
         step.kill()
     assert "WARNING:batch_imaging:Interrupted" in rest and "Traceback" not in rest, rest
     assert _phase(params, "claim") == "Failed"
+
+
+def test_a_step_started_ignoring_ctrl_c_keeps_ignoring_it(block):
+    """A launcher that ignores SIGINT (a shell's background job) keeps its steps immune to
+    Ctrl-C; SIGTERM still stops them."""
+    params, _ = block
+    step = _claim(params, lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        step.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            step.wait(timeout=1.5)
+        step.terminate()
+        assert step.wait(timeout=30) == 0  # the claim lets go of the block when stopped
+    finally:
+        step.kill()
