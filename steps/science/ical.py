@@ -547,12 +547,12 @@ def deconvolve_single(
 
 
 def deconvolve_joint(
-    residual_moments: np.ndarray, psf: deconvolve.Couplings, settings: Settings
+    residual_moments: np.ndarray, couplings: deconvolve.Couplings, settings: Settings
 ) -> deconvolve.CleanResult:
     """MS-MFS CLEAN of the residual moments reduced across windows (coordinator side)."""
     return deconvolve.msmfs_moments(
         residual_moments,
-        psf,
+        couplings,
         gain=settings.gain,
         niter=settings.niter,
         threshold=settings.threshold,
@@ -611,7 +611,7 @@ def run_ical(
     joint = settings.algorithm == "mmclean"
     nt = min(settings.nmoment, nwin) if joint else 1
     taylor_w = deconvolve.taylor_weights(freqs, float(freqs.mean()), 2 * nt - 1)
-    psf_side = (
+    couplings = (  # MS-MFS's PSF side, the same for every minor cycle
         deconvolve.couplings_of(
             deconvolve.moments(psfs, taylor_w, sumwt),
             (npix, npix),
@@ -662,8 +662,8 @@ def run_ical(
         gain_all = np.stack(gain_list)
         residual /= sumwt.sum()
         t0 = time.perf_counter()
-        if psf_side is not None:  # MS-MFS
-            found = deconvolve_joint(residual, psf_side, settings)
+        if couplings is not None:  # MS-MFS
+            found = deconvolve_joint(residual, couplings, settings)
             taylor += found.model
             ncomp = found.ncomponents
         else:
