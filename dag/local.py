@@ -243,7 +243,7 @@ class LocalEngine:
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
         scope["workflow.namespace"] = "local"
         self.buffer_root.mkdir(parents=True, exist_ok=True)
-        with self._mutexes(scope), self._stop_on_signals():
+        with self._mutexes(scope), self._stop_on_signals(), _scratch() as self._scratch:
             limit = self.spec.get("activeDeadlineSeconds")
             deadline = time.time() + float(limit) if limit is not None else None
             nodes = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
@@ -710,7 +710,7 @@ class LocalEngine:
         ]
         if command[0] == "batch-imaging":
             command = [sys.executable, "-m", "dag", *command[1:]]
-        outputs = Path(tempfile.mkdtemp(prefix=f"{template['name']}-outputs-"))
+        outputs = Path(tempfile.mkdtemp(prefix=f"{template['name']}-outputs-", dir=self._scratch))
         env = {
             **os.environ,
             **self.env,
@@ -739,6 +739,33 @@ def _phase(nodes: Iterable[Node]) -> str:
     """The workflow phase from its nodes' phases."""
     phases = {node.phase for node in nodes}
     return "Error" if "Error" in phases else "Failed" if "Failed" in phases else "Succeeded"
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A directory for this run's pods' outputs, removed when the run ends; those of runs
+    whose engine was killed (its process gone) are removed first."""
+    root = Path(tempfile.gettempdir()) / f"batch-imaging-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    for stale in root.glob("engine-*"):
+        pid = int(stale.name.split("-")[1])
+        if not _alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"engine-{os.getpid()}-", dir=root))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _terminate(pod: _Pod, grace_s: float = 30.0) -> None:

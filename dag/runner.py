@@ -115,7 +115,8 @@ def execute(
         raise
     LOG.info("Workflow %s %s", run.name, run.phase)
     for node in run.nodes.values():
-        LOG.info("  %-24s %-10s %6.1f s %s", node.name, node.phase, node.duration, node.message)
+        line = f"  {node.name:<24} {node.phase:<10} {node.duration:6.1f} s {node.message}"
+        LOG.info("%s", line.rstrip())
         for artifact, path in node.artifacts.items():
             LOG.info("    artifact %-18s %s", artifact, path)
     return run.phase

@@ -58,6 +58,7 @@ def test_run_succeeds_with_the_seed_log(run):
         assert matches, f"missing log line {expected!r}"
         positions.append(matches[0])
     assert positions == sorted(positions), "seed log lines out of order"
+    assert not [line for line in lines if line.endswith(" ")], "lines with trailing spaces"
 
 
 def test_products_are_in_the_buffers(run):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import os
+import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -567,3 +570,23 @@ def test_a_daemon_that_dies_fails_the_dag(tmp_path):
     assert run.phase == "Failed"
     assert run.nodes["daemon"].message == "daemon exited (code 4)"
     assert run.nodes["work"].phase == "Failed"
+
+
+def test_pod_outputs_are_removed_with_the_run_and_after_a_killed_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    root = tmp_path / "tmp" / f"batch-imaging-{os.getuid()}"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a killed engine's process: gone
+    stale = root / f"engine-{gone.pid}-x" / "a-outputs-y"
+    running = root / f"engine-{os.getpid()}-x" / "a-outputs-y"  # an engine still running
+    for directory in (stale, running):
+        directory.mkdir(parents=True)
+        (directory / "out").write_text("left")
+    manifest = workflow(
+        [ECHO], [task("a", "echo", arguments={"parameters": [{"name": "text", "value": "x"}]})]
+    )
+    assert LocalEngine(manifest, tmp_path / "buffers").run({}).phase == "Succeeded"
+    assert not stale.parent.exists()
+    assert sorted(root.iterdir()) == [running.parent]
