@@ -11,10 +11,12 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from steps import manifest
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, open_backend
 from steps.manifest import NAME as MANIFEST
 from steps.params import Params, parse
+from steps.runner import PIPELINE, key_parameters
 
 POD_ROOT = "/buffer"
 
@@ -69,6 +71,7 @@ class Product:
     description: str
     local: Path
     size: int | None  # bytes; None if absent locally
+    stale: bool = False  # made by an earlier run with other parameters or inputs
 
     @property
     def pod_path(self) -> str:
@@ -95,20 +98,43 @@ def human(size: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def stale_files(params: Params, folders: list[Path]) -> set[Path]:
+    """The products (top-level files and directories of the buffers) of the steps whose
+    recorded key is not the one ``params`` gives them (from the buffer manifests' records
+    alone: nothing is hashed again)."""
+    stale: set[Path] = set()
+    for folder in folders:
+        recorded = manifest.load(folder)
+        for step in PIPELINE:
+            done = recorded["steps"].get(step)
+            key = key_parameters(params, step)
+            if done and done["key"] != manifest.step_key(step, key, folders, done["inputs"]):
+                stale |= {
+                    folder / Path(name).parts[0]
+                    for name, entry in recorded["files"].items()
+                    if entry["step"] == step
+                }
+    return stale
+
+
 def products(params: Params, buffer_root: Path) -> list[Product]:
-    """Every catalogued product of a run, present or not, with its local and PVC location."""
+    """Every catalogued product of a run, present or not, with its local and PVC location;
+    those an earlier run made with other parameters are marked stale."""
     buffers = Buffers.of(params, buffer_root)
     names = {"vis": params.buffer_vis, "img": params.buffer_img}
     folders = {"vis": buffers.vis, "img": buffers.img}
-    rows = [
-        Product(names[b], str(path.relative_to(folders[b])), text, path, size_of(path))
-        for b, path, text in catalogue(buffers)
-    ]
+    stale = stale_files(params, list(folders.values()))
+
+    def product(buffer: str, path: Path, text: str) -> Product:
+        relative = str(path.relative_to(folders[buffer]))
+        return Product(names[buffer], relative, text, path, size_of(path), path in stale)
+
+    rows = [product(b, path, text) for b, path, text in catalogue(buffers)]
     known = {p.local for p in rows}
     for b, folder in folders.items():  # anything else a step (or a newer version) wrote
         if folder.is_dir():
             rows += [
-                Product(names[b], path.name, "", path, size_of(path))
+                product(b, path, "")
                 for path in sorted(folder.iterdir())
                 if path not in known and not path.name.startswith(".")
             ]
@@ -144,7 +170,13 @@ def cmd_outputs(args: argparse.Namespace) -> int:
         print(f"  local:      {mine[0].local.parent.resolve()}/")
         print(f"  Kubernetes: PVC {pvc}, mounted at {POD_ROOT}/{pvc}/ in the workflow's pods")
         for p in mine:
-            print(f"    {p.relative:<{width}}  {human(p.size):>10}  {p.description}")
+            mark = "STALE " if p.stale else ""
+            print(f"    {p.relative:<{width}}  {human(p.size):>10}  {mark}{p.description}")
+    if any(p.stale for p in rows):
+        print(
+            f"\nSTALE: made by an earlier run with other parameters or inputs than "
+            f"{params.pb_id}'s (its run has not remade them: it failed, or is running)"
+        )
     print(
         "\n'-': not written (yet) or not present here.  From Kubernetes, copy out of any pod "
         f"that mounts the claim:\n  kubectl cp <pod>:{POD_ROOT}/{params.buffer_img}/report.html "

@@ -25,6 +25,22 @@ def test_products_of_the_run(run: SmallRun) -> None:
     assert rows["model.zarr"].pvc == run.params.buffer_vis
 
 
+def test_products_of_other_parameters_are_stale(
+    run: SmallRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not [p.relative for p in products(run.params, run.root) if p.stale]
+    # a block with another niter whose run has not (yet) remade anything: calibrate's and
+    # image's products are an earlier run's, simulate's and corrupt's are still its own
+    other = run.params.model_copy(update={"niter": run.params.niter + 1})
+    stale = {p.relative for p in products(other, run.root) if p.stale}
+    assert {"calibrated.zarr", "gains_solved.zarr", "restored.fits", "metrics.json"} <= stale
+    assert not stale & {"model.zarr", "corrupted.zarr", "gains_true.zarr", "sky_model.csv"}
+    # another sky: everything the pipeline made
+    other = run.params.model_copy(update={"ra": run.params.ra + 1.0})
+    stale = {p.relative for p in products(other, run.root) if p.stale}
+    assert {"model.zarr", "corrupted.zarr", "calibrated.zarr", "restored.fits"} <= stale
+
+
 def test_run_params_from_the_config_db(run: SmallRun) -> None:
     assert run_params(run.root, None, None).pb_id == run.params.pb_id  # the latest block
     assert run_params(run.root, run.params.pb_id, None).nfreqwin == run.params.nfreqwin
