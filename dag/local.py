@@ -62,6 +62,7 @@ SUFFIX = {
     "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
+ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 NO_ARTIFACT_REPOSITORY = (
@@ -747,9 +748,9 @@ def _scratch() -> Iterator[Path]:
     whose engine was killed (its process gone) are removed first."""
     root = Path(tempfile.gettempdir()) / f"batch-imaging-{os.getuid()}"
     root.mkdir(mode=0o700, exist_ok=True)
-    for stale in root.glob("engine-*"):
-        pid = int(stale.name.split("-")[1])
-        if not _alive(pid):
+    for stale in root.iterdir():
+        engine = ENGINE_SCRATCH.fullmatch(stale.name)
+        if engine and not _alive(int(engine[1])):
             shutil.rmtree(stale, ignore_errors=True)
     directory = Path(tempfile.mkdtemp(prefix=f"engine-{os.getpid()}-", dir=root))
     try:

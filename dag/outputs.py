@@ -16,7 +16,7 @@ from steps.buffers import Buffers
 from steps.configdb import ConfigDB, open_backend
 from steps.manifest import NAME as MANIFEST
 from steps.params import Params, parse
-from steps.runner import PIPELINE, key_parameters
+from steps.runner import RECORDED, key_parameters
 
 POD_ROOT = "/buffer"
 
@@ -105,7 +105,7 @@ def stale_files(params: Params, folders: list[Path]) -> set[Path]:
     stale: set[Path] = set()
     for folder in folders:
         recorded = manifest.load(folder)
-        for step in PIPELINE:
+        for step in RECORDED:
             done = recorded["steps"].get(step)
             key = key_parameters(params, step)
             if done and done["key"] != manifest.step_key(step, key, folders, done["inputs"]):

@@ -33,7 +33,7 @@ def test_products_of_other_parameters_are_stale(
     # image's products are an earlier run's, simulate's and corrupt's are still its own
     other = run.params.model_copy(update={"niter": run.params.niter + 1})
     stale = {p.relative for p in products(other, run.root) if p.stale}
-    assert {"calibrated.zarr", "gains_solved.zarr", "restored.fits", "metrics.json"} <= stale
+    assert {"calibrated.zarr", "gains_solved.zarr", "restored.fits", "report.html"} <= stale
     assert not stale & {"model.zarr", "corrupted.zarr", "gains_true.zarr", "sky_model.csv"}
     # another sky: everything the pipeline made
     other = run.params.model_copy(update={"ra": run.params.ra + 1.0})
