@@ -49,7 +49,11 @@ def catalogue(buffers: Buffers) -> tuple[tuple[str, Path, str], ...]:
         ("img", buffers.image("mfs_model"), "MFS CLEAN model, Taylor term 0 (Jy/pixel)"),
         ("img", buffers.image("mfs_residual"), "MFS residual (Jy/beam)"),
         ("img", buffers.image("mfs_restored"), "MFS restored image (Jy/beam)"),
-        ("img", buffers.image("mfs_alpha"), "spectral index where the signal allows (else NaN)"),
+        (
+            "img",
+            buffers.image("mfs_alpha"),
+            "apparent spectral index (sky times station beam) where the signal allows, else NaN",
+        ),
         ("img", buffers.psf, "PSF of the centre window"),
         ("img", buffers.metrics, "figures of merit and the source table"),
         ("img", buffers.convergence, "ICAL phase and residual rms per major cycle"),

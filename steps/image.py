@@ -2,9 +2,10 @@
 
 Each window's final residual ``invert(calibrated - predict(model))`` was made by calibrate
 on the Dask worker holding the window (``ical_model.zarr``); the ICAL PSFs give the clean
-beams.  Writes FITS cubes (``deconvolved``, ``residual``,
-``restored``), MFS images (``mfs_restored``, ``mfs_residual``, ``mfs_model``, and
-``mfs_alpha``, the spectral index where the signal allows) and ``metrics.json``.
+beams, one per window (a ``BEAMS`` table in the cubes, as CASA writes them).  Writes FITS
+cubes (``deconvolved``, ``residual``, ``restored``), MFS images (``mfs_restored``,
+``mfs_residual``, ``mfs_model``, and ``mfs_alpha``, the apparent spectral index where the
+signal allows) and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import math
 import time
 from typing import Any
 
+import erfa
 import numpy as np
+import xarray as xr
+from astropy.time import Time
 from astropy.wcs import WCS
 
 from steps import atomic, store
@@ -26,6 +30,12 @@ from steps.params import Params
 from steps.science import deconvolve, fitsio, restore
 
 ALPHA_SNR = 10.0  # spectral index where the restored MFS image exceeds this many residual rms
+# a, f of the ellipsoid FITS WCS takes OBSGEO-L/B/H on (WCSLIB checks them against X/Y/Z)
+IAU1976_ELLIPSOID = (6378140.0, 1 / 298.257)
+ALPHA_HISTORY = (
+    "Apparent spectral index I1/I0 of the restored Taylor terms, x = (nu - nu_ref) / nu_ref:",
+    "the sky's times the station beam's (not corrected for the beam's chromaticity).",
+)
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
@@ -41,9 +51,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     sumwt = products["SUMWT"].values
     freqs = calibrated["frequency"].values
     ref = float(freqs.mean())
+    centre = len(freqs) // 2
     beams = [restore.fit_clean_beam(p, params.cellsize) for p in psfs]
-    beam = max(beams, key=lambda b: b.bmaj_deg * b.bmin_deg)  # common beam: the largest
-    restored = np.stack([restore.restore(m, r, beam) for m, r in zip(model, residual, strict=True)])
+    beam = beams[centre]  # the primary header's: the window the metrics are of
+    restored = np.stack(
+        [restore.restore(*planes) for planes in zip(model, residual, beams, strict=True)]
+    )
 
     nt = taylor.shape[0]
     weights = deconvolve.taylor_weights(freqs, ref, 2 * nt - 1)
@@ -58,13 +71,15 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     alpha = spectral_index(mfs_restored, res_mom[0])
 
     buffers.img.mkdir(parents=True, exist_ok=True)
-    header = {"ra_deg": params.ra, "dec_deg": params.dec, "cell_rad": params.cellsize}
+    header = observation(calibrated, params)
     cube = {**header, "freqs_hz": freqs, "channel_width_hz": channel_width}
     bandwidth = float(np.ptp(freqs)) + channel_width
     mfs = {**header, "freqs_hz": [ref], "channel_width_hz": bandwidth}
     fitsio.write_image(buffers.image("deconvolved"), model, bunit="JY/PIXEL", **cube)
-    fitsio.write_image(buffers.image("residual"), residual, bunit="JY/BEAM", beam=beam, **cube)
-    fitsio.write_image(buffers.image("restored"), restored, bunit="JY/BEAM", beam=beam, **cube)
+    for name, planes in (("residual", residual), ("restored", restored)):
+        fitsio.write_image(
+            buffers.image(name), planes, bunit="JY/BEAM", beam=beam, beams=beams, **cube
+        )
     fitsio.write_image(buffers.image("mfs_model"), taylor[0], bunit="JY/PIXEL", **mfs)
     fitsio.write_image(
         buffers.image("mfs_residual"), res_mom[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
@@ -73,8 +88,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         buffers.image("mfs_restored"), mfs_restored[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
     )
     if alpha is not None:
-        fitsio.write_image(buffers.image("mfs_alpha"), alpha, bunit="", beam=mfs_beam, **mfs)
-    centre = len(freqs) // 2
+        fitsio.write_image(
+            buffers.image("mfs_alpha"), alpha, bunit="", beam=mfs_beam, history=ALPHA_HISTORY,
+            **{**mfs, "extra": {**mfs["extra"], "BTYPE": "spectral index"}},
+        )  # fmt: skip
     fitsio.write_image(
         buffers.psf,
         psfs[centre],
@@ -84,8 +101,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     metrics = measure(params, buffers, restored, residual, mfs_restored[0], res_mom[0], beam)
     metrics["image_gridder_s"] = products.attrs["residual_gridder_s"]
     metrics["step_timings_s"] = {
-        **step_timings(params.config_db, params.pb_id),
-        "image": round(time.perf_counter() - started, 3),
+        "image": round(time.perf_counter() - started, 3),  # without a timeline: this run()
+        **step_timings(params.config_db, params.pb_id, running="image"),
     }
     atomic.write_json(buffers.metrics, metrics)
     LOG.info(
@@ -98,6 +115,32 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "restored": str(buffers.image("restored")),
         "restored_peak_jy": f"{metrics['restored_peak_jy']:.6g}",
         "dynamic_range": f"{metrics['dynamic_range']:.6g}",
+    }
+
+
+def observation(ds: xr.Dataset, params: Params) -> dict[str, Any]:
+    """``fitsio.write_image`` arguments every image shares: the phase centre and cell, the
+    observation's start (DATE-OBS) and site (OBSGEO-*: the mean station position), and the
+    imaging weights."""
+    start_s = float(ds["time"].values[0]) - float(ds.attrs["integration_time_s"]) / 2
+    site = np.mean(np.asarray(ds.attrs["antenna_itrf_m"], dtype=float), axis=0)
+    weights = f"robust {params.robust:g}" if params.weighting == "robust" else params.weighting
+    lon, lat, height = erfa.gc2gde(*IAU1976_ELLIPSOID, site)
+    cards: dict[str, Any] = {
+        f"OBSGEO-{axis}": (float(value), "[m] ITRF, mean station position")
+        for axis, value in zip("XYZ", site, strict=True)
+    }
+    cards["OBSGEO-L"] = (math.degrees(lon), "[deg] geodetic longitude (IAU 1976)")
+    cards["OBSGEO-B"] = (math.degrees(lat), "[deg] geodetic latitude (IAU 1976)")
+    cards["OBSGEO-H"] = (float(height), "[m] height above the IAU 1976 ellipsoid")
+    cards["TIMESYS"] = "UTC"
+    cards["WEIGHTNG"] = (weights, "imaging weights")
+    return {
+        "ra_deg": params.ra,
+        "dec_deg": params.dec,
+        "cell_rad": params.cellsize,
+        "date_obs": Time(start_s / 86400.0, format="mjd", scale="utc").isot,
+        "extra": cards,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -115,8 +117,9 @@ def source_table(
     return rows
 
 
-def step_timings(config_db: str, pb_id: str) -> dict[str, Any]:
-    """Duration (s) of every finished step of the processing block, from the PB state."""
+def step_timings(config_db: str, pb_id: str, running: str | None = None) -> dict[str, Any]:
+    """Duration (s) of every finished step of the processing block, from the PB state, and
+    the time since step ``running`` started (as the state's timeline counts it)."""
     from steps.configdb import ConfigDB, open_backend
 
     try:  # one attempt, no retries: the run's own steps have reached this database
@@ -125,8 +128,13 @@ def step_timings(config_db: str, pb_id: str) -> dict[str, Any]:
     except Exception:  # timings are informative only: never fail the step over them
         return {}
     steps = dict(getattr(state, "steps", None) or {}) if state else {}
-    return {
+    timings = {
         name: entry.get("duration_s")
         for name, entry in steps.items()
         if isinstance(entry, dict) and "duration_s" in entry
     }
+    started = steps.get(running, {}).get("started") if running else None
+    if started:
+        elapsed = time.time() - datetime.datetime.fromisoformat(started).timestamp()
+        timings[running] = round(elapsed, 3)
+    return timings

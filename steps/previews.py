@@ -91,26 +91,28 @@ def residual(buffers: Buffers, out: Path) -> Path:
 
 
 def write_psf(params: Params, buffers: Buffers) -> Path:
-    """PSF of the centre window as FITS (``psf.fits`` in the image buffer), from the
-    calibrated store's uvw and weights; an existing ``psf.fits`` is kept."""
+    """PSF of the centre window as FITS (``psf.fits`` in the image buffer, as the image step
+    writes it), from the calibrated store's uvw and weights; an existing one is kept."""
     path = buffers.psf
     if path.exists():
         return path
+    from steps.image import observation
+
     ds = store.open_store(buffers.calibrated)
     obs = store.layout_of(ds)
     centre = len(obs.frequencies) // 2
     _, weight, flag = store.read_window(buffers.calibrated, centre)
+    uvw, freq = obs.uvw.reshape(-1, 3), obs.frequencies[centre : centre + 1]
+    natural = np.where(flag, 0.0, weight).reshape(-1, 1).astype(np.float64)
+    imaging_weights = imaging.weights(
+        uvw, freq, natural, params.npixel, params.cellsize, params.weighting, params.robust
+    )
     psf, _ = imaging.make_psf(
-        obs.uvw.reshape(-1, 3),
-        obs.frequencies[centre : centre + 1],
-        np.where(flag, 0.0, weight).reshape(-1, 1).astype(np.float64),
-        params.npixel,
-        params.cellsize,
-        params.epsilon,
+        uvw, freq, imaging_weights, params.npixel, params.cellsize, params.epsilon
     )
     fitsio.write_image(
-        path, psf, params.ra, params.dec, params.cellsize,
-        obs.frequencies[centre : centre + 1], obs.channel_width, bunit="",
+        path, psf, freqs_hz=freq, channel_width_hz=obs.channel_width, bunit="",
+        **observation(ds, params),
     )  # fmt: skip
     return path
 
@@ -128,7 +130,8 @@ def psf(params: Params, buffers: Buffers, out: Path) -> Path:
     ax.set_ylim(centre - half, centre + half)
     ax.set_xlabel("Right ascension (ICRS)")
     ax.set_ylabel("Declination (ICRS)")
-    ax.set_title(f"PSF at {freq / 1e6:.2f} MHz (natural weighting)")
+    weights = header.get("WEIGHTNG", "natural")
+    ax.set_title(f"PSF at {freq / 1e6:.2f} MHz ({weights} weighting)")
     fig.colorbar(shown, ax=ax, label="relative response", fraction=0.046, pad=0.04)
     return _save(fig, out)
 

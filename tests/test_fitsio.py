@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from astropy.wcs import WCS
 
 from steps.science.fitsio import read_image, write_image
@@ -78,3 +79,20 @@ def test_single_plane_and_uneven_channels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="evenly spaced"):
         write_image(path, np.ones((3, NPIX, NPIX)), RA, DEC, CELL, [1e8, 1.1e8, 1.3e8], 1e6, "JY")
     assert [p.name for p in tmp_path.iterdir()] == ["psf.fits"]
+
+
+def test_per_plane_beams_as_casa_writes_them(tmp_path: Path) -> None:
+    path = tmp_path / "cube.fits"
+    beams = [Beam(0.1 + 0.01 * k, 0.05, 30.0 + k, 2.1, 1.05, np.radians(30.0)) for k in range(3)]
+    write_image(path, np.ones((3, NPIX, NPIX)), RA, DEC, CELL, FREQS, 1e6, beam=BEAM, beams=beams)
+    with fits.open(path) as hdul:
+        assert hdul[0].header["CASAMBM"] is True and hdul[0].header["BMAJ"] == BEAM.bmaj_deg
+        table = hdul["BEAMS"]
+        assert (table.header["NCHAN"], table.header["NPOL"]) == (3, 1)
+        assert [table.columns[c].unit for c in ("BMAJ", "BMIN", "BPA")] == ["arcsec"] * 2 + ["deg"]
+        np.testing.assert_allclose(table.data["BMAJ"], [360.0, 396.0, 432.0], rtol=1e-6)
+        np.testing.assert_allclose(table.data["BMIN"], 180.0, rtol=1e-6)
+        np.testing.assert_allclose(table.data["BPA"], [30.0, 31.0, 32.0], rtol=1e-6)
+        assert list(table.data["CHAN"]) == [0, 1, 2] and list(table.data["POL"]) == [0, 0, 0]
+    with pytest.raises(ValueError, match="2 beams for 3 planes"):
+        write_image(path, np.ones((3, NPIX, NPIX)), RA, DEC, CELL, FREQS, 1e6, beams=beams[:2])

@@ -73,3 +73,21 @@ def test_missing_products_write_nothing(tmp_path: Path) -> None:
     buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
     assert previews.write_all(parse({}), buffers) == {}
     assert not np.any([p.suffix == ".png" for p in tmp_path.rglob("*")])
+
+
+def test_psf_made_for_a_run_without_one_is_the_image_steps(run: SmallRun, tmp_path: Path) -> None:
+    """A run whose image step did not write ``psf.fits`` gets the same PSF from the report."""
+    from astropy.io import fits
+
+    made = previews.write_psf(run.params, Buffers(vis=run.buffers.vis, img=tmp_path))
+    ours, theirs = fits.open(made)[0], fits.open(run.buffers.psf)[0]
+    np.testing.assert_allclose(ours.data, theirs.data, atol=1e-3)
+    for card in ("CRVAL1", "CDELT1", "CRVAL4", "DATE-OBS", "OBSGEO-X", "WEIGHTNG"):
+        assert ours.header[card] == theirs.header[card], card
+    assert theirs.header["WEIGHTNG"] == run.params.weighting == "natural"
+    uniform = run.params.model_copy(update={"weighting": "uniform"})
+    (tmp_path / "u").mkdir()
+    made = previews.write_psf(uniform, Buffers(vis=run.buffers.vis, img=tmp_path / "u"))
+    with fits.open(made) as hdul:
+        assert hdul[0].header["WEIGHTNG"] == "uniform"
+        assert np.abs(hdul[0].data - theirs.data).max() > 0.01  # other weights, other PSF

@@ -71,12 +71,15 @@ def write_image(
     extra: Mapping[str, Any] | None = None,
     history: Sequence[str] = (),
     date_obs: str | None = None,
+    beams: Sequence[Beam] | None = None,
 ) -> None:
     """Write ``data`` ((nchan, npix, npix) or (npix, npix), indexed [y, x]) as 4-D FITS in
     single precision (BITPIX -32, as WSClean and CASA write images).
 
-    ``extra`` holds additional header cards (value or (value, comment)).  The file is written
-    to a temporary file in the target directory, fsynced and renamed over ``path``.
+    ``extra`` holds additional header cards (value or (value, comment)); ``beams``, one per
+    plane, go into a ``BEAMS`` table as CASA writes per-plane beams (``beam`` stays the
+    primary header's).  The file is written to a temporary file in the target directory,
+    fsynced and renamed over ``path``.
     """
     cube = np.asarray(data, dtype=np.float32)
     if cube.ndim == 2:
@@ -93,11 +96,17 @@ def write_image(
         hdr[key] = value
     for line in history:
         hdr.add_history(line)
-    hdu = fits.PrimaryHDU(data=cube[:, np.newaxis], header=hdr)
+    if beams is not None:
+        if len(beams) != nchan:
+            raise ValueError(f"{len(beams)} beams for {nchan} planes")
+        hdr["CASAMBM"] = (True, "per-plane beams in the BEAMS table")
+    hdus = fits.HDUList([fits.PrimaryHDU(data=cube[:, np.newaxis], header=hdr)])
+    if beams is not None:
+        hdus.append(beams_table(beams))
 
     target = Path(path)
     with atomic.replacing(target) as tmp, open(tmp, "wb") as handle:  # the umask's mode
-        hdu.writeto(handle)
+        hdus.writeto(handle)
         handle.flush()
         os.fsync(handle.fileno())
     dir_fd = os.open(target.parent, os.O_RDONLY)
@@ -105,6 +114,21 @@ def write_image(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def beams_table(beams: Sequence[Beam]) -> fits.BinTableHDU:
+    """CASA's ``BEAMS`` extension: BMAJ, BMIN (arcsec), BPA (deg) per channel, one Stokes."""
+    columns = [
+        fits.Column("BMAJ", "1E", "arcsec", array=[b.bmaj_deg * 3600 for b in beams]),
+        fits.Column("BMIN", "1E", "arcsec", array=[b.bmin_deg * 3600 for b in beams]),
+        fits.Column("BPA", "1E", "deg", array=[b.bpa_deg for b in beams]),
+        fits.Column("CHAN", "1J", array=np.arange(len(beams))),
+        fits.Column("POL", "1J", array=np.zeros(len(beams))),
+    ]
+    table = fits.BinTableHDU.from_columns(columns, name="BEAMS")
+    table.header["NCHAN"] = len(beams)
+    table.header["NPOL"] = 1
+    return table
 
 
 class FitsError(ValueError):

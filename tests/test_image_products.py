@@ -1,0 +1,57 @@
+"""The image step's FITS products: per-window clean beams, the observation's time and site."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import EarthLocation
+from astropy.io import fits
+from astropy.time import Time
+
+from steps import store
+from steps.science import restore
+from tests.small_run import SmallRun, small_run
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory: pytest.TempPathFactory) -> SmallRun:
+    return small_run(tmp_path_factory)
+
+
+def test_each_window_is_restored_with_its_own_beam(run: SmallRun) -> None:
+    ical = store.open_dataset(run.buffers.ical_model)
+    psfs, model, residual = (ical[name].values for name in ("PSF", "MODEL", "RESIDUAL"))
+    with fits.open(run.buffers.image("restored")) as hdul:
+        header, data, table = hdul[0].header, hdul[0].data[:, 0], hdul["BEAMS"].data
+    assert len(table) == run.params.nfreqwin and header["CASAMBM"] is True
+    fitted = [restore.fit_clean_beam(p, run.params.cellsize) for p in psfs]
+    np.testing.assert_allclose(table["BMAJ"], [b.bmaj_deg * 3600 for b in fitted], rtol=1e-6)
+    np.testing.assert_allclose(table["BMIN"], [b.bmin_deg * 3600 for b in fitted], rtol=1e-6)
+    assert table["BMAJ"][0] > table["BMAJ"][-1]  # the beam shrinks with frequency
+    centre = run.params.nfreqwin // 2
+    assert header["BMAJ"] == pytest.approx(fitted[centre].bmaj_deg)
+    for window in (0, run.params.nfreqwin - 1):
+        expected = restore.restore(model[window], residual[window], fitted[window])
+        np.testing.assert_allclose(data[window], expected, atol=1e-6 * np.abs(expected).max())
+
+
+def test_images_carry_the_observation_start_and_site(run: SmallRun) -> None:
+    """At DATE-OBS plus half an integration, seen from OBSGEO, the phase centre is at the
+    first hour angle (-30 deg)."""
+    header = fits.getheader(run.buffers.image("mfs_restored"))
+    integration = store.open_store(run.buffers.calibrated).attrs["integration_time_s"]
+    first = Time(header["DATE-OBS"], scale="utc") + integration / 2 * u.s
+    assert header["MJD-OBS"] == pytest.approx(Time(header["DATE-OBS"]).mjd, abs=1e-9)
+    site = EarthLocation.from_geocentric(*(header[f"OBSGEO-{a}"] for a in "XYZ"), unit=u.m)
+    assert site.lat.deg == pytest.approx(-26.8, abs=0.2)  # the SKA1-Low site
+    lst = first.sidereal_time("apparent", longitude=site.lon).deg
+    hour_angle = (lst - header["CRVAL1"] + 180.0) % 360.0 - 180.0
+    assert hour_angle == pytest.approx(-30.0, abs=0.05)
+    assert header["WEIGHTNG"] == "natural" and header["TIMESYS"] == "UTC"
+
+
+def test_spectral_index_is_labelled_apparent(run: SmallRun) -> None:
+    header = fits.getheader(run.buffers.image("mfs_alpha"))
+    assert header["BTYPE"] == "spectral index"
+    assert "station beam" in str(header["HISTORY"])
