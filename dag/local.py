@@ -234,12 +234,14 @@ class LocalEngine:
     def run(self, parameters: dict[str, str], name: str | None = None) -> Run:
         """Run the entrypoint DAG then the exit handler; return the phases."""
         declared = {
-            p["name"]: p.get("value", "")
-            for p in self.spec.get("arguments", {}).get("parameters", [])
+            p["name"]: p.get("value") for p in self.spec.get("arguments", {}).get("parameters", [])
         }
         unknown = set(parameters) - set(declared)
         if unknown:
             raise WorkflowError(f"unknown workflow parameter(s): {', '.join(sorted(unknown))}")
+        missing = [k for k, v in declared.items() if v is None and k not in parameters]
+        if missing:  # Argo's message for a parameter without a value
+            raise WorkflowError(f"spec.arguments.{missing[0]}.value is required")
         scope = {f"workflow.parameters.{k}": str(v) for k, v in {**declared, **parameters}.items()}
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
         scope["workflow.namespace"] = "local"

@@ -90,7 +90,7 @@ def run_local(
                 f"processing block {pb_id} is already being run by process {running} on "
                 f"{HOSTNAME}: wait for it to end, or stop it"
             )
-        register(db, params, raw)
+        register(db, params, requested)
     finally:
         db.close()
     return execute(params, buffer_root, run_name(params.pb_id), artifacts)
@@ -132,18 +132,18 @@ def running_pid(db: ConfigDB, pb_id: str) -> int | None:
     return pid if process_alive(pid, "run") else None
 
 
-def register(db: ConfigDB, params: parameters.Params, raw: dict) -> None:
-    """Create (or reset, on a re-run) the processing block; as the processing controller,
-    mark its resources available (a local run has no dependencies) and record this process
-    as the run's follower, so that a bridge on the same database leaves it alone. A re-run
-    starts a fresh timeline and clears the previous reason."""
-    pb = ProcessingBlock(id=params.pb_id, workflow=WORKFLOW, parameters=raw)
+def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
+    """Create (or reset, on a re-run) the processing block with the ``requested`` parameters
+    (the file's with the command line's); as the processing controller, mark its resources
+    available (a local run has no dependencies) and record this process as the run's
+    follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
+    timeline and clears the previous reason."""
+    pb = ProcessingBlock(id=params.pb_id, workflow=WORKFLOW, parameters=requested)
     me = {"hostname": HOSTNAME, "pid": os.getpid()}
     run = {"name": run_name(pb.id), "engine": "local", "bridge": me, **me, "submitted": _now()}
     state = PBState(status=PBStatus.STARTING, resources_available=True, run=run, steps={})
     for txn in db.txn():
-        if txn.get_pb(pb.id) is None:
-            txn.create_pb(pb)
+        txn.put_pb(pb)
         if txn.get_state(pb.id) is None:
             txn.create_state(pb.id, state)
         else:

@@ -314,11 +314,23 @@ def dask_scheduler_address(pb_id: str) -> str:
     return f"tcp://{DASK_CLUSTER.replace('{{workflow.parameters.pb_id}}', pb_id)}-scheduler:8786"
 
 
+# what names the run's claim, PVCs and mutexes: given at every submission (Argo refuses a
+# workflow without them), never a shared placeholder default
+REQUIRED = {
+    "pb_id": "Processing block id (required)",
+    "buffer_vis": "Visibility buffer PVC (required; batch-imaging gives buff-<pb_id>-vis)",
+    "buffer_img": "Image buffer PVC (required; batch-imaging gives buff-<pb_id>-img)",
+}
+
+
 def arguments() -> list[Parameter]:
-    """The workflow parameters: every field of the parameter model, with its default."""
+    """The workflow parameters: every field of the parameter model, with its default, except
+    the ``REQUIRED`` ones, which have none."""
     defaults = Params().as_strings()
     return [
-        Parameter(name=name, value=defaults[name], description=field.description)
+        Parameter(name=name, description=REQUIRED[name])
+        if name in REQUIRED
+        else Parameter(name=name, value=defaults[name], description=field.description)
         for name, field in Params.model_fields.items()
     ]
 

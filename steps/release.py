@@ -8,11 +8,25 @@ did, and the report step before it has written the previews and ``report.html``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, PBStatus, connect
 from steps.log import LOG
 from steps.params import Params
+from steps.runner import DAEMON_STEP, EXIT_STEP
+
+# a step still Running when a failed workflow ends was killed before it could record its end
+# (SIGKILL after the grace period, a lost node): it did not finish
+KILLED = {"phase": "Failed", "message": "ended without recording its end (killed)"}
+
+
+def _unfinished(name: str, entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("phase") == "Running"
+        and name not in (DAEMON_STEP, EXIT_STEP)
+    )
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
@@ -25,16 +39,21 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         state = txn.get_state(params.pb_id)
         if state is None or getattr(state, "workflow_run", run_name) != run_name:
             return False  # not ours: another run holds this block
-        fields = {"status": status}
+        fields: dict[str, Any] = {"status": status}
         if status is PBStatus.FAILED:
+            steps = {
+                name: entry | KILLED if _unfinished(name, entry) else entry
+                for name, entry in (getattr(state, "steps", None) or {}).items()
+            }
             failed = [
                 f"step {name} failed: {entry.get('message') or 'no message'}"
-                for name, entry in (getattr(state, "steps", None) or {}).items()
+                for name, entry in steps.items()
                 if isinstance(entry, dict) and entry.get("phase") == "Failed"
             ]
             fields["reason"] = "; ".join(
                 [f"workflow {run_name} {workflow_status or 'ended'}", *failed]
             )
+            fields["steps"] = steps
         txn.update_state(params.pb_id, **fields)
         return True
 

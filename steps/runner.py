@@ -100,13 +100,30 @@ def key_parameters(params: Params, step: str) -> dict[str, Any]:
     return values
 
 
+class Stopped(SystemExit):
+    """SIGTERM reached the step (the engine stops the workflow, the kubelet the pod, or a
+    deadline passed): the step is recorded Failed and the process exits 143, as killed."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+    def __str__(self) -> str:
+        return "Stopped (SIGTERM)"
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped
+
+
 def take_signals() -> None:
     """Let Ctrl-C and SIGTERM reach this step: unblock them, since a blocked signal stays
-    blocked across exec (an ignored one stays ignored, as its launcher asked); and have the
-    kernel send SIGTERM when the process that started it dies (Linux's parent-death signal),
-    as the local engine does when it stops a workflow: an engine that is killed leaves no
-    step writing into the buffers."""
+    blocked across exec (an ignored one stays ignored, as its launcher asked), and make
+    SIGTERM raise ``Stopped``; and have the kernel send SIGTERM when the process that
+    started it dies (Linux's parent-death signal), as the local engine does when it stops a
+    workflow: an engine that is killed leaves no step writing into the buffers."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -144,8 +161,8 @@ def run_step(name: str, raw: dict[str, str]) -> int:
                     f"step {name} returned the outputs {sorted(outputs)}, "
                     f"but declares {list(OUTPUTS[name])}"
                 )
-        except (Exception, KeyboardInterrupt) as exc:
-            message = str(exc) if isinstance(exc, Exception) else "Interrupted"
+        except (Exception, KeyboardInterrupt, Stopped) as exc:
+            message = "Interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             failed = {"finished": _iso(time.time()), "phase": "Failed", "message": message}
             record(params, name, {**entry, **failed})
             raise

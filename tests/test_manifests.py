@@ -16,8 +16,8 @@ from hera.workflows import models as hm
 from kubernetes import client as k8s
 
 from dag import render
-from dag.local import substitute
-from dag.workflow import HEAVY, NAME, PB_LABEL, SBI_LABEL, STEPS
+from dag.local import LocalEngine, WorkflowError, substitute
+from dag.workflow import HEAVY, NAME, PB_LABEL, REQUIRED, SBI_LABEL, STEPS
 from steps.buffers import PREVIEWS
 from steps.params import Params
 from steps.runner import OUTPUTS
@@ -178,7 +178,7 @@ def test_dask_cluster_is_owned_by_the_run_and_deleted_by_the_exit_handler() -> N
     assert exit_tasks["dask-cluster-delete"]["when"] == main["dask-cluster"]["when"]
 
 
-def test_workflow_template_has_the_argo_features() -> None:
+def test_workflow_template_has_the_argo_features(tmp_path: Path) -> None:
     document = template()
     metadata, spec = document["metadata"], document["spec"]
     assert metadata["annotations"]["workflows.argoproj.io/title"].startswith("**")
@@ -201,7 +201,17 @@ def test_workflow_template_has_the_argo_features() -> None:
     arguments = {p["name"]: p for p in spec["arguments"]["parameters"]}
     assert list(arguments) == list(Params.model_fields)
     assert all(p["description"] for p in arguments.values())
-    assert {name: p["value"] for name, p in arguments.items()} == Params().as_strings()
+    defaults = Params().as_strings()
+    assert {n: p["value"] for n, p in arguments.items() if n not in REQUIRED} == {
+        n: v for n, v in defaults.items() if n not in REQUIRED
+    }
+    # what names the claim, the PVCs and the mutexes has no shared default: a submission
+    # must give it (Argo refuses one without), as the local engine does
+    assert {"pb_id", "buffer_vis", "buffer_img"} == set(REQUIRED)
+    assert not [n for n in REQUIRED if "value" in arguments[n]]
+    given = {n: v for n, v in defaults.items() if n != "buffer_img"}
+    with pytest.raises(WorkflowError, match=r"spec.arguments.buffer_img.value is required"):
+        LocalEngine(document, tmp_path).run(given)
 
 
 def test_every_step_container_is_hardened_and_sized() -> None:

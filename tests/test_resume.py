@@ -14,6 +14,8 @@ import numpy as np
 import psutil
 from astropy.io import fits
 
+from dag import outputs
+from dag.outputs import run_params
 from steps import manifest, store
 from steps.configdb import ConfigDB, open_backend
 from steps.params import parse
@@ -138,6 +140,10 @@ def test_changing_ical_parameters_reuses_the_simulated_data(tmp_path):
     for step in PIPELINE:
         reused = f"Step {step}: products complete and inputs unchanged" in again.stderr
         assert reused == (step in ("simulate", "corrupt")), step
+    # the block holds what ran (the file with the command line), so nothing is stale
+    ran = run_params(tmp_path, None, None)
+    assert (ran.pb_id, ran.niter, ran.nmajor) == ("pb-rerun-20261201-00000", 60, 1)
+    assert not [p.relative for p in outputs.products(ran, tmp_path) if p.stale]
 
 
 def test_a_killed_engine_takes_its_steps_with_it(tmp_path):

@@ -111,3 +111,40 @@ def test_a_step_started_ignoring_ctrl_c_keeps_ignoring_it(block):
         assert step.wait(timeout=30) == 0  # the claim lets go of the block when stopped
     finally:
         step.kill()
+
+
+def test_sigterm_is_recorded_as_the_step_stopped(block, monkeypatch):
+    """SIGTERM (the engine stopping the workflow, a deadline, the kubelet) ends a step as
+    Failed with the reason, and the process with 143, as killed by it."""
+    params, _ = block
+
+    def terminated(params, buffers):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the step")
+
+    monkeypatch.setattr("steps.buffer_reserve.run", terminated)
+    try:
+        with pytest.raises(runner.Stopped) as stopped:
+            runner.run_step("buffer-reserve", params.as_strings())
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    with ConfigDB(open_backend(params.config_db)) as db:
+        entry = db.run(lambda txn: txn.get_state(params.pb_id)).steps["buffer-reserve"]
+    assert (entry["phase"], entry["message"]) == ("Failed", "Stopped (SIGTERM)")
+
+
+def test_a_failed_workflow_marks_steps_that_never_ended_as_failed(block, monkeypatch):
+    """A step killed outright (SIGKILL after the grace period) cannot record its end: the exit
+    handler of the failed workflow records it Failed, and the reason names it."""
+    params, _ = block
+    runner.record(params, "calibrate", {"started": "2026-12-01T00:00:00+00:00", "phase": "Running"})
+    runner.record(params, "claim", {"started": "2026-12-01T00:00:00+00:00", "phase": "Running"})
+    monkeypatch.setenv("WORKFLOW_STATUS", "Failed")
+    assert runner.run_step("release", params.as_strings()) == 0
+    with ConfigDB(open_backend(params.config_db)) as db:
+        state = db.run(lambda txn: txn.get_state(params.pb_id))
+    assert state.status == "FAILED"
+    assert state.steps["calibrate"]["phase"] == "Failed"
+    assert state.steps["claim"]["phase"] == "Running"  # the daemon: stopped by the engine
+    assert "step calibrate failed: ended without recording its end (killed)" in state.reason

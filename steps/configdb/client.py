@@ -146,6 +146,10 @@ class Transaction:
         """Create ``/pb/<id>``; ConfigCollision if it exists."""
         self._create(f"/pb/{pb.id}", pb)
 
+    def put_pb(self, pb: ProcessingBlock) -> None:
+        """Create ``/pb/<id>`` or replace its definition (a local re-run's parameters)."""
+        self._put(f"/pb/{check_pb_id(pb.id)}", pb)
+
     def get_pb(self, pb_id: str) -> ProcessingBlock | None:
         """Return the processing block, or None."""
         return self._get_model(f"/pb/{check_pb_id(pb_id)}", ProcessingBlock)
