@@ -62,6 +62,7 @@ SUFFIX = {
     "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
+MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
@@ -246,7 +247,7 @@ class LocalEngine:
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
         scope["workflow.namespace"] = "local"
         self.buffer_root.mkdir(parents=True, exist_ok=True)
-        with self._mutexes(scope), self._stop_on_signals(), _scratch() as self._scratch:
+        with self._stop_on_signals(), self._mutexes(scope), _scratch() as self._scratch:
             limit = self.spec.get("activeDeadlineSeconds")
             deadline = time.time() + float(limit) if limit is not None else None
             nodes = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
@@ -286,22 +287,37 @@ class LocalEngine:
 
     @contextlib.contextmanager
     def _mutexes(self, scope: dict[str, str]) -> Iterator[None]:
-        """Hold the workflow's mutexes (waiting for them, as a Pending workflow does)."""
+        """Hold the workflow's mutexes, all of them or none while waiting (as a Pending
+        workflow does), so that two runs each holding one of the other's never deadlock; a
+        stop while waiting ends the run."""
         sync = self.spec.get("synchronization", {})
         _check_keys("synchronization", sync, {"mutexes"})
         locks = self.buffer_root / ".locks"
-        with contextlib.ExitStack() as stack:
-            for mutex in sync.get("mutexes", []):
-                key = substitute(mutex["name"], scope)
-                namespace = mutex.get("namespace", scope["workflow.namespace"])
-                locks.mkdir(exist_ok=True)
-                handle = stack.enter_context((locks / f"{namespace}.{key}.lock").open("w"))
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    LOG.info("Waiting for mutex %s (held by another run)", key)
-                    fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+        keys = {
+            substitute(mutex["name"], scope): mutex.get("namespace", scope["workflow.namespace"])
+            for mutex in sync.get("mutexes", [])
+        }
+        waited: set[str] = set()
+        while True:
+            with contextlib.ExitStack() as stack:
+                busy = None
+                for key, namespace in keys.items():
+                    locks.mkdir(exist_ok=True)
+                    handle = stack.enter_context((locks / f"{namespace}.{key}.lock").open("w"))
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        busy = key
+                        break
+                if busy is None:
+                    yield
+                    return
+            if self._stopping:
+                raise WorkflowError(f"stopped while waiting for mutex {busy}")
+            if busy not in waited:
+                LOG.info("Waiting for mutex %s (held by another run)", busy)
+                waited.add(busy)
+            time.sleep(MUTEX_POLL_S)
 
     def _run_dag(
         self, template: dict[str, Any], scope: dict[str, str], deadline: float | None

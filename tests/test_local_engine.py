@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -472,6 +473,54 @@ def test_mutex_makes_a_second_run_wait(tmp_path: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_UN)
     waiter.join(timeout=30)
     assert result == ["Succeeded"]
+
+
+def test_runs_needing_the_same_mutexes_in_other_orders_do_not_deadlock(tmp_path: Path) -> None:
+    """Mutexes are taken all at once or not at all: a run holding one while it waits for
+    another could wait forever for a run doing the same the other way round."""
+
+    def needing(*names: str) -> dict[str, Any]:
+        return workflow(
+            [ECHO],
+            [task("a", "echo", arguments={"parameters": [{"name": "text", "value": "x"}]})],
+            synchronization={"mutexes": [{"name": name} for name in names]},
+        )
+
+    (tmp_path / ".locks").mkdir()
+    results: list[str] = []
+
+    def run_needing(*names: str) -> None:
+        results.append(LocalEngine(needing(*names), tmp_path).run({}).phase)
+
+    with (tmp_path / ".locks" / "local.y.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a third run holds y while both start
+        runs = [
+            threading.Thread(target=run_needing, args=names, daemon=True)
+            for names in (("y", "x"), ("x", "y"))
+        ]
+        for run in runs:
+            run.start()
+            time.sleep(0.5)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    for run in runs:
+        run.join(timeout=30)
+    assert results == ["Succeeded", "Succeeded"]
+
+
+def test_a_stop_while_waiting_for_a_mutex_ends_the_run(tmp_path: Path) -> None:
+    manifest = workflow(
+        [ECHO],
+        [task("a", "echo", arguments={"parameters": [{"name": "text", "value": "x"}]})],
+        synchronization={"mutexes": [{"name": "pb-1"}]},
+    )
+    (tmp_path / ".locks").mkdir()
+    with (tmp_path / ".locks" / "local.pb-1.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        stop = threading.Timer(0.5, os.kill, [os.getpid(), signal.SIGTERM])
+        stop.start()
+        with pytest.raises(WorkflowError, match="stopped while waiting for mutex pb-1"):
+            LocalEngine(manifest, tmp_path).run({})
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the engine's handler is gone
 
 
 def test_resource_field_ref_env_from_the_container_resources(tmp_path: Path) -> None:
