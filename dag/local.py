@@ -52,16 +52,12 @@ import yaml
 from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
+from steps.params import quantity
 
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
 PVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-QUANTITY = re.compile(r"^([0-9.]+)(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E|[eE][0-9]+)?$")
-SUFFIX = {
-    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
 MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
@@ -181,17 +177,6 @@ def seconds(text: str | int | float) -> float:
         raise WorkflowError(f"invalid duration {text!r}")
     unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}
     return sum(float(amount) * unit[u] for amount, u in parts)
-
-
-def quantity(text: str) -> float:
-    """A Kubernetes resource quantity (``500m``, ``4Gi``, ``2``) as a number."""
-    match = QUANTITY.fullmatch(str(text).strip())
-    if match is None:
-        raise WorkflowError(f"invalid resource quantity {text!r}")
-    number, suffix = float(match.group(1)), match.group(2) or ""
-    if suffix[:1] in ("e", "E"):
-        return number * 10 ** int(suffix[1:])
-    return number * SUFFIX.get(suffix, 1.0)
 
 
 def _check_keys(what: str, document: dict[str, Any], known: set[str]) -> None:
@@ -712,14 +697,17 @@ class LocalEngine:
         value = resources.get(kind, {}).get(resource)
         if value is None and kind == "requests":
             value = resources.get("limits", {}).get(resource)
-        if value is not None:
-            amount = quantity(substitute(str(value), scope))
-        elif kind == "limits":
-            pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            amount = float({"cpu": os.cpu_count() or 1, "memory": pages}[resource])
-        else:
-            amount = 0.0
-        return str(math.ceil(amount / quantity(ref.get("divisor", "1"))))
+        try:
+            if value is not None:
+                amount = quantity(substitute(str(value), scope))
+            elif kind == "limits":
+                pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                amount = float({"cpu": os.cpu_count() or 1, "memory": pages}[resource])
+            else:
+                amount = 0.0
+            return str(math.ceil(amount / quantity(ref.get("divisor", "1"))))
+        except ValueError as exc:  # a malformed quantity in the manifest
+            raise WorkflowError(str(exc)) from None
 
     def _start(self, name: str, template: dict[str, Any], scope: dict[str, str]) -> _Pod:
         container = template["container"]

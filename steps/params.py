@@ -23,6 +23,12 @@ from pydantic import (
 PB_ID = re.compile(r"^[A-Za-z0-9\-]{1,64}$")
 PB_ID_K8S_MAX = 43  # "proc-<pb_id>-dask-scheduler" is a Service name: at most 63
 RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+QUANTITY = re.compile(r"^([0-9.]+)(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E|[eE][0-9]+)?$")
+SUFFIX = {
+    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+MIN_MEMORY = "512Mi"  # a step's interpreter, numpy, Dask and xarray alone take ~300 MiB
 HOUR_ANGLE_LIMIT_DEG = 30.0  # the seed observes HA -30 deg .. +30 deg
 
 
@@ -230,6 +236,23 @@ class Params(BaseModel):
             raise ValueError("must be even (32..16384)")
         return value
 
+    def _check_resources(self) -> None:
+        """What Kubernetes would refuse (a request above its limit) or kill at once."""
+        if quantity(self.cpu_request) <= 0:
+            raise _field_error("cpu_request", self.cpu_request, "must be > 0")
+        if quantity(self.cpu_request) > quantity(self.cpu_limit):
+            raise _field_error(
+                "cpu_request", self.cpu_request, f"must be <= cpu_limit ({self.cpu_limit})"
+            )
+        if quantity(self.memory_limit) < quantity(MIN_MEMORY):
+            raise _field_error("memory_limit", self.memory_limit, f"must be >= {MIN_MEMORY}")
+        if quantity(self.memory_request) > quantity(self.memory_limit):
+            raise _field_error(
+                "memory_request",
+                self.memory_request,
+                f"must be <= memory_limit ({self.memory_limit})",
+            )
+
     @model_validator(mode="after")
     def _consistent(self) -> Params:
         if self.freq_max < self.freq_min:
@@ -238,6 +261,7 @@ class Params(BaseModel):
             raise _field_error("freq_max", self.freq_max, "must exceed freq_min when nfreqwin > 1")
         if self.buffer_vis == self.buffer_img:
             raise _field_error("buffer_img", self.buffer_img, "must differ from buffer_vis")
+        self._check_resources()
         context = self.calibration_context
         if context and all(self.first_selfcal(term) > self.nmajor for term in context):
             late = ", ".join(
@@ -398,6 +422,17 @@ def _check_rmax(stations: Any, rmax: float) -> None:
         check_rmax(stations, rmax)
     except ValueError as exc:
         raise _field_error("rmax", rmax, str(exc)) from None
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes resource quantity (``500m``, ``4Gi``, ``2``) as a number."""
+    match = QUANTITY.fullmatch(str(text).strip())
+    if match is None:
+        raise ValueError(f"invalid resource quantity {text!r}")
+    number, suffix = float(match.group(1)), match.group(2) or ""
+    if suffix[:1] in ("e", "E"):
+        return number * 10 ** int(suffix[1:])
+    return number * SUFFIX.get(suffix, 1.0)
 
 
 def _field_error(field: str, value: Any, message: str) -> ValueError:

@@ -62,6 +62,10 @@ def test_frequencies_and_hour_angles():
         ({"pb_id": "pb id; rm -rf /"}, ["pb_id", "must match"]),
         ({"dec": 30.0}, ["sky_model = 'gleam'", "covers only 10 deg", "'synthetic'"]),
         ({"ra": 150.0}, ["sky_model = 'gleam'", "reaches", "catalogue file"]),
+        ({"cpu_request": "8", "cpu_limit": "4"}, ["cpu_request", "'8'", "<= cpu_limit (4)"]),
+        ({"cpu_request": "0"}, ["cpu_request", "'0'", "> 0"]),
+        ({"memory_request": "16Gi"}, ["memory_request", "'16Gi'", "<= memory_limit (8Gi)"]),
+        ({"memory_limit": "1Mi"}, ["memory_limit", "'1Mi'", ">= 512Mi"]),
     ],
 )
 def test_invalid_values_name_field_value_and_range(change, expected):
