@@ -147,7 +147,7 @@ def products(params: Params, buffer_root: Path) -> list[Product]:
 
 def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> Params:
     """The parameters of a run from the configuration DB (the latest block if no id given);
-    a block the DB does not hold gets the default buffer names."""
+    without a DB, a block gets the default parameters (and buffer names)."""
     store = Path(config_db) if config_db else buffer_root / ".sdp-config"
     if config_db is None and not store.exists():
         if pb_id is None:
@@ -159,8 +159,12 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
         if pb_id is None:
             raise FileNotFoundError(f"the configuration DB {store} holds no processing block")
         pb = db.run(lambda txn: txn.get_pb(pb_id))
-    parameters = dict(pb.parameters) if pb is not None else {}
-    return parse({**parameters, "pb_id": pb_id})
+    if pb is None:
+        raise FileNotFoundError(
+            f"processing block {pb_id} is not in the configuration DB {config_db or store}: "
+            "give the one that holds it (--config-db)"
+        )
+    return parse({**pb.parameters, "pb_id": pb_id})
 
 
 def cmd_outputs(args: argparse.Namespace) -> int:

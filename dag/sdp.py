@@ -183,7 +183,10 @@ def cmd_assign(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     with _open(args) as db:
-        finished = release(db, args.sbi_id)
+        try:
+            finished = release(db, args.sbi_id)
+        except ConfigNotFound as exc:  # a mistyped id: bad input
+            raise ParamsError(str(exc)) from None
     print(f"Released {args.sbi_id}: real-time processing blocks FINISHED: {_join(finished)}")
     return 0
 

@@ -66,6 +66,11 @@ def record(params: Params, step: str, entry: dict) -> None:
 
         def merge(txn) -> None:
             state = txn.get_state(params.pb_id)
+            if state is None and txn.get_pb(params.pb_id) is None:
+                raise LookupError(
+                    f"processing block {params.pb_id} does not exist in the configuration DB "
+                    "(`batch-imaging sdp assign` creates it; `config_db` names the DB)"
+                )
             steps = dict(getattr(state, "steps", None) or {}) if state else {}
             steps[step] = entry
             txn.update_state(params.pb_id, steps=steps)

@@ -44,6 +44,8 @@ def test_products_of_other_parameters_are_stale(
 def test_run_params_from_the_config_db(run: SmallRun) -> None:
     assert run_params(run.root, None, None).pb_id == run.params.pb_id  # the latest block
     assert run_params(run.root, run.params.pb_id, None).nfreqwin == run.params.nfreqwin
+    with pytest.raises(FileNotFoundError, match="pb-elsewhere-20260101-00000 is not in"):
+        run_params(run.root, "pb-elsewhere-20260101-00000", None)  # run on another DB
 
 
 def test_cli_lists_sizes_and_pvcs(run: SmallRun, capsys: pytest.CaptureFixture[str]) -> None:
