@@ -132,6 +132,18 @@ def running_pid(db: ConfigDB, pb_id: str) -> int | None:
     return pid if process_alive(pid, "run") else None
 
 
+def gone_run(state: PBState | None) -> str | None:
+    """Why an unfinished block is not running any more: its local run's process on this host
+    is gone (killed outright: it could not record its end); None if not known to be."""
+    run = getattr(state, "run", None) or {}
+    pid = run.get("pid")
+    if state is None or state.status not in (PBStatus.STARTING, PBStatus.RUNNING):
+        return None
+    if run.get("hostname") != HOSTNAME or not pid or process_alive(pid, "run"):
+        return None
+    return f"its run (process {pid} on {HOSTNAME}) is gone"
+
+
 def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
     """Create (or reset, on a re-run) the processing block with the ``requested`` parameters
     (the file's with the command line's); as the processing controller, mark its resources

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dag.bridge import config_db_url
+from dag.runner import gone_run
 from steps.configdb import (
     SBI,
     ConfigCollision,
@@ -142,6 +143,11 @@ def status_rows(db: ConfigDB) -> tuple[list[list[str]], list[list[str]], list[st
             )
             if state is not None and state.reason:
                 reasons.append(f"{pb_id}: {state.reason}")
+            if state is not None and (gone := gone_run(state)):
+                reasons.append(
+                    f"{pb_id}: {state.status.value}, but {gone}: "
+                    f"`batch-imaging run-pb {pb_id}` runs it again"
+                )
         return sbis, pbs, reasons
 
     return db.run(read)

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,7 +97,30 @@ def test_assign_status_release(tmp_path: Path, capsys: pytest.CaptureFixture[str
         db.run(lambda txn: txn.update_state(BATCH, status="FAILED", reason="step image failed"))
     code, out, _ = sdp(capsys, "status", "--config-db", store)
     assert out.endswith(f"\n\n{BATCH}: step image failed\n")
-    assert sdp(capsys, "release", "sbi-unknown", "--config-db", store)[0] == 1
+    assert sdp(capsys, "release", "sbi-unknown", "--config-db", store)[0] == 2  # bad input
+
+
+def test_status_says_when_a_local_run_is_gone(tmp_path: Path, capsys) -> None:
+    """A run killed outright (SIGKILL) cannot record its end: status says its process is
+    gone instead of showing the block RUNNING as if nothing happened."""
+    store = str(tmp_path / "config")
+    assert sdp(capsys, "assign", str(SEED), "--config-db", store)[0] == 0
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "run"])
+    with ConfigDB(open_backend(store)) as db:
+        for pid, pb in ((ended.pid, BATCH), (running.pid, REALTIME)):
+            run = {"hostname": socket.gethostname(), "pid": pid, "name": "batch-imaging-x"}
+            db.run(
+                lambda txn, pb=pb, run=run: txn.create_state(pb, PBState(status="RUNNING", run=run))
+            )
+    try:
+        out = sdp(capsys, "status", "--config-db", store)[1]
+    finally:
+        running.kill()
+    assert f"{BATCH}: RUNNING, but its run (process {ended.pid} on " in out
+    assert f"`batch-imaging run-pb {BATCH}` runs it again" in out
+    assert f"{REALTIME}: RUNNING" not in out  # its run's process lives
 
 
 def test_release_before_the_bridge_saw_the_realtime_pb(tmp_path: Path, capsys) -> None:
