@@ -57,7 +57,7 @@ def catalogue(buffers: Buffers) -> tuple[tuple[str, Path, str], ...]:
         ("img", buffers.psf, "PSF of the centre window"),
         ("img", buffers.metrics, "figures of merit and the source table"),
         ("img", buffers.convergence, "ICAL phase and residual rms per major cycle"),
-        ("img", buffers.previews, "preview PNGs (restored, residual, PSF, uv, gains, ICAL)"),
+        ("img", buffers.previews, "preview PNGs (restored, residual, alpha, PSF, uv, gains, ICAL)"),
         ("img", buffers.report, "self-contained run report (open in a browser)"),
         *(
             (b, folder / MANIFEST, "the buffer's files: size, sha256, producing step")

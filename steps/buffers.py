@@ -14,6 +14,7 @@ BUFFER_PREFIX = "buffer:"
 PREVIEWS = {  # name -> caption of each preview PNG the report step draws
     "restored": "Restored image",
     "residual": "Residual image",
+    "spectral_index": "Apparent spectral index (sky times station beam)",
     "psf": "Point spread function",
     "uv_coverage": "uv coverage",
     "gain_phases": "Gain phases, true and solved",

@@ -90,6 +90,25 @@ def residual(buffers: Buffers, out: Path) -> Path:
     return _save(_sky_image(image, wcs, title, "Jy/beam", symmetric=True), out)
 
 
+def spectral_index(buffers: Buffers, out: Path) -> Path:
+    """The MFS apparent spectral index where the signal allows it (NaN elsewhere)."""
+    from steps.image import ALPHA_SNR
+
+    data, header = fitsio.read_image(buffers.image("mfs_alpha"))
+    alpha = data.reshape(data.shape[-2], data.shape[-1])
+    finite = alpha[np.isfinite(alpha)]
+    fig, ax = _figure(WCS(header).celestial)
+    low, high = np.percentile(finite, [2, 98]) if finite.size else (-1.0, 1.0)
+    limit = max(abs(float(low)), abs(float(high)), 0.1)
+    shown = ax.imshow(alpha, origin="lower", cmap="coolwarm", vmin=-limit, vmax=limit)
+    ax.set_facecolor("0.85")  # where the signal does not allow an index
+    ax.set_xlabel("Right ascension (ICRS)")
+    ax.set_ylabel("Declination (ICRS)")
+    ax.set_title(f"Apparent spectral index ({finite.size} pixels above {ALPHA_SNR:g} rms)")
+    fig.colorbar(shown, ax=ax, label="alpha (S ~ nu^alpha)", fraction=0.046, pad=0.04)
+    return _save(fig, out)
+
+
 def write_psf(params: Params, buffers: Buffers) -> Path:
     """PSF of the centre window as FITS (``psf.fits`` in the image buffer, as the image step
     writes it), from the calibrated store's uvw and weights; an existing one is kept."""
@@ -235,6 +254,10 @@ def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
     makers: dict[str, tuple[Path, Callable[[Path], Path]]] = {
         "restored": (buffers.image("restored"), lambda path: restored(buffers, path)),
         "residual": (buffers.image("residual"), lambda path: residual(buffers, path)),
+        "spectral_index": (
+            buffers.image("mfs_alpha"),
+            lambda path: spectral_index(buffers, path),
+        ),
         "psf": (buffers.calibrated, lambda path: psf(params, buffers, path)),
         "uv_coverage": (buffers.model, lambda path: uv_coverage(buffers, path)),
         "gain_phases": (buffers.solved_gains, lambda path: gain_phases(buffers, path)),

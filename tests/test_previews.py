@@ -29,7 +29,7 @@ def _check_png(path: Path) -> None:
 
 def test_report_step_wrote_every_preview(run: SmallRun) -> None:
     directory = run.buffers.previews
-    for name in ("restored", "residual", "psf", "uv_coverage", "gain_phases"):
+    for name in ("restored", "residual", "spectral_index", "psf", "uv_coverage", "gain_phases"):
         _check_png(directory / f"{name}.png")
     assert run.buffers.psf.is_file()
     if run.buffers.convergence.exists():  # written by ICAL
