@@ -170,6 +170,8 @@ def run_step(name: str, raw: dict[str, str]) -> int:
             message = "Interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             failed = {"finished": _iso(time.time()), "phase": "Failed", "message": message}
             record(params, name, {**entry, **failed})
+            if isinstance(exc, Stopped):  # exits 143 with no traceback: say why here
+                LOG.warning("Step %s: %s", name, exc)
             raise
         if name in RECORDED:
             manifest.record(dirs, name, key, inputs, before, outputs)

@@ -113,7 +113,7 @@ def test_a_step_started_ignoring_ctrl_c_keeps_ignoring_it(block):
         step.kill()
 
 
-def test_sigterm_is_recorded_as_the_step_stopped(block, monkeypatch):
+def test_sigterm_is_recorded_as_the_step_stopped(block, monkeypatch, caplog):
     """SIGTERM (the engine stopping the workflow, a deadline, the kubelet) ends a step as
     Failed with the reason, and the process with 143, as killed by it."""
     params, _ = block
@@ -132,6 +132,7 @@ def test_sigterm_is_recorded_as_the_step_stopped(block, monkeypatch):
     with ConfigDB(open_backend(params.config_db)) as db:
         entry = db.run(lambda txn: txn.get_state(params.pb_id)).steps["buffer-reserve"]
     assert (entry["phase"], entry["message"]) == ("Failed", "Stopped (SIGTERM)")
+    assert "Step buffer-reserve: Stopped (SIGTERM)" in caplog.text
 
 
 def test_a_failed_workflow_marks_steps_that_never_ended_as_failed(block, monkeypatch):
