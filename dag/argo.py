@@ -67,8 +67,16 @@ def service() -> WorkflowsService:
 
 
 def run_parameters(params_file: str, overrides: dict[str, str]) -> Params:
-    """Parameters of a run: the file, the overrides, and the DaskCluster's scheduler."""
-    params = parameters.load(params_file, **parameters.decode_strings(overrides))
+    """Parameters of a run: the file, the overrides, and the DaskCluster's scheduler.  The
+    processing block must be named: a cluster run claims it in the configuration DB."""
+    given = parameters.decode_strings(overrides)
+    raw = parameters.read(params_file)
+    if isinstance(raw, dict) and not {**raw, **given}.get("pb_id"):
+        raise parameters.ParamsError(
+            "pb_id: required to run on a cluster (the processing block the run claims, as "
+            "`batch-imaging sdp assign` created it): give it in the file or with -p pb_id=..."
+        )
+    params = parameters.load(params_file, **given)
     if params.dask_cluster and not params.dask_scheduler:
         from dag.workflow import dask_scheduler_address
 

@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -216,6 +217,7 @@ class LocalEngine:
         self.buffer_root = Path(buffer_root).resolve()
         self.env = env or {}
         self.artifact_repository = artifact_repository
+        self._scratch_dir: Path | None = None  # the running run's pod outputs
 
     def run(self, parameters: dict[str, str], name: str | None = None) -> Run:
         """Run the entrypoint DAG then the exit handler; return the phases."""
@@ -232,7 +234,8 @@ class LocalEngine:
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
         scope["workflow.namespace"] = "local"
         self.buffer_root.mkdir(parents=True, exist_ok=True)
-        with self._stop_on_signals(), self._mutexes(scope), _scratch() as self._scratch:
+        with self._stop_on_signals(), self._mutexes(scope), _scratch(self.buffer_root) as scratch:
+            self._scratch_dir = scratch
             limit = self.spec.get("activeDeadlineSeconds")
             deadline = time.time() + float(limit) if limit is not None else None
             nodes = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
@@ -278,15 +281,20 @@ class LocalEngine:
         sync = self.spec.get("synchronization", {})
         _check_keys("synchronization", sync, {"mutexes"})
         locks = self.buffer_root / ".locks"
-        keys = {
-            substitute(mutex["name"], scope): mutex.get("namespace", scope["workflow.namespace"])
-            for mutex in sync.get("mutexes", [])
-        }
+        keys = sorted(
+            {
+                (
+                    mutex.get("namespace", scope["workflow.namespace"]),
+                    substitute(mutex["name"], scope),
+                )
+                for mutex in sync.get("mutexes", [])
+            }
+        )
         waited: set[str] = set()
         while True:
             with contextlib.ExitStack() as stack:
                 busy = None
-                for key, namespace in keys.items():
+                for namespace, key in keys:
                     locks.mkdir(exist_ok=True)
                     handle = stack.enter_context((locks / f"{namespace}.{key}.lock").open("w"))
                     try:
@@ -302,7 +310,7 @@ class LocalEngine:
             if busy not in waited:
                 LOG.info("Waiting for mutex %s (held by another run)", busy)
                 waited.add(busy)
-            time.sleep(MUTEX_POLL_S)
+            time.sleep(MUTEX_POLL_S * random.uniform(0.5, 1.5))  # runs out of step
 
     def _run_dag(
         self, template: dict[str, Any], scope: dict[str, str], deadline: float | None
@@ -717,7 +725,9 @@ class LocalEngine:
         ]
         if command[0] == "batch-imaging":
             command = [sys.executable, "-m", "dag", *command[1:]]
-        outputs = Path(tempfile.mkdtemp(prefix=f"{template['name']}-outputs-", dir=self._scratch))
+        outputs = Path(
+            tempfile.mkdtemp(prefix=f"{template['name']}-outputs-", dir=self._scratch_dir)
+        )
         env = {
             **os.environ,
             **self.env,
@@ -749,10 +759,11 @@ def _phase(nodes: Iterable[Node]) -> str:
 
 
 @contextlib.contextmanager
-def _scratch() -> Iterator[Path]:
-    """A directory for this run's pods' outputs, removed when the run ends; those of runs
-    whose engine was killed (its process gone) are removed first."""
-    root = Path(tempfile.gettempdir()) / f"batch-imaging-{os.getuid()}"
+def _scratch(buffer_root: Path) -> Iterator[Path]:
+    """A directory for this run's pods' outputs (under the buffer root, beside the locks and
+    the embedded store), removed when the run ends; those of runs whose engine was killed
+    (its process gone) are removed first."""
+    root = buffer_root / ".engine"
     root.mkdir(mode=0o700, exist_ok=True)
     for stale in root.iterdir():
         engine = ENGINE_SCRATCH.fullmatch(stale.name)

@@ -102,21 +102,23 @@ def human(size: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def stale_files(params: Params, folders: list[Path]) -> set[Path]:
-    """The products (top-level files and directories of the buffers) of the steps whose
-    recorded key is not the one ``params`` gives them (from the buffer manifests' records
-    alone: nothing is hashed again)."""
+def stale_files(params: Params, folders: list[Path], root: Path) -> set[Path]:
+    """The products (top-level files and directories of the buffers under ``root``) of the
+    steps whose recorded key is not the one ``params`` gives them (from the manifests'
+    records: no product is hashed again, only a sky or layout file the parameters name)."""
+    records = {folder: manifest.load(folder) for folder in folders}
     stale: set[Path] = set()
-    for folder in folders:
-        recorded = manifest.load(folder)
-        for step in RECORDED:
-            done = recorded["steps"].get(step)
-            key = key_parameters(params, step)
-            if done and done["key"] != manifest.step_key(step, key, folders, done["inputs"]):
+    for step in RECORDED:
+        done = {f: r["steps"][step] for f, r in records.items() if step in r["steps"]}
+        if not done:
+            continue
+        key = key_parameters(params, step, root)
+        for folder, entry in done.items():
+            if entry["key"] != manifest.step_key(step, key, folders, entry["inputs"]):
                 stale |= {
                     folder / Path(name).parts[0]
-                    for name, entry in recorded["files"].items()
-                    if entry["step"] == step
+                    for name, file in records[folder]["files"].items()
+                    if file["step"] == step
                 }
     return stale
 
@@ -127,7 +129,7 @@ def products(params: Params, buffer_root: Path) -> list[Product]:
     buffers = Buffers.of(params, buffer_root)
     names = {"vis": params.buffer_vis, "img": params.buffer_img}
     folders = {"vis": buffers.vis, "img": buffers.img}
-    stale = stale_files(params, list(folders.values()))
+    stale = stale_files(params, list(folders.values()), Path(buffer_root))
 
     def product(buffer: str, path: Path, text: str) -> Product:
         relative = str(path.relative_to(folders[buffer]))

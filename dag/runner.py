@@ -137,7 +137,7 @@ def gone_run(state: PBState | None) -> str | None:
     is gone (killed outright: it could not record its end); None if not known to be."""
     run = getattr(state, "run", None) or {}
     pid = run.get("pid")
-    if state is None or state.status not in (PBStatus.STARTING, PBStatus.RUNNING):
+    if state is None or state.status not in (PBStatus.STARTING, PBStatus.WAITING, PBStatus.RUNNING):
         return None
     if run.get("hostname") != HOSTNAME or not pid or process_alive(pid, "run"):
         return None
@@ -150,11 +150,18 @@ def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
     available (a local run has no dependencies) and record this process as the run's
     follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
     timeline and clears the previous reason."""
-    pb = ProcessingBlock(id=params.pb_id, workflow=WORKFLOW, parameters=requested)
     me = {"hostname": HOSTNAME, "pid": os.getpid()}
-    run = {"name": run_name(pb.id), "engine": "local", "bridge": me, **me, "submitted": _now()}
-    state = PBState(status=PBStatus.STARTING, resources_available=True, run=run, steps={})
+    run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
+    state = PBState(
+        status=PBStatus.STARTING, resources_available=True, run={**run, "submitted": _now()}
+    )
     for txn in db.txn():
+        pb = txn.get_pb(params.pb_id)  # an existing block keeps its SBI and dependencies
+        pb = (
+            pb.model_copy(update={"parameters": requested})
+            if pb is not None
+            else ProcessingBlock(id=params.pb_id, workflow=WORKFLOW, parameters=requested)
+        )
         txn.put_pb(pb)
         if txn.get_state(pb.id) is None:
             txn.create_state(pb.id, state)

@@ -106,8 +106,11 @@ def release(db: ConfigDB, sbi_id: str) -> list[str]:
     return db.run(end)
 
 
-def status_rows(db: ConfigDB) -> tuple[list[list[str]], list[list[str]], list[str]]:
-    """Rows of the SBI and PB tables, and the reasons of failed PBs."""
+def status_rows(
+    db: ConfigDB, url: str = "URL"
+) -> tuple[list[list[str]], list[list[str]], list[str]]:
+    """Rows of the SBI and PB tables, and the reasons of failed PBs (and of those whose run
+    is gone, with the command that runs them again from the database at ``url``)."""
 
     def read(txn: Transaction) -> tuple[list[list[str]], list[list[str]], list[str]]:
         sbis, pbs, reasons = [], [], []
@@ -146,7 +149,7 @@ def status_rows(db: ConfigDB) -> tuple[list[list[str]], list[list[str]], list[st
             if state is not None and (gone := gone_run(state)):
                 reasons.append(
                     f"{pb_id}: {state.status.value}, but {gone}: "
-                    f"`batch-imaging run-pb {pb_id}` runs it again"
+                    f"`batch-imaging run-pb {pb_id} --config-db {url}` runs it again"
                 )
         return sbis, pbs, reasons
 
@@ -191,7 +194,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     with _open(args) as db:
         try:
             finished = release(db, args.sbi_id)
-        except ConfigNotFound as exc:  # a mistyped id: bad input
+        except (ConfigNotFound, ValueError) as exc:  # an unknown or malformed id: bad input
             raise ParamsError(str(exc)) from None
     print(f"Released {args.sbi_id}: real-time processing blocks FINISHED: {_join(finished)}")
     return 0
@@ -199,7 +202,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _open(args) as db:
-        sbis, pbs, reasons = status_rows(db)
+        sbis, pbs, reasons = status_rows(db, config_db_url(args.config_db))
     print(table(["SBI", "STATUS", "REAL-TIME PBS", "BATCH PBS"], sbis))
     print()
     print(table(["PB", "SBI", "WORKFLOW", "STATUS", "OWNER", "WORKFLOW RUN", "BUFFERS"], pbs))

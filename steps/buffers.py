@@ -27,12 +27,12 @@ def buffer_root() -> Path:
     return Path(os.environ.get(BUFFER_ROOT_ENV, DEFAULT_BUFFER_ROOT))
 
 
-def resolve(reference: str) -> Path:
+def resolve(reference: str, root: Path | None = None) -> Path:
     """The file a ``sky_model``/``configuration`` value names: ``buffer:<name>/<file>`` lies
-    inside buffer ``<name>`` under the buffer root; anything else is a path (relative paths
-    against the working directory)."""
+    inside buffer ``<name>`` under the buffer root (``root``, else this pod's); anything else
+    is a path (relative paths against the working directory)."""
     if reference.startswith(BUFFER_PREFIX):
-        return buffer_root() / reference.removeprefix(BUFFER_PREFIX)
+        return (root or buffer_root()) / reference.removeprefix(BUFFER_PREFIX)
     return Path(reference)
 
 

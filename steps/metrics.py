@@ -125,16 +125,16 @@ def step_timings(config_db: str, pb_id: str, running: str | None = None) -> dict
     try:  # one attempt, no retries: the run's own steps have reached this database
         with ConfigDB(open_backend(config_db or None)) as db:
             state = db.run(lambda txn: txn.get_state(pb_id))
+        steps = {
+            name: entry
+            for name, entry in (getattr(state, "steps", None) or {}).items()
+            if isinstance(entry, dict)
+        }
+        timings = {n: e["duration_s"] for n, e in steps.items() if "duration_s" in e}
+        started = steps.get(running or "", {}).get("started")
+        if started:
+            elapsed = time.time() - datetime.datetime.fromisoformat(started).timestamp()
+            timings[running] = round(elapsed, 3)
     except Exception:  # timings are informative only: never fail the step over them
         return {}
-    steps = dict(getattr(state, "steps", None) or {}) if state else {}
-    timings = {
-        name: entry.get("duration_s")
-        for name, entry in steps.items()
-        if isinstance(entry, dict) and "duration_s" in entry
-    }
-    started = steps.get(running, {}).get("started") if running else None
-    if started:
-        elapsed = time.time() - datetime.datetime.fromisoformat(started).timestamp()
-        timings[running] = round(elapsed, 3)
     return timings

@@ -23,7 +23,8 @@ from pydantic import (
 PB_ID = re.compile(r"^[A-Za-z0-9\-]{1,64}$")
 PB_ID_K8S_MAX = 43  # "proc-<pb_id>-dask-scheduler" is a Service name: at most 63
 RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-QUANTITY = re.compile(r"^([0-9.]+)(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E|[eE][0-9]+)?$")
+NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"  # a Kubernetes quantity's number
+QUANTITY = re.compile(rf"^({NUMBER})(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E|[eE][0-9]+)?$")
 SUFFIX = {
     "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -68,7 +69,7 @@ class Params(BaseModel):
 
     # -- Kubernetes (Argo) ------------------------------------------------------------
     buffer_size: str = Field(
-        "1Gi", pattern=r"^[0-9.]+([eE][0-9]+|[KMGTPE]i?)?$", description="Size of each buffer PVC"
+        "1Gi", pattern=rf"^{NUMBER}([eE][0-9]+|[KMGTPE]i?)?$", description="Size of each buffer PVC"
     )
     buffer_storage_class: str = Field(
         "standard",
@@ -77,18 +78,20 @@ class Params(BaseModel):
     )
     cpu_request: str = Field(
         "2",
-        pattern=r"^[0-9.]+m?$",
+        pattern=rf"^{NUMBER}m?$",
         description="CPU request of each heavy step (sizes its Dask LocalCluster)",
     )
-    cpu_limit: str = Field("4", pattern=r"^[0-9.]+m?$", description="CPU limit of each heavy step")
+    cpu_limit: str = Field(
+        "4", pattern=rf"^{NUMBER}m?$", description="CPU limit of each heavy step"
+    )
     memory_request: str = Field(
         "4Gi",
-        pattern=r"^[0-9.]+([eE][0-9]+|[KMGTPE]i?)?$",
+        pattern=rf"^{NUMBER}([eE][0-9]+|[KMGTPE]i?)?$",
         description="Memory request of each heavy step",
     )
     memory_limit: str = Field(
         "8Gi",
-        pattern=r"^[0-9.]+([eE][0-9]+|[KMGTPE]i?)?$",
+        pattern=rf"^{NUMBER}([eE][0-9]+|[KMGTPE]i?)?$",
         description="Memory limit of each heavy step",
     )
     step_deadline_s: int = Field(

@@ -25,6 +25,7 @@ from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 PR_SET_PDEATHSIG = 1  # prctl(2)
+STOP_GRACE_S = 30  # s a stopped step has to record its end and clean up (the kubelet's grace)
 # the DAG's steps in order, one module of this package each, with the output parameters
 # each step's ``run`` returns (declared here, so that the workflow definition needs none of
 # the step modules); the last is the exit handler
@@ -92,15 +93,15 @@ ICAL_PARAMETERS = frozenset(
 NOT_READ = {"simulate": ICAL_PARAMETERS, "corrupt": ICAL_PARAMETERS}
 
 
-def key_parameters(params: Params, step: str) -> dict[str, Any]:
+def key_parameters(params: Params, step: str, root: Path | None = None) -> dict[str, Any]:
     """What a step's products depend on besides its inputs: the parameters it reads (not the
     operational ones), and the content (sha256) of the files they name (a sky catalogue, a
-    layout)."""
+    layout; ``buffer:`` ones under the buffer root ``root``, else this pod's)."""
     values: dict[str, Any] = params.model_dump(exclude={*OPERATIONAL, *NOT_READ.get(step, ())})
     for field, named in NAMED_FILES.items():
         reference = values[field]
         if reference not in named:
-            path = resolve(reference)
+            path = resolve(reference, root)
             values[f"{field}_sha256"] = manifest.sha256(path) if path.is_file() else None
     return values
 
@@ -117,6 +118,8 @@ class Stopped(SystemExit):
 
 
 def _stop(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the step at once
+    signal.alarm(STOP_GRACE_S)  # as does SIGALRM, if cleaning up hangs
     raise Stopped
 
 
@@ -145,38 +148,17 @@ def run_step(name: str, raw: dict[str, str]) -> int:
     started = time.time()
     entry = {"started": _iso(started), "phase": "Running"}
     record(params, name, entry)
-    key = key_parameters(params, name)
-    reused = manifest.completed(dirs, name, key) if name in PIPELINE else None
-    if reused is not None:
-        LOG.info("Step %s: products complete and inputs unchanged; reusing them", name)
-        outputs = reused
-    else:
-        upstream = PIPELINE[: PIPELINE.index(name)] if name in PIPELINE else PIPELINE
-        before, inputs = manifest.snapshot(dirs), manifest.recorded_files(dirs, upstream)
-        module_name = f"steps.{name.replace('-', '_')}"
-        if name in DASK_STEPS:  # imported here: the light steps need no Dask
-            from steps import dask_ee
-
-            dask_ee.prestart(params.n_workers, [module_name])
-        module = importlib.import_module(module_name)
-        try:
-            outputs = {k: str(v) for k, v in (module.run(params, buffers) or {}).items()}
-            if sorted(outputs) != sorted(OUTPUTS[name]):
-                raise RuntimeError(
-                    f"step {name} returned the outputs {sorted(outputs)}, "
-                    f"but declares {list(OUTPUTS[name])}"
-                )
-        except (Exception, KeyboardInterrupt, Stopped) as exc:
-            message = "Interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            failed = {"finished": _iso(time.time()), "phase": "Failed", "message": message}
-            record(params, name, {**entry, **failed})
-            if isinstance(exc, Stopped):  # exits 143 with no traceback: say why here
-                LOG.warning("Step %s: %s", name, exc)
-            raise
-        if name in RECORDED:
-            manifest.record(dirs, name, key, inputs, before, outputs)
+    try:
+        outputs, reused = _products(name, params, buffers, dirs)
+        write_outputs(outputs)
+    except (Exception, KeyboardInterrupt, Stopped) as exc:
+        message = "Interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        failed = {"finished": _iso(time.time()), "phase": "Failed", "message": message}
+        record(params, name, {**entry, **failed})
+        if isinstance(exc, Stopped):  # exits 143 with no traceback: say why here
+            LOG.warning("Step %s: %s", name, exc)
+        raise
     finished = time.time()
-    write_outputs(outputs)
     record(
         params,
         name,
@@ -184,12 +166,41 @@ def run_step(name: str, raw: dict[str, str]) -> int:
             **entry,
             "finished": _iso(finished),
             "phase": "Succeeded",
-            "reused": reused is not None,
+            "reused": reused,
             "duration_s": round(finished - started, 3),
             "outputs": outputs,
         },
     )
     return 0
+
+
+def _products(
+    name: str, params: Params, buffers: Buffers, dirs: list[Path]
+) -> tuple[dict[str, str], bool]:
+    """The step's output parameters, and whether its products were reused (complete and
+    unchanged since a run with the same key) instead of made and recorded anew."""
+    key = key_parameters(params, name)
+    reused = manifest.completed(dirs, name, key) if name in PIPELINE else None
+    if reused is not None:
+        LOG.info("Step %s: products complete and inputs unchanged; reusing them", name)
+        return reused, True
+    upstream = PIPELINE[: PIPELINE.index(name)] if name in PIPELINE else PIPELINE
+    before, inputs = manifest.snapshot(dirs), manifest.recorded_files(dirs, upstream)
+    module_name = f"steps.{name.replace('-', '_')}"
+    if name in DASK_STEPS:  # imported here: the light steps need no Dask
+        from steps import dask_ee
+
+        dask_ee.prestart(params.n_workers, [module_name])
+    module = importlib.import_module(module_name)
+    outputs = {k: str(v) for k, v in (module.run(params, buffers) or {}).items()}
+    if sorted(outputs) != sorted(OUTPUTS[name]):
+        raise RuntimeError(
+            f"step {name} returned the outputs {sorted(outputs)}, "
+            f"but declares {list(OUTPUTS[name])}"
+        )
+    if name in RECORDED:
+        manifest.record(dirs, name, key, inputs, before, outputs)
+    return outputs, False
 
 
 def _iso(seconds: float) -> str:

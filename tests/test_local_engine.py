@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -519,8 +518,11 @@ def test_a_stop_while_waiting_for_a_mutex_ends_the_run(tmp_path: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_EX)
         stop = threading.Timer(0.5, os.kill, [os.getpid(), signal.SIGTERM])
         stop.start()
-        with pytest.raises(WorkflowError, match="stopped while waiting for mutex pb-1"):
-            LocalEngine(manifest, tmp_path).run({})
+        try:
+            with pytest.raises(WorkflowError, match="stopped while waiting for mutex pb-1"):
+                LocalEngine(manifest, tmp_path).run({})
+        finally:
+            stop.cancel()
     assert signal.getsignal(signal.SIGTERM) == before  # the engine's handler is gone
 
 
@@ -622,11 +624,8 @@ def test_a_daemon_that_dies_fails_the_dag(tmp_path):
     assert run.nodes["work"].phase == "Failed"
 
 
-def test_pod_outputs_are_removed_with_the_run_and_after_a_killed_engine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    root = tmp_path / "tmp" / f"batch-imaging-{os.getuid()}"
+def test_pod_outputs_are_removed_with_the_run_and_after_a_killed_engine(tmp_path: Path) -> None:
+    root = tmp_path / ".engine"  # beside the locks, under the buffer root
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a killed engine's process: gone
     stale = root / f"engine-{gone.pid}-x" / "a-outputs-y"
@@ -637,6 +636,6 @@ def test_pod_outputs_are_removed_with_the_run_and_after_a_killed_engine(
     manifest = workflow(
         [ECHO], [task("a", "echo", arguments={"parameters": [{"name": "text", "value": "x"}]})]
     )
-    assert LocalEngine(manifest, tmp_path / "buffers").run({}).phase == "Succeeded"
+    assert LocalEngine(manifest, tmp_path).run({}).phase == "Succeeded"
     assert not stale.parent.exists()
     assert sorted(root.iterdir()) == [running.parent]

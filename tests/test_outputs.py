@@ -8,7 +8,10 @@ import pytest
 
 from dag.cli import main
 from dag.outputs import POD_ROOT, human, products, run_params
-from tests.small_run import SmallRun, small_run
+from dag.runner import register
+from steps.configdb import ConfigDB, open_backend
+from steps.params import parse
+from tests.small_run import RAW, SmallRun, small_run
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +42,17 @@ def test_products_of_other_parameters_are_stale(
     other = run.params.model_copy(update={"ra": run.params.ra + 1.0})
     stale = {p.relative for p in products(other, run.root) if p.stale}
     assert {"model.zarr", "corrupted.zarr", "calibrated.zarr", "restored.fits"} <= stale
+    # as the command shows it, for a block naming these buffers that has not run yet
+    # (its id sorts before the run's, which stays the latest for the other tests)
+    pb_id = "pb-other-20250101-00000"
+    requested = {**RAW, "niter": run.params.niter + 1, "pb_id": pb_id}
+    requested |= {"buffer_vis": run.params.buffer_vis, "buffer_img": run.params.buffer_img}
+    with ConfigDB(open_backend(run.params.config_db)) as db:
+        register(db, parse({**requested, "config_db": run.params.config_db}), requested)
+    assert main(["outputs", "--buffer-root", str(run.root), pb_id]) == 0
+    out = capsys.readouterr().out
+    assert "STALE calibrated visibilities" in out and "STALE simulated" not in out
+    assert f"than {pb_id}'s (its run has not remade them" in out
 
 
 def test_run_params_from_the_config_db(run: SmallRun) -> None:

@@ -66,6 +66,8 @@ def test_frequencies_and_hour_angles():
         ({"cpu_request": "0"}, ["cpu_request", "'0'", "> 0"]),
         ({"memory_request": "16Gi"}, ["memory_request", "'16Gi'", "<= memory_limit (8Gi)"]),
         ({"memory_limit": "1Mi"}, ["memory_limit", "'1Mi'", ">= 512Mi"]),
+        ({"cpu_limit": "1.2.3"}, ["cpu_limit", "1.2.3", "should match pattern"]),
+        ({"buffer_size": "."}, ["buffer_size", "should match pattern"]),
     ],
 )
 def test_invalid_values_name_field_value_and_range(change, expected):

@@ -128,6 +128,21 @@ def test_only_science_parameters_key_a_steps_products():
             assert changed == (step in ("calibrate", "image")), (change, step)
 
 
+def test_a_file_in_a_buffer_keys_by_its_content_under_the_given_root(tmp_path, monkeypatch):
+    """``buffer:`` files are found under the pod's buffer root, or the one given (as
+    ``outputs --buffer-root`` does)."""
+    layout = tmp_path / "buff-in" / "layout.csv"
+    layout.parent.mkdir()
+    layout.write_text("name,x,y\n")
+    params = parse({}).model_copy(update={"configuration": "buffer:buff-in/layout.csv"})
+    monkeypatch.delenv("BATCH_IMAGING_BUFFER_ROOT", raising=False)  # the pod's: /buffer
+    assert key_parameters(params, "simulate")["configuration_sha256"] is None
+    given = key_parameters(params, "simulate", tmp_path)["configuration_sha256"]
+    assert given == manifest.sha256(layout)
+    monkeypatch.setenv("BATCH_IMAGING_BUFFER_ROOT", str(tmp_path))
+    assert key_parameters(params, "simulate")["configuration_sha256"] == given
+
+
 def test_changing_ical_parameters_reuses_the_simulated_data(tmp_path):
     """A re-run with other CLEAN settings reuses simulate and corrupt, and redoes the rest."""
     params = tmp_path / "params.json"

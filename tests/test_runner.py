@@ -1,5 +1,6 @@
 """The step runner's contract: a step writes exactly the output parameters it declares."""
 
+import datetime
 import os
 import signal
 import subprocess
@@ -8,11 +9,13 @@ import threading
 
 import pytest
 
-from dag.runner import embedded_db, register
+from dag.runner import WORKFLOW, embedded_db, register
 from steps import params as parameters
 from steps import runner
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
 from steps.configdb import ConfigDB, open_backend
+from steps.configdb.entities import ProcessingBlock
+from steps.metrics import step_timings
 
 
 @pytest.fixture
@@ -115,10 +118,12 @@ def test_a_step_started_ignoring_ctrl_c_keeps_ignoring_it(block):
 
 def test_sigterm_is_recorded_as_the_step_stopped(block, monkeypatch, caplog):
     """SIGTERM (the engine stopping the workflow, a deadline, the kubelet) ends a step as
-    Failed with the reason, and the process with 143, as killed by it."""
+    Failed with the reason, and the process with 143, as killed by it; a second SIGTERM, or
+    the grace period's alarm, would end it at once."""
     params, _ = block
 
     def terminated(params, buffers):
+        assert signal.getsignal(signal.SIGTERM) is runner._stop  # else SIGTERM ends pytest
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the step")
 
@@ -126,8 +131,11 @@ def test_sigterm_is_recorded_as_the_step_stopped(block, monkeypatch, caplog):
     try:
         with pytest.raises(runner.Stopped) as stopped:
             runner.run_step("buffer-reserve", params.as_strings())
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
+        grace = signal.alarm(0)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert 0 < grace <= runner.STOP_GRACE_S
     assert stopped.value.code == 128 + signal.SIGTERM
     with ConfigDB(open_backend(params.config_db)) as db:
         entry = db.run(lambda txn: txn.get_state(params.pb_id)).steps["buffer-reserve"]
@@ -149,3 +157,26 @@ def test_a_failed_workflow_marks_steps_that_never_ended_as_failed(block, monkeyp
     assert state.steps["calibrate"]["phase"] == "Failed"
     assert state.steps["claim"]["phase"] == "Running"  # the daemon: stopped by the engine
     assert "step calibrate failed: ended without recording its end (killed)" in state.reason
+
+
+def test_a_local_run_of_an_assigned_block_keeps_its_sbi(tmp_path):
+    """``run`` records the parameters that ran; a block an SBI assigned stays that SBI's."""
+    db = ConfigDB(open_backend(embedded_db(tmp_path)))
+    pb_id = "pb-assigned-20261201-00000"
+    pb = ProcessingBlock(id=pb_id, sbi_id="sbi-a-20261201-00000", workflow=WORKFLOW)
+    db.run(lambda txn: txn.create_pb(pb))
+    register(db, parameters.parse({"pb_id": pb_id}), {"niter": 7})
+    stored = db.run(lambda txn: txn.get_pb(pb_id))
+    db.close()
+    assert (stored.sbi_id, stored.parameters) == ("sbi-a-20261201-00000", {"niter": 7})
+
+
+def test_step_timings_count_the_running_step_from_its_start(block):
+    params, _ = block
+    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=5)
+    runner.record(params, "image", {"started": started.isoformat(), "phase": "Running"})
+    runner.record(params, "simulate", {"phase": "Succeeded", "duration_s": 2.5})
+    timings = step_timings(params.config_db, params.pb_id, running="image")
+    assert timings["simulate"] == 2.5 and 5.0 <= timings["image"] < 7.0
+    runner.record(params, "image", {"started": "yesterday", "phase": "Running"})
+    assert step_timings(params.config_db, params.pb_id, running="image") == {}  # never fails

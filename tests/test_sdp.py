@@ -119,7 +119,7 @@ def test_status_says_when_a_local_run_is_gone(tmp_path: Path, capsys) -> None:
     finally:
         running.kill()
     assert f"{BATCH}: RUNNING, but its run (process {ended.pid} on " in out
-    assert f"`batch-imaging run-pb {BATCH}` runs it again" in out
+    assert f"`batch-imaging run-pb {BATCH} --config-db {Path(store).resolve()}` runs" in out
     assert f"{REALTIME}: RUNNING" not in out  # its run's process lives
 
 

@@ -205,6 +205,14 @@ def test_a_wrong_token_is_refused_and_not_printed(server, params_file, monkeypat
     assert "wrong-token" not in out.out + out.err
 
 
+def test_a_cluster_run_needs_its_processing_block(tmp_path, capsys) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"nfreqwin": 2}))  # no pb_id: no shared placeholder block
+    assert main(["submit", str(path), "--dry-run"]) == 2
+    assert "pb_id: required to run on a cluster" in capsys.readouterr().err
+    assert main(["submit", str(path), "--dry-run", "-p", "pb_id=pb-x-20260101-00001"]) == 0
+
+
 def test_configuration_errors(monkeypatch) -> None:
     monkeypatch.setenv("ARGO_SERVER", "https://argo:2746")
     with pytest.raises(argo.ArgoConfigError, match="no scheme"):
