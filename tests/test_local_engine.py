@@ -500,6 +500,8 @@ def test_runs_needing_the_same_mutexes_in_other_orders_do_not_deadlock(tmp_path:
         for run in runs:
             run.start()
             time.sleep(0.5)
+        with (tmp_path / ".locks" / "local.x.lock").open("w") as free:
+            fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)  # waiting, neither holds x
         fcntl.flock(held, fcntl.LOCK_UN)
     for run in runs:
         run.join(timeout=30)
