@@ -310,7 +310,7 @@ class LocalEngine:
             if busy not in waited:
                 LOG.info("Waiting for mutex %s (held by another run)", busy)
                 waited.add(busy)
-            time.sleep(MUTEX_POLL_S * random.uniform(0.5, 1.5))  # runs out of step
+            time.sleep(MUTEX_POLL_S * random.uniform(0.5, 1.5))  # nosec B311 - jitter only
 
     def _run_dag(
         self, template: dict[str, Any], scope: dict[str, str], deadline: float | None
