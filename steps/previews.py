@@ -48,12 +48,11 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _plane(path: Path) -> tuple[np.ndarray, WCS, str]:
-    """The mean over frequency of a FITS cube, its celestial WCS and a description."""
+def _mfs(path: Path) -> tuple[np.ndarray, WCS, str]:
+    """An MFS image (one plane), its celestial WCS and its frequency as a label."""
     data, header = fitsio.read_image(path)
-    cube = data.reshape(-1, data.shape[-2], data.shape[-1])
-    label = "" if len(cube) == 1 else f"MFS: mean of {len(cube)} windows"
-    return cube.mean(axis=0), WCS(header).celestial, label
+    label = f"MFS, {header['CRVAL4'] / 1e6:.1f} MHz"
+    return data.reshape(data.shape[-2], data.shape[-1]), WCS(header).celestial, label
 
 
 def _sky_image(image: np.ndarray, wcs: WCS, title: str, unit: str, symmetric: bool) -> Figure:
@@ -76,17 +75,17 @@ def _sky_image(image: np.ndarray, wcs: WCS, title: str, unit: str, symmetric: bo
 
 
 def restored(buffers: Buffers, out: Path) -> Path:
-    """The restored image (MFS mean over windows), asinh stretch."""
-    image, wcs, label = _plane(buffers.image("restored"))
-    title = f"Restored image {f'({label})' if label else ''}".strip()
+    """The MFS restored image, asinh stretch."""
+    image, wcs, label = _mfs(buffers.image("mfs_restored"))
+    title = f"Restored image ({label})"
     return _save(_sky_image(image, wcs, title, "Jy/beam", symmetric=False), out)
 
 
 def residual(buffers: Buffers, out: Path) -> Path:
-    """The residual image (MFS mean over windows), symmetric colour scale."""
-    image, wcs, label = _plane(buffers.image("residual"))
+    """The MFS residual image, symmetric colour scale."""
+    image, wcs, label = _mfs(buffers.image("mfs_residual"))
     rms = float(np.sqrt(np.mean(image**2)))
-    title = f"Residual {f'({label}) ' if label else ''}rms {rms:.3g} Jy/beam"
+    title = f"Residual ({label}), rms {rms:.3g} Jy/beam"
     return _save(_sky_image(image, wcs, title, "Jy/beam", symmetric=True), out)
 
 
@@ -252,8 +251,8 @@ def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
     """Write every preview whose input products exist (a failed run may lack some); return
     name -> path of those written. A product that exists but is damaged is an error."""
     makers: dict[str, tuple[Path, Callable[[Path], Path]]] = {
-        "restored": (buffers.image("restored"), lambda path: restored(buffers, path)),
-        "residual": (buffers.image("residual"), lambda path: residual(buffers, path)),
+        "restored": (buffers.image("mfs_restored"), lambda path: restored(buffers, path)),
+        "residual": (buffers.image("mfs_residual"), lambda path: residual(buffers, path)),
         "spectral_index": (
             buffers.image("mfs_alpha"),
             lambda path: spectral_index(buffers, path),
