@@ -106,9 +106,7 @@ def release(db: ConfigDB, sbi_id: str) -> list[str]:
     return db.run(end)
 
 
-def status_rows(
-    db: ConfigDB, url: str = "URL"
-) -> tuple[list[list[str]], list[list[str]], list[str]]:
+def status_rows(db: ConfigDB, url: str) -> tuple[list[list[str]], list[list[str]], list[str]]:
     """Rows of the SBI and PB tables, and the reasons of failed PBs (and of those whose run
     is gone, with the command that runs them again from the database at ``url``)."""
 
