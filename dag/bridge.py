@@ -36,7 +36,6 @@ from dag.runner import (
     HOSTNAME,
     find_run_process,
     pb_params,
-    process_alive,
     run_leftovers,
     run_name,
     run_pb,
@@ -54,6 +53,7 @@ from steps.configdb import (
 )
 from steps.log import LOG
 from steps.params import Params, ParamsError
+from steps.processes import process_alive
 
 BATCH = ("batch", "batch_imaging")
 REALTIME = ("realtime", "test_realtime")

@@ -54,6 +54,7 @@ from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
 from steps.params import quantity
+from steps.processes import process_alive
 
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
@@ -767,23 +768,13 @@ def _scratch(buffer_root: Path) -> Iterator[Path]:
     root.mkdir(mode=0o700, exist_ok=True)
     for stale in root.iterdir():
         engine = ENGINE_SCRATCH.fullmatch(stale.name)
-        if engine and not _alive(int(engine[1])):
+        if engine and not process_alive(int(engine[1])):
             shutil.rmtree(stale, ignore_errors=True)
     directory = Path(tempfile.mkdtemp(prefix=f"engine-{os.getpid()}-", dir=root))
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _terminate(pod: _Pod, grace_s: float = 30.0) -> None:

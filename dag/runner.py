@@ -25,6 +25,7 @@ from steps import resources
 from steps.configdb import ConfigDB, connect, open_backend
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
+from steps.processes import process_alive
 
 WORKFLOW = Workflow(type="batch", id="batch_imaging", version="0.2.0")
 HOSTNAME = socket.gethostname()
@@ -217,22 +218,6 @@ def start_detached(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def process_alive(pid: int, marker: str = "") -> bool:
-    """Whether process ``pid`` on this host is alive (not a zombie) and its command line
-    contains ``marker`` (so that a reused pid does not count)."""
-    proc = Path(f"/proc/{pid}")
-    try:
-        if proc.is_dir():
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            return state not in ("Z", "X") and marker in (proc / "cmdline").read_text()
-        os.kill(pid, 0)
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _processes(entry: str) -> Iterator[tuple[int, list[str]]]:

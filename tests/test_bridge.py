@@ -25,8 +25,8 @@ import pytest
 from conftest import EtcdServer
 
 from dag.cli import main
-from dag.runner import process_alive
 from steps.configdb import ConfigDB, PBState, open_backend
+from steps.processes import process_alive
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "examples" / "sbi-mvp01-20200523-00000.json"

@@ -39,6 +39,8 @@ import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_exc
 
+from steps.processes import process_alive
+
 LOG = logging.getLogger("batch_imaging")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2379
@@ -396,16 +398,6 @@ class _EtcdWatch(Watch):
         return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class FileBackend:
     """Embedded store: ``store.json`` in a directory, written atomically under a file lock.
 
@@ -452,7 +444,7 @@ class FileBackend:
             lease_id: lease
             for lease_id, lease in doc["leases"].items()
             if lease["expires"] >= now
-            and (lease["hostname"] != self._hostname or _pid_alive(lease["pid"]))
+            and (lease["hostname"] != self._hostname or process_alive(lease["pid"]))
         }
 
     def _live(self, doc: dict[str, Any]) -> dict[str, Any]:
