@@ -54,7 +54,7 @@ from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
 from steps.params import quantity
-from steps.processes import process_alive
+from steps.processes import cores, process_alive
 
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
@@ -711,7 +711,7 @@ class LocalEngine:
                 amount = quantity(substitute(str(value), scope))
             elif kind == "limits":
                 pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-                amount = float({"cpu": os.cpu_count() or 1, "memory": pages}[resource])
+                amount = float({"cpu": cores(), "memory": pages}[resource])
             else:
                 amount = 0.0
             return str(math.ceil(amount / quantity(ref.get("divisor", "1"))))

@@ -12,8 +12,9 @@ only adds contention: 4 workers on 2 cores made calibrate ≈ 1.3x slower than 2
 thread pools of the worker processes (OpenMP, OpenBLAS, MKL, numba) are capped at the same
 number (the forkserver's environment and the workers').  The gridder (ducc0) is always
 called with one thread: the windows and time chunks give the parallelism, and
-multi-threaded gridding is not bit-reproducible under CPU contention.  An external scheduler
-(``DASK_SCHEDULER_ADDRESS``) brings its own workers and is used as it is.
+multi-threaded gridding is not bit-reproducible under CPU contention.  Cores are those the
+process may run on (its CPU affinity).  An external scheduler (``DASK_SCHEDULER_ADDRESS``)
+brings its own workers and is used as it is, once they have stopped joining.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -31,20 +33,23 @@ from dask.distributed import Client, LocalCluster, as_completed
 from distributed.utils import get_mp_context
 
 from steps.log import LOG, progress
+from steps.processes import cores
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
-WORKER_WAIT_S = 600.0  # how long a step waits for an external cluster's workers to join
+WORKER_WAIT_S = 600.0  # how long a step waits for an external cluster's first workers
+WORKER_SETTLE_S = 30.0  # ... and for more after the last one joined
+WORKER_POLL_S = 0.5
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def local_workers(n_workers: int) -> int:
     """Worker processes of a LocalCluster: ``n_workers``, but no more than the cores."""
-    return max(1, min(n_workers, os.cpu_count() or 1))
+    return max(1, min(n_workers, cores()))
 
 
 def threads_per_worker(n_workers: int) -> int:
     """Cores per worker so that workers x (numpy/numba threads) never exceed the cores."""
-    return max(1, (os.cpu_count() or 1) // local_workers(n_workers))
+    return max(1, cores() // local_workers(n_workers))
 
 
 def _forkserver(preload: Sequence[str], threads: int) -> None:
@@ -105,26 +110,42 @@ def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
         yield client
 
 
-def wait_for_workers(client: Client, n_workers: int, timeout_s: float | None = None) -> int:
+def wait_for_workers(
+    client: Client,
+    n_workers: int,
+    timeout_s: float | None = None,
+    settle_s: float = WORKER_SETTLE_S,
+) -> int:
     """Wait until ``n_workers`` workers have joined the scheduler (a DaskCluster scales up
-    beside the run); after ``timeout_s`` go on with those there are, if any."""
+    beside the run); go on with those there are once none has joined for ``settle_s`` (a
+    scheduler with fewer workers than asked), or after ``timeout_s`` if any joined."""
     timeout_s = WORKER_WAIT_S if timeout_s is None else timeout_s
-    try:
-        client.wait_for_workers(n_workers, timeout=timeout_s)
-    except TimeoutError:
-        have = len(client.scheduler_info()["workers"])
-        if have == 0:
-            raise RuntimeError(
-                f"no Dask worker joined the scheduler {client.scheduler.address} in {timeout_s:g} s"
-            ) from None
-        LOG.warning(
-            "Dask EE: %d of %d workers joined in %g s; going on with them",
-            have,
-            n_workers,
-            timeout_s,
+    started = time.monotonic()
+    have, changed = _workers(client), started
+    if have < n_workers:
+        LOG.info(
+            "Dask EE: %d of %d workers joined; waiting for more (at most %g s, %g s after the "
+            "last one joined if any has)",
+            have, n_workers, timeout_s, settle_s,
+        )  # fmt: skip
+    while have < n_workers:
+        now = time.monotonic()
+        if now - started >= timeout_s or (have and now - changed >= settle_s):
+            break
+        time.sleep(WORKER_POLL_S)
+        if (count := _workers(client)) != have:
+            have, changed = count, time.monotonic()
+    if have == 0:
+        raise RuntimeError(
+            f"no Dask worker joined the scheduler {client.scheduler.address} in {timeout_s:g} s"
         )
-        return have
-    return n_workers
+    if have < n_workers:
+        LOG.warning("Dask EE: %d of %d workers joined; going on with them", have, n_workers)
+    return min(have, n_workers)
+
+
+def _workers(client: Client) -> int:
+    return len(client.scheduler_info()["workers"])
 
 
 def map_tasks(

@@ -1,4 +1,4 @@
-"""Processes on this host: whether one recorded by its pid still runs."""
+"""Processes on this host: the cores this one may use, whether one recorded by its pid runs."""
 
 from __future__ import annotations
 
@@ -20,3 +20,11 @@ def process_alive(pid: int, marker: str = "") -> bool:
     except PermissionError:
         return True
     return True
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity: a cpuset, ``taskset``, a batch job's
+    share), not all the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import psutil
 
 from steps.params import Params, ParamsError, station_count
+from steps.processes import cores
 
 GIB = 1024**3
 VIS_BYTES = 8 + 4 + 1  # complex64 visibility, float32 weight, bool flag per sample
@@ -61,7 +61,7 @@ def check(params: Params, buffer_root: Path | None = None) -> Estimate:
     """Raise ParamsError when the run cannot fit this machine's memory or the buffer's disk."""
     need = estimate(params)
     memory = memory_available()
-    workers = min(params.n_workers, os.cpu_count() or 1)
+    workers = min(params.n_workers, cores())
     if need.worker * workers + need.coordinator > memory:
         raise ParamsError(
             f"npixel = {params.npixel}, ntimes = {params.ntimes}, rmax = {params.rmax}, "

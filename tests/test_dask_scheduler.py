@@ -102,6 +102,9 @@ def test_a_step_waits_for_the_workers_of_an_external_cluster():
     ):
         assert wait_for_workers(client, 1, 5.0) == 1
         assert wait_for_workers(client, 2, 0.5) == 1  # goes on with the one there is
+        started = time.monotonic()  # none joins for settle_s: no need to wait any longer
+        assert wait_for_workers(client, 4, 60.0, settle_s=1.0) == 1
+        assert time.monotonic() - started < 10
     with (
         LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as none,
         Client(none) as client,
