@@ -278,12 +278,12 @@ def test_report_refuses_a_fits_image_without_wcs(tmp_path):
         register(db, params, {})
     image = tmp_path / params.buffer_img
     image.mkdir()
-    fits.PrimaryHDU(np.ones((1, 1, 64, 64), np.float32)).writeto(image / "restored.fits")
+    fits.PrimaryHDU(np.ones((1, 1, 64, 64), np.float32)).writeto(image / "mfs_restored.fits")
     result = batch_imaging(
         *("step", "report", "-p", f"pb_id={params.pb_id}", "-p", f"config_db={params.config_db}"),
         env={**os.environ, BUFFER_ROOT_ENV: str(tmp_path)},
     )
-    assert_clean_failure(result, 1, "restored.fits: no celestial WCS")
+    assert_clean_failure(result, 1, "mfs_restored.fits: no celestial WCS")
     assert not (image / "report.html").exists()
 
 
