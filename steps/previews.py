@@ -35,8 +35,13 @@ PSF_ZOOM_PX = 32  # half-width of the PSF preview
 
 
 def _figure(wcs: WCS | None = None) -> tuple[Figure, Axes]:
+    """A figure of the preview size; with ``wcs``, sky axes labelled in RA and Dec."""
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
-    ax = fig.add_subplot(projection=wcs) if wcs is not None else fig.add_subplot()
+    if wcs is None:
+        return fig, fig.add_subplot()
+    ax = fig.add_subplot(projection=wcs)
+    ax.set_xlabel("Right ascension (ICRS)")
+    ax.set_ylabel("Declination (ICRS)")
     return fig, ax
 
 
@@ -66,8 +71,6 @@ def _sky_image(image: np.ndarray, wcs: WCS, title: str, unit: str, symmetric: bo
             stretch=AsinhStretch(0.02),
         )  # fmt: skip
         shown = ax.imshow(image, origin="lower", cmap="inferno", norm=norm)
-    ax.set_xlabel("Right ascension (ICRS)")
-    ax.set_ylabel("Declination (ICRS)")
     ax.coords.grid(color="white" if not symmetric else "grey", alpha=0.3, linestyle=":")
     ax.set_title(title)
     fig.colorbar(shown, ax=ax, label=unit, fraction=0.046, pad=0.04)
@@ -101,8 +104,6 @@ def spectral_index(buffers: Buffers, out: Path) -> Path:
     limit = max(abs(float(low)), abs(float(high)), 0.1)
     shown = ax.imshow(alpha, origin="lower", cmap="coolwarm", vmin=-limit, vmax=limit)
     ax.set_facecolor("0.85")  # where the signal does not allow an index
-    ax.set_xlabel("Right ascension (ICRS)")
-    ax.set_ylabel("Declination (ICRS)")
     ax.set_title(f"Apparent spectral index ({finite.size} pixels above {ALPHA_SNR:g} rms)")
     fig.colorbar(shown, ax=ax, label="alpha (S ~ nu^alpha)", fraction=0.046, pad=0.04)
     return _save(fig, out)
@@ -146,8 +147,6 @@ def psf(params: Params, buffers: Buffers, out: Path) -> Path:
     half = min(PSF_ZOOM_PX, centre)
     ax.set_xlim(centre - half, centre + half)
     ax.set_ylim(centre - half, centre + half)
-    ax.set_xlabel("Right ascension (ICRS)")
-    ax.set_ylabel("Declination (ICRS)")
     weights = header.get("WEIGHTNG", "natural")
     ax.set_title(f"PSF at {freq / 1e6:.2f} MHz ({weights} weighting)")
     fig.colorbar(shown, ax=ax, label="relative response", fraction=0.046, pad=0.04)
