@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.distributed import Client, Future, as_completed
+from distributed.client import FutureCancelledError
 
 from steps import atomic, store
 from steps.buffers import Buffers
@@ -37,6 +38,8 @@ from steps.log import LOG
 from steps.metrics import phase_rms, shift_removed_phase_rms, station_uvw
 from steps.params import Params
 from steps.science import ical, imaging
+
+RESUBMITS = 3  # times a band's task goes again after its scattered inputs were lost
 
 
 def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) -> ical.Settings:
@@ -204,34 +207,56 @@ def dask_mapper(client: Client, bands: Sequence[Sequence[WindowSource]]) -> ical
         distinct = {id(x): x for a in args for x in a}
         scattered = client.scatter(list(distinct.values()), hash=False) if distinct else []
         future_of = dict(zip(distinct, scattered, strict=True))
-        futures = [
-            client.submit(
+
+        def submit(i: int, inputs: Sequence[Any]) -> Future:
+            return client.submit(
                 on_band,
                 fn,
-                band,
-                *(future_of[id(x)] for x in a),
+                bands[i],
+                *inputs,
                 key=f"{fn.__name__}-{i}-{uuid.uuid4().hex}",  # named on the dashboard
                 workers=[workers[i % len(workers)]],
                 allow_other_workers=True,
             )
-            for i, (band, a) in enumerate(zip(bands, args, strict=True))
-        ]
-        return _in_order(futures, scattered)
+
+        futures = [submit(i, [future_of[id(x)] for x in a]) for i, a in enumerate(args)]
+        # a band whose scattered inputs died with a worker goes again with them in its task
+        return _in_order(futures, scattered, lambda i: submit(i, args[i]))
 
     return run
 
 
-def _in_order(futures: list[Future], inputs: list[Future]) -> Iterator[Any]:
+def _in_order(
+    futures: list[Future], inputs: list[Future], again: Callable[[int], Future]
+) -> Iterator[Any]:
     """The futures' results in order, each fetched as soon as it is done (so that it does
     not wait in a worker's memory) and released; the coordinator holds only those that came
     before their turn.  The scattered ``inputs`` stay referenced until the last result is in
-    (released, they could be forgotten before the tasks needing them ran)."""
+    (released, they could be forgotten before the tasks needing them ran).
+
+    Dask runs a task again elsewhere when its worker dies, but scattered data has no recipe:
+    the tasks that needed what a dead worker held are cancelled.  Such a task is submitted
+    again, ``again(i)``, at most ``RESUBMITS`` times."""
     index = {future.key: i for i, future in enumerate(futures)}
+    tries = [0] * len(futures)
     arrived: dict[int, Any] = {}
     turn = 0
-    for future in as_completed(futures):
-        arrived[index[future.key]] = future.result()
-        future.release()
+    pending = as_completed(futures)
+    for future in pending:
+        i = index.pop(future.key)
+        try:
+            arrived[i] = future.result()
+        except FutureCancelledError:
+            if tries[i] == RESUBMITS:
+                raise
+            tries[i] += 1
+            LOG.warning("Task %s lost its inputs with a worker; submitting it again", future.key)
+            retry = again(i)
+            index[retry.key] = i
+            pending.add(retry)
+            continue
+        finally:
+            future.release()
         while turn in arrived:
             yield arrived.pop(turn)
             turn += 1

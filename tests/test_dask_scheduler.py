@@ -1,7 +1,10 @@
 """The heavy steps on an existing Dask cluster: real ``dask scheduler`` and ``dask worker``
 processes on loopback, given to the workflow as ``dask_scheduler``."""
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -139,3 +142,33 @@ def test_the_mapper_hands_results_on_in_band_order_and_scatters_shared_arguments
         arrays = [key for key in client.who_has() if str(key).startswith("ndarray")]
         assert len(arrays) == 1
         assert list(results) == [(i, 6.0) for i in range(4)]
+
+
+def _kill_worker() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_bands_whose_scattered_inputs_die_with_a_worker_are_submitted_again(caplog):
+    """Scattered data has no recipe: killing the worker that holds the argument every band
+    shares cancels the bands' tasks; the mapper submits them again and the results are
+    whole and in order."""
+    import numpy as np
+    from dask.distributed import LocalCluster
+
+    from steps.calibrate import dask_mapper
+
+    shared = np.arange(4.0)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as local,
+        Client(local) as client,
+    ):
+        results = dask_mapper(client, [[], [], [], []])(
+            _after, [(1.0, shared, i) for i in range(4)]
+        )
+        (holder,) = next(
+            where for key, where in client.who_has().items() if str(key).startswith("ndarray")
+        )
+        with contextlib.suppress(Exception):  # the worker dies before it answers
+            client.run(_kill_worker, workers=[holder])
+        assert list(results) == [(i, 6.0) for i in range(4)]
+    assert "lost its inputs with a worker; submitting it again" in caplog.text
