@@ -116,7 +116,10 @@ def execute(
         raise
     LOG.info("Workflow %s %s", run.name, run.phase)
     for node in run.nodes.values():
-        line = f"  {node.name:<24} {node.phase:<10} {node.duration:6.1f} s {node.message}"
+        line = (
+            f"  {node.name:<24} {node.phase:<10} {node.duration:6.1f} s {node.progress:<5} "
+            f"{node.message}"
+        )
         LOG.info("%s", line.rstrip())
         for artifact, path in node.artifacts.items():
             LOG.info("    artifact %-18s %s", artifact, path)

@@ -34,7 +34,7 @@ from distributed.client import FutureCancelledError
 from steps import atomic, store
 from steps.buffers import Buffers
 from steps.dask_ee import engine
-from steps.log import LOG
+from steps.log import LOG, Progress
 from steps.metrics import phase_rms, shift_removed_phase_rms, station_uvw
 from steps.params import Params
 from steps.science import ical, imaging
@@ -290,7 +290,16 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     ]
     sizes = "/".join(sorted({str(len(m)) for m in members}))
     LOG.info("ICAL over %d bands of %s windows", len(bands), sizes)
-    with engine(params.n_workers, [__name__]) as client, _removed(scratch):
+    with (
+        engine(params.n_workers, [__name__]) as client,
+        _removed(scratch),
+        Progress(settings.nmajor + 1, "ICAL", "cycle", log=False) as cycles,
+    ):
+
+        def cycle_done(message: str, *args: Any) -> None:
+            LOG.info(message, *args)
+            cycles.advance()
+
         mapper = dask_mapper(client, bands)
         psfs = np.empty((nwin, params.npixel, params.npixel), dtype=np.float32)
         sumwt, psf_s = np.empty(nwin), 0.0
@@ -308,7 +317,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             settings,
             mapper,
             truth,
-            LOG.info,
+            cycle_done,
         )
         args = [
             (*model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)

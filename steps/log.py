@@ -24,17 +24,41 @@ def setup(debug: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
 
 
-def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
-    """Yield items while reporting N/M: to ``$ARGO_PROGRESS_FILE`` (the Argo UI), as a
-    progress bar on a terminal, and to the log otherwise."""
-    path = os.environ.get("ARGO_PROGRESS_FILE")
-    started = time.monotonic()
-    with tqdm(total=total, desc=what, unit="window", disable=not sys.stderr.isatty()) as bar:
-        for done, item in enumerate(items, start=1):
+class Progress:
+    """N/M of a step's work, reported to ``$ARGO_PROGRESS_FILE`` (the Argo UI, from 0/M on),
+    as a progress bar on a terminal, and to the log otherwise (unless ``log`` is false: the
+    caller logs each item itself)."""
+
+    def __init__(self, total: int, what: str, unit: str, log: bool = True) -> None:
+        self.total, self.what, self.log, self.done = total, what, log, 0
+        self.path = os.environ.get("ARGO_PROGRESS_FILE")
+        self.started = time.monotonic()
+        self.bar = tqdm(total=total, desc=what, unit=unit, disable=not sys.stderr.isatty())
+        self._report()
+
+    def _report(self) -> None:
+        if self.path:
+            Path(self.path).write_text(f"{self.done}/{self.total}\n")
+
+    def advance(self) -> None:
+        """One more item done."""
+        self.done += 1
+        self.bar.update()
+        self._report()
+        if self.bar.disable and self.log:
+            elapsed = time.monotonic() - self.started
+            LOG.info("%s: %d/%d done (%.1f s)", self.what, self.done, self.total, elapsed)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.close()
+
+
+def progress(items: Iterable[T], total: int, what: str, unit: str = "window") -> Iterator[T]:
+    """Yield items while reporting their ``Progress``."""
+    with Progress(total, what, unit) as bar:
+        for item in items:
             yield item
-            bar.update()
-            if path:
-                Path(path).write_text(f"{done}/{total}\n")
-            if bar.disable:
-                elapsed = time.monotonic() - started
-                LOG.info("%s: %d/%d done (%.1f s)", what, done, total, elapsed)
+            bar.advance()

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -59,6 +60,15 @@ def test_run_succeeds_with_the_seed_log(run):
         positions.append(matches[0])
     assert positions == sorted(positions), "seed log lines out of order"
     assert not [line for line in lines if line.endswith(" ")], "lines with trailing spaces"
+    # each heavy step's progress, as the Argo UI shows it: windows, or ICAL's major cycles
+    table = {}
+    for line in lines:
+        if line.startswith("INFO:batch_imaging:  "):
+            name, *columns = line.removeprefix("INFO:batch_imaging:").split()
+            table[name] = columns
+    assert table["calibrate"][:4] == ["Succeeded", table["calibrate"][1], "s", "6/6"]
+    for step in ("simulate", "corrupt"):
+        assert re.fullmatch(r"(\d+)/\1", table[step][3]), table[step]
 
 
 def test_products_are_in_the_buffers(run):
