@@ -1,9 +1,11 @@
 """Scale: time-chunked stores, per-(window, time chunk) tasks, and the thread rule."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import zarr
@@ -78,6 +80,14 @@ def test_workers_never_exceed_the_cores():
         results = map_tasks(client, "env", lambda _: _thread_env(), [(0,), (1,)])
     threads = threads_per_worker(2)
     assert results == [(str(threads), threads)] * 2
+
+
+def test_the_logged_dashboard_link_serves_the_dask_dashboard(caplog):
+    caplog.set_level(logging.INFO, logger="batch_imaging")
+    with engine(1) as client, urllib.request.urlopen(client.dashboard_link, timeout=30) as page:
+        html = page.read().decode()
+    assert f"dashboard {client.dashboard_link}" in caplog.text
+    assert "Dask Diagnostic UI" in html, html[:300]  # not "Dask needs bokeh"
 
 
 PRESTART = """
