@@ -55,7 +55,8 @@ def write_ms(out: Path, data: Path, corrected: Path | None = None) -> Path:
     """Write the store ``data`` as MS ``out`` (replacing it); ``corrected`` fills CORRECTED_DATA.
 
     ``corrected`` must have the layout of ``data``; its flags and weights are the ones written.
-    The MS is built under a temporary name and renamed into place.
+    The main table is written a time chunk of the stores at a time (memory bounded by the
+    chunk), under a temporary name, and renamed into place.
     """
     out = Path(out)
     ds = store.open_store(data)
@@ -114,34 +115,54 @@ def _write_main(
     desc = tables.maketabdesc(columns)
     for name in sources:  # units of the visibility columns, as CASA writes them
         desc[name]["keywords"] = {"QuantumUnits": ["Jy"]}
+    groups = {name: zarr.open_group(source, mode="r") for name, source in sources.items()}
+    final = groups[list(sources)[-1]]  # its flags and weights are the ones written
     with tables.default_ms(str(path), desc) as ms:
         ms.putcolkeyword("UVW", "MEASINFO", {"type": "uvw", "Ref": "J2000"})  # as CASA writes
         ms.addrows(nrow)
-        for name, source in sources.items():
-            group = zarr.open_group(source, mode="r")
-            ms.putcol(name, np.conj(_rows(group["VISIBILITY"][:], nspw, nchan)))
-        final = zarr.open_group(list(sources.values())[-1], mode="r")
-        flag = _rows(final["FLAG"][:], nspw, nchan)
-        weight = _rows(final["WEIGHT"][:], nspw, nchan).astype(np.float32)
-        row_weight = weight.mean(axis=1)
-        ms.putcol("FLAG", flag)
-        ms.putcol("FLAG_ROW", flag.all(axis=(1, 2)))
-        ms.putcol("WEIGHT_SPECTRUM", weight)
-        ms.putcol("WEIGHT", row_weight)
-        sigma = np.where(row_weight > 0, 1 / np.sqrt(np.maximum(row_weight, 1e-30)), 0.0)
-        ms.putcol("SIGMA", sigma.astype(np.float32))
-        per_row = np.broadcast_to(obs.uvw[:, np.newaxis], (ntime, nspw, nbl, 3))
-        ms.putcol("UVW", per_row.reshape(nrow, 3))
-        times = np.repeat(obs.times, nspw * nbl)
-        ms.putcol("TIME", times)
-        ms.putcol("TIME_CENTROID", times)
-        ms.putcol("INTERVAL", np.full(nrow, obs.integration_time))
-        ms.putcol("EXPOSURE", np.full(nrow, obs.integration_time))
-        ms.putcol("ANTENNA1", np.tile(obs.antenna1.astype(np.int32), ntime * nspw))
-        ms.putcol("ANTENNA2", np.tile(obs.antenna2.astype(np.int32), ntime * nspw))
-        ms.putcol("DATA_DESC_ID", np.tile(np.repeat(np.arange(nspw, dtype=np.int32), nbl), ntime))
-        ms.putcol("SCAN_NUMBER", np.ones(nrow, np.int32))
-        ms.putcol("STATE_ID", np.full(nrow, -1, np.int32))
+        for times in store.time_chunks(next(iter(sources.values()))):  # one chunk in memory
+            _write_rows(ms, obs, groups, final, times, nspw, nchan)
+
+
+def _write_rows(
+    ms: tables.table,
+    obs: store.Layout,
+    groups: dict[str, zarr.Group],
+    final: zarr.Group,
+    times: slice,
+    nspw: int,
+    nchan: int,
+) -> None:
+    """The main table's rows of the integrations ``times``."""
+    ntime, nbl = times.stop - times.start, obs.antenna1.size
+    rows = {"startrow": times.start * nspw * nbl, "nrow": ntime * nspw * nbl}
+    for name, group in groups.items():
+        ms.putcol(name, np.conj(_rows(group["VISIBILITY"][times], nspw, nchan)), **rows)
+    flag = _rows(final["FLAG"][times], nspw, nchan)
+    weight = _rows(final["WEIGHT"][times], nspw, nchan).astype(np.float32)
+    row_weight = weight.mean(axis=1)
+    sigma = np.where(row_weight > 0, 1 / np.sqrt(np.maximum(row_weight, 1e-30)), 0.0)
+    per_row = np.broadcast_to(obs.uvw[times, np.newaxis], (ntime, nspw, nbl, 3))
+    stamps = np.repeat(obs.times[times], nspw * nbl)
+    columns = {
+        "FLAG": flag,
+        "FLAG_ROW": flag.all(axis=(1, 2)),
+        "WEIGHT_SPECTRUM": weight,
+        "WEIGHT": row_weight,
+        "SIGMA": sigma.astype(np.float32),
+        "UVW": per_row.reshape(-1, 3),
+        "TIME": stamps,
+        "TIME_CENTROID": stamps,
+        "INTERVAL": np.full(rows["nrow"], obs.integration_time),
+        "EXPOSURE": np.full(rows["nrow"], obs.integration_time),
+        "ANTENNA1": np.tile(obs.antenna1.astype(np.int32), ntime * nspw),
+        "ANTENNA2": np.tile(obs.antenna2.astype(np.int32), ntime * nspw),
+        "DATA_DESC_ID": np.tile(np.repeat(np.arange(nspw, dtype=np.int32), nbl), ntime),
+        "SCAN_NUMBER": np.ones(rows["nrow"], np.int32),
+        "STATE_ID": np.full(rows["nrow"], -1, np.int32),
+    }
+    for name, values in columns.items():
+        ms.putcol(name, values, **rows)
 
 
 def _subtable(ms: Path, name: str, nrow: int) -> tables.table:

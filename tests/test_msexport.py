@@ -143,11 +143,12 @@ def test_uneven_windows_are_spectral_windows(tmp_path: Path) -> None:
         "antenna_diameter_m": 38.0,
         "phase_centre": {"ra_deg": 10.0, "dec_deg": -40.0, "frame": "icrs"},
     }
-    tmp = store.create(tmp_path / "s.zarr", layout, attrs)
+    tmp = store.create(tmp_path / "s.zarr", layout, attrs, time_chunk=1)
     vis = (rng.normal(size=(3, 2, 3)) + 1j * rng.normal(size=(3, 2, 3))).astype(np.complex64)
     for i in range(3):
         store.write_window(tmp, i, vis[i], np.ones((2, 3)), np.zeros((2, 3), bool))
     data = store.finalize(tmp, tmp_path / "s.zarr")
+    assert len(store.time_chunks(data)) == 2  # the MS is written a time chunk at a time
     out = write_ms(tmp_path / "s.ms", data)
     with _open(out, "SPECTRAL_WINDOW") as spw:
         np.testing.assert_array_equal(spw.getcol("CHAN_FREQ")[:, 0], freqs)
@@ -157,6 +158,9 @@ def test_uneven_windows_are_spectral_windows(tmp_path: Path) -> None:
         np.testing.assert_array_equal(ddid[:, :, 0], [[0, 1, 2], [0, 1, 2]])
         got = np.conj(ms.getcol("DATA")[:, 0, 0]).reshape(2, 3, 3)
         np.testing.assert_array_equal(got, vis.transpose(1, 0, 2))
+        np.testing.assert_array_equal(ms.getcol("TIME"), np.repeat(layout.times, 3 * 3))
+        uvw = ms.getcol("UVW").reshape(2, 3, 3, 3)  # (time, spw, baseline, uvw)
+        np.testing.assert_array_equal(uvw, np.repeat(layout.uvw[:, None], 3, axis=1))
 
 
 def test_cli_export_ms(run: SmallRun, tmp_path: Path) -> None:
