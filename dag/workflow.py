@@ -134,8 +134,8 @@ def _env(step: str) -> list[m.EnvVar]:
     if step in HEAVY:
         env += [
             m.EnvVar(name="DASK_SCHEDULER_ADDRESS", value="{{workflow.parameters.dask_scheduler}}"),
-            # os.cpu_count() (Python >= 3.13) = the CPU request, so that the LocalCluster's
-            # workers x threads fit the pod's share of the node, not the whole node
+            # the CPU request (rounded up to whole cores), read by ``processes.cores`` so
+            # that the LocalCluster's workers x threads fit the pod's share of the node
             m.EnvVar(
                 name="PYTHON_CPU_COUNT",
                 value_from=m.EnvVarSource(

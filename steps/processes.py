@@ -23,8 +23,12 @@ def process_alive(pid: int, marker: str = "") -> bool:
 
 
 def cores() -> int:
-    """The CPUs this process may run on (its affinity: a cpuset, ``taskset``, a batch job's
-    share), not all the machine's."""
+    """The CPUs this process may use: those it may run on (its affinity: a cpuset,
+    ``taskset``, a batch job's share), or fewer where ``PYTHON_CPU_COUNT`` says so (a pod's
+    CPU request, which sets no affinity), as Python 3.13's ``os.process_cpu_count`` reads it."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        available = len(os.sched_getaffinity(0))
+    else:
+        available = os.cpu_count() or 1
+    asked = os.environ.get("PYTHON_CPU_COUNT", "").strip()
+    return max(1, min(available, int(asked))) if asked.isdigit() else available

@@ -82,6 +82,19 @@ def test_workers_never_exceed_the_cores():
     assert results == [(str(threads), threads)] * 2
 
 
+def test_a_pods_cpu_request_caps_the_cores(monkeypatch):
+    """Kubernetes sets no CPU affinity for a request: ``PYTHON_CPU_COUNT`` (the template
+    passes ``requests.cpu``) caps the workers x threads, never above the affinity."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)))  # a 64-core node
+    monkeypatch.setenv("PYTHON_CPU_COUNT", "2")
+    assert (local_workers(4), threads_per_worker(4)) == (2, 1)
+    assert (local_workers(1), threads_per_worker(1)) == (1, 2)
+    monkeypatch.setenv("PYTHON_CPU_COUNT", "128")
+    assert local_workers(128) == 64
+    monkeypatch.delenv("PYTHON_CPU_COUNT")
+    assert threads_per_worker(4) == 16
+
+
 def test_the_logged_dashboard_link_serves_the_dask_dashboard(caplog):
     caplog.set_level(logging.INFO, logger="batch_imaging")
     with engine(1) as client, urllib.request.urlopen(client.dashboard_link, timeout=30) as page:
