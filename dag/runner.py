@@ -76,7 +76,7 @@ def run_local(
             "artifacts: true needs an artifact repository: give --artifact-repository DIR "
             f"(or set ${ARTIFACT_REPOSITORY_ENV})"
         )
-    resources.check(checked, buffer_root)
+    resources.check(checked, buffer_root, buffer_root)
     buffer_root.mkdir(parents=True, exist_ok=True)
     config_db = config_db or embedded_db(buffer_root)
     db = ConfigDB(open_backend(config_db))

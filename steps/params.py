@@ -291,7 +291,7 @@ class Params(BaseModel):
             stations = _readable(self.configuration, "configuration")
             if stations is not None:
                 _check_rmax(stations, self.rmax)
-        elif (nstations := station_count(self.configuration, self.rmax)) < 2:
+        elif (nstations := _shipped_count(self.configuration, self.rmax)) < 2:
             raise _field_error(
                 "rmax",
                 self.rmax,
@@ -393,12 +393,13 @@ def file_reference(value: str, names: tuple[str, ...]) -> str:
     return str(path.absolute())
 
 
-def _readable(reference: str, field: str) -> Any:
+def _readable(reference: str, field: str, root: Path | None = None) -> Any:
     """Parse a catalogue (``sky_model``) or layout (``configuration``) file if it is reachable
-    here (a ``buffer:`` file may exist only where the buffers are mounted); None if not."""
+    here (a ``buffer:`` file, under ``root`` or this pod's buffer root, may exist only where
+    the buffers are mounted); None if not."""
     from steps.buffers import resolve
 
-    path = resolve(reference)
+    path = resolve(reference, root)
     if not path.is_file():
         return None
     stat = path.stat()
@@ -438,8 +439,8 @@ def quantity(text: str) -> float:
     return number * SUFFIX.get(suffix, 1.0)
 
 
-def _field_error(field: str, value: Any, message: str) -> ValueError:
-    return ValueError(f"{field} = {value!r}: {message}")
+def _field_error(field: str, value: Any, message: str) -> ParamsError:
+    return ParamsError(f"{field} = {value!r}: {message}")
 
 
 def describe_errors(exc: ValidationError, allowed: Iterable[str] = ()) -> str:
@@ -546,9 +547,21 @@ def highest_declination() -> float:
     return math.degrees(math.atan(-math.cos(ha) / math.tan(lat)))
 
 
+def station_count(configuration: str, rmax: float, root: Path | None = None) -> int:
+    """Number of stations within rmax of a shipped layout or a layout file (a ``buffer:``
+    file under ``root``, else this pod's buffer root)."""
+    from steps.science.layout import select_within
+
+    if configuration in NAMED_FILES["configuration"]:
+        return _shipped_count(configuration, rmax)
+    stations = _readable(configuration, "configuration", root)
+    if stations is None:
+        raise _field_error("configuration", configuration, "no such file here")
+    return len(select_within(stations, rmax).names)
+
+
 @lru_cache(maxsize=16)
-def station_count(configuration: str, rmax: float) -> int:
-    """Number of stations of a layout within rmax."""
+def _shipped_count(configuration: str, rmax: float) -> int:
     from steps.science.layout import load_stations, select_within
 
     return len(select_within(load_stations(configuration), rmax).names)
@@ -556,9 +569,9 @@ def station_count(configuration: str, rmax: float) -> int:
 
 @lru_cache(maxsize=4)
 def minimum_rmax(configuration: str) -> float:
-    """Smallest rmax (m) that selects two stations, found by bisection on the count."""
+    """Smallest rmax (m) that selects two stations of a shipped layout, by bisection."""
     lo, hi = 0.0, 100_000.0
     for _ in range(40):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if station_count(configuration, mid) < 2 else (lo, mid)
+        lo, hi = (mid, hi) if _shipped_count(configuration, mid) < 2 else (lo, mid)
     return hi

@@ -33,9 +33,10 @@ class Estimate:
         )
 
 
-def estimate(params: Params) -> Estimate:
-    """Memory and disk a run of these parameters needs (an upper-bound estimate)."""
-    nstations = station_count(params.configuration, params.rmax)
+def estimate(params: Params, root: Path | None = None) -> Estimate:
+    """Memory and disk a run of these parameters needs (an upper-bound estimate); a
+    ``buffer:`` layout is read under ``root`` (else this pod's buffer root)."""
+    nstations = station_count(params.configuration, params.rmax, root)
     samples = params.ntimes * nstations * (nstations - 1) / 2  # per window
     pixels = params.npixel**2
     grid = (GRID_OVERSAMPLING * params.npixel) ** 2 * 16
@@ -57,9 +58,10 @@ def memory_available() -> float:
     return float(psutil.virtual_memory().total)
 
 
-def check(params: Params, buffer_root: Path | None = None) -> Estimate:
-    """Raise ParamsError when the run cannot fit this machine's memory or the buffer's disk."""
-    need = estimate(params)
+def check(params: Params, disk: Path | None = None, root: Path | None = None) -> Estimate:
+    """Raise ParamsError when the run cannot fit this machine's memory or the disk holding
+    ``disk`` (a buffer, or the directory it will be made in); ``root`` as for ``estimate``."""
+    need = estimate(params, root)
     memory = memory_available()
     workers = min(params.n_workers, cores())
     if need.worker * workers + need.coordinator > memory:
@@ -68,12 +70,12 @@ def check(params: Params, buffer_root: Path | None = None) -> Estimate:
             f"nfreqwin = {params.nfreqwin}, n_workers = {params.n_workers}: the run needs "
             f"{need.describe()}, more than the {memory / GIB:.1f} GiB of memory available"
         )
-    if buffer_root is not None:
-        existing = next(p for p in [Path(buffer_root), *Path(buffer_root).parents] if p.exists())
+    if disk is not None:
+        existing = next(p for p in [Path(disk), *Path(disk).parents] if p.exists())
         free = shutil.disk_usage(existing).free
         if need.disk > free:
             raise ParamsError(
                 f"the run needs {need.describe()}, more than the {free / GIB:.1f} GiB free "
-                f"under {buffer_root}"
+                f"under {disk}"
             )
     return need

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from steps import resources
 from steps.params import ParamsError, parse
 from steps.science import layout
 from steps.science.catalogue import CatalogueError, read_catalogue
@@ -176,3 +177,19 @@ def test_layout_with_fewer_than_two_stations_in_rmax(tmp_path: Path) -> None:
         parse({"configuration": str(path), "rmax": float(distance[second]) - 0.1})
     message = str(error.value)
     assert f"{path}, line {second + 5}, field rmax:" in message and "fewer than 2" in message
+
+
+def test_a_layout_in_a_buffer_sizes_the_run(tmp_path: Path, monkeypatch) -> None:
+    """The memory and disk estimate reads a ``buffer:`` layout where the buffers are (the
+    root given, else the pod's), and names the field when the file is not there."""
+    path = tmp_path / "buff-in" / "layout.csv"
+    path.parent.mkdir()
+    _layout_files(tmp_path)["enu"].rename(path)
+    params = parse({}).model_copy(update={"configuration": "buffer:buff-in/layout.csv"})
+    direct = resources.estimate(params.model_copy(update={"configuration": str(path)}))
+    monkeypatch.setenv("BATCH_IMAGING_BUFFER_ROOT", str(tmp_path / "elsewhere"))
+    assert resources.estimate(params, tmp_path) == direct
+    with pytest.raises(ParamsError, match=r"configuration = 'buffer:buff-in/layout\.csv': no "):
+        resources.estimate(params)
+    monkeypatch.setenv("BATCH_IMAGING_BUFFER_ROOT", str(tmp_path))
+    assert resources.estimate(params) == direct
