@@ -13,7 +13,8 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
 - resource templates for ``PersistentVolumeClaim`` (a directory under the buffer root;
   ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
 - ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap/maxDuration), template
-  and workflow ``activeDeadlineSeconds``, workflow-level ``synchronization.mutexes`` (a file
+  and workflow ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the
+  30 s grace period, as from the kubelet), workflow-level ``synchronization.mutexes`` (a file
   lock under the buffer root, waited for), ``onExit`` (a container or a DAG) with
   ``{{workflow.status}}``;
 - output artifacts (``path`` on a buffer or under the outputs directory, ``optional``,
@@ -64,6 +65,7 @@ MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+GRACE_S = 30.0  # a pod's terminationGracePeriodSeconds (Kubernetes' default)
 NO_ARTIFACT_REPOSITORY = (
     "Error (exit code 64): You need to configure artifact storage. More information on how "
     "to do this can be found in the docs: "
@@ -424,8 +426,7 @@ class LocalEngine:
                 return True
             return False
         if code is None and pod.deadline is not None and time.time() > pod.deadline:
-            pod.process.kill()
-            pod.process.wait()
+            _terminate(pod, keep_outputs=True)  # as the kubelet ends a pod past its deadline
             node.phase, node.message = "Failed", DEADLINE_MESSAGE
         elif code is None:
             return False
@@ -510,7 +511,7 @@ class LocalEngine:
         """End the DAG early (deadline passed, stopped, or a daemon died): fail what runs,
         start nothing more."""
         for name, pod in pods.items():
-            _terminate(pod, grace_s=0 if why.startswith("Step exceeded") else 30)
+            _terminate(pod)
             nodes[name].phase, nodes[name].message = "Failed", why
             nodes[name].finished = time.time()
         pods.clear()
@@ -777,15 +778,17 @@ def _scratch(buffer_root: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _terminate(pod: _Pod, grace_s: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL after a grace period, as the kubelet does; drop its outputs."""
+def _terminate(pod: _Pod, keep_outputs: bool = False) -> None:
+    """SIGTERM, then SIGKILL after the grace period, as the kubelet does (the step records
+    its end meanwhile); drop its outputs unless they are still to be collected."""
     pod.process.terminate()
     try:
-        pod.process.wait(timeout=grace_s)
+        pod.process.wait(timeout=GRACE_S)
     except subprocess.TimeoutExpired:
         pod.process.kill()
         pod.process.wait()
-    shutil.rmtree(pod.outputs, ignore_errors=True)
+    if not keep_outputs:
+        shutil.rmtree(pod.outputs, ignore_errors=True)
 
 
 def pod_name(workflow: str, template: str, node: str) -> str:

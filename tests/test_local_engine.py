@@ -424,10 +424,20 @@ def test_other_resources_need_kubernetes(tmp_path: Path) -> None:
 
 
 def test_template_and_workflow_deadlines(tmp_path: Path) -> None:
+    """A step past a deadline is stopped as the kubelet stops a pod: SIGTERM first (the step
+    records its end), SIGKILL only after the grace period."""
+    stopped = tmp_path / "stopped"
     slow = {
         "name": "slow",
         "activeDeadlineSeconds": "{{workflow.parameters.limit}}",
-        "container": container("import time; time.sleep(30)"),
+        "container": container(
+            "import pathlib, signal, sys, time\n"
+            "def stop(*_):\n"
+            f"    pathlib.Path({str(stopped)!r}).write_text('SIGTERM')\n"
+            "    sys.exit(143)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
+            "time.sleep(30)"
+        ),
     }
     manifest = workflow(
         [slow], [task("s", "slow")], arguments={"parameters": [{"name": "limit", "value": "1"}]}
@@ -435,6 +445,8 @@ def test_template_and_workflow_deadlines(tmp_path: Path) -> None:
     run = LocalEngine(manifest, tmp_path).run({})
     assert run.nodes["s"].phase == "Failed" and "deadline" in run.nodes["s"].message
     assert run.nodes["s"].duration < 10
+    assert stopped.read_text() == "SIGTERM"
+    stopped.unlink()
     manifest = workflow(
         [slow, ECHO],
         [
@@ -448,6 +460,7 @@ def test_template_and_workflow_deadlines(tmp_path: Path) -> None:
     assert run.phase == "Failed"
     assert run.nodes["s"].message == "Step exceeded its deadline"
     assert run.nodes["e"].phase == "Omitted"
+    assert stopped.read_text() == "SIGTERM"
 
 
 def test_mutex_makes_a_second_run_wait(tmp_path: Path) -> None:
