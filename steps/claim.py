@@ -29,11 +29,9 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     del buffers
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    db = ConfigDB(connect(params.config_db or None))
-    lease = db.lease(LEASE_TTL_S)
     run_name = os.environ.get("WORKFLOW_NAME", "")
 
-    def take(txn) -> bool:
+    def take(txn, lease: Lease) -> bool:
         if txn.get_pb(params.pb_id) is None:
             raise ClaimError(f"processing block {params.pb_id} does not exist")
         if not txn.take_pb(params.pb_id, lease):
@@ -41,26 +39,27 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         txn.update_state(params.pb_id, status=PBStatus.WAITING, workflow_run=run_name)
         return True
 
-    try:
-        if not db.run(take):
-            raise ClaimError(f"processing block {params.pb_id} is already claimed")
-        LOG.info("Claimed processing block %s", params.pb_id)
-        LOG.info("Waiting for resources to be available")
-        while not stop.is_set():
-            state = db.run(lambda txn: txn.get_state(params.pb_id))
-            if state is not None and state.resources_available:
-                break
-            stop.wait(POLL_S)
-        else:
+    with ConfigDB(connect(params.config_db or None)) as db:  # closed however the claim ends
+        lease = db.lease(LEASE_TTL_S)
+        try:
+            if not db.run(lambda txn: take(txn, lease)):
+                raise ClaimError(f"processing block {params.pb_id} is already claimed")
+            LOG.info("Claimed processing block %s", params.pb_id)
+            LOG.info("Waiting for resources to be available")
+            while not stop.is_set():
+                state = db.run(lambda txn: txn.get_state(params.pb_id))
+                if state is not None and state.resources_available:
+                    break
+                stop.wait(POLL_S)
+            else:
+                return {}
+            LOG.info("Resources are available")
+            db.run(lambda txn: txn.update_state(params.pb_id, status=PBStatus.RUNNING))
+            write_outputs({"claimed": params.pb_id})
+            hold(stop, lease, params.pb_id)
             return {}
-        LOG.info("Resources are available")
-        db.run(lambda txn: txn.update_state(params.pb_id, status=PBStatus.RUNNING))
-        write_outputs({"claimed": params.pb_id})
-        hold(stop, lease, params.pb_id)
-        return {}
-    finally:
-        lease.revoke()
-        db.close()
+        finally:
+            lease.revoke()
 
 
 def hold(stop: threading.Event, lease: Lease, pb_id: str) -> None:

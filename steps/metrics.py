@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from steps.log import LOG
+
 if TYPE_CHECKING:  # annotation only: calibrate imports this module without astropy
     from astropy.wcs import WCS
 
@@ -135,6 +137,7 @@ def step_timings(config_db: str, pb_id: str, running: str | None = None) -> dict
         if started:
             elapsed = time.time() - datetime.datetime.fromisoformat(started).timestamp()
             timings[running] = round(elapsed, 3)
-    except Exception:  # timings are informative only: never fail the step over them
+    except Exception as exc:  # timings are informative only: never fail the step over them
+        LOG.warning("Step timings unavailable (%s: %s)", type(exc).__name__, exc)
         return {}
     return timings
