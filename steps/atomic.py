@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,12 +12,32 @@ from pathlib import Path
 from typing import Any
 
 
+def temporary_name(path: Path) -> Path:
+    """A unique hidden name beside ``path`` to build it under (``manifest.LEFTOVER``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def replace_dir(tmp: Path, path: Path) -> Path:
+    """Move the directory built as ``tmp`` to ``path``; one already there is moved aside
+    first and removed only after, so that ``path`` is always one of the two, whole."""
+    path = Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        path.rename(old)
+        Path(tmp).rename(path)
+        shutil.rmtree(old)
+    else:
+        Path(tmp).rename(path)
+    return path
+
+
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A hidden temporary name beside ``path``, renamed onto it when the block succeeds
     (removed if it fails); ``manifest.remove_temporaries`` clears those of a killed writer."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)

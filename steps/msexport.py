@@ -24,14 +24,13 @@ Conventions (checked in tests/test_msexport.py, WSClean included):
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import zarr
 from casacore import tables
 
-from steps import store
+from steps import atomic, store
 
 TELESCOPE_NAME = "SKA-LOW"
 STOKES_I = 1  # casacore Stokes::I
@@ -74,17 +73,14 @@ def write_ms(out: Path, data: Path, corrected: Path | None = None) -> Path:
         sources["CORRECTED_DATA"] = Path(corrected)
     nspw = spectral_windows(obs.frequencies)
     nchan = obs.frequencies.size // nspw
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = atomic.temporary_name(out)
     try:
         _write_main(tmp, obs, sources, nspw, nchan)
         _write_subtables(tmp, ds.attrs, obs, nspw, nchan)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    return atomic.replace_dir(tmp, out)
 
 
 def _rows(array: np.ndarray, nspw: int, nchan: int) -> np.ndarray:

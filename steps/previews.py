@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from steps import store
+from steps import atomic, store
 from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
 from steps.params import Params
@@ -47,9 +47,8 @@ def _figure(wcs: WCS | None = None) -> tuple[Figure, Axes]:
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=DPI, format="png")
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
     return path
 
 

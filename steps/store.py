@@ -10,8 +10,6 @@ anything that is not complete.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+
+from steps import atomic
 
 SCHEMA_VERSION = 1
 COMPLETE = "batch_imaging_complete"
@@ -61,7 +61,7 @@ def create(
     """Create an empty store under a temporary name beside ``path``; return that name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
+    tmp = atomic.temporary_name(path)
     ntime, nbl, _, npol = layout.shape
     tc = min(ntime, time_chunk or default_time_chunk(ntime, nbl))
     dims = ("time", "baseline_id", "frequency", "polarization")
@@ -141,25 +141,12 @@ def finalize(tmp: Path, path: Path) -> Path:
     """Mark a fully written store complete and move it to its final name (replacing any)."""
     group = zarr.open_group(tmp, mode="r+")
     group.attrs[COMPLETE] = True
-    path = Path(path)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        path.rename(old)
-        Path(tmp).rename(path)
-        shutil.rmtree(old)
-    else:
-        Path(tmp).rename(path)
-    return path
-
-
-def temporary_name(path: Path) -> Path:
-    """A unique hidden name beside ``path`` to build it under."""
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    return atomic.replace_dir(tmp, path)
 
 
 def write_dataset(ds: xr.Dataset, path: Path) -> Path:
     """Write a small dataset (a gain table) atomically as a complete store."""
-    tmp = temporary_name(Path(path))
+    tmp = atomic.temporary_name(Path(path))
     ds.assign_attrs(schema_version=SCHEMA_VERSION, **{COMPLETE: False}).to_zarr(
         tmp, mode="w-", consolidated=False, zarr_format=3
     )
