@@ -25,7 +25,7 @@ from steps import resources
 from steps.configdb import ConfigDB, connect, open_backend
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
-from steps.processes import process_alive
+from steps.processes import process_alive, started_at
 
 WORKFLOW = Workflow(type="batch", id="batch_imaging", version="0.2.0")
 HOSTNAME = socket.gethostname()
@@ -133,7 +133,16 @@ def running_pid(db: ConfigDB, pb_id: str) -> int | None:
     pid = run.get("pid")
     if run.get("hostname") != HOSTNAME or not pid or pid == os.getpid():
         return None
-    return pid if process_alive(pid, "run") else None
+    return pid if _alive(run) else None
+
+
+def _alive(run: dict) -> bool:
+    """Whether the local run recorded on this host still runs: its pid with its start time
+    (a `batch-imaging run`), or with the workflow's name (a bridge's run-pb process)."""
+    pid = run["pid"]
+    if "started_at" not in run:
+        return process_alive(pid, run["name"])
+    return process_alive(pid) and started_at(pid) == run["started_at"]
 
 
 def gone_run(state: PBState | None) -> str | None:
@@ -143,7 +152,7 @@ def gone_run(state: PBState | None) -> str | None:
     pid = run.get("pid")
     if state is None or state.status not in (PBStatus.STARTING, PBStatus.WAITING, PBStatus.RUNNING):
         return None
-    if run.get("hostname") != HOSTNAME or not pid or process_alive(pid, "run"):
+    if run.get("hostname") != HOSTNAME or not pid or _alive(run):
         return None
     return f"its run (process {pid} on {HOSTNAME}) is gone"
 
@@ -154,7 +163,7 @@ def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
     available (a local run has no dependencies) and record this process as the run's
     follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
     timeline and clears the previous reason."""
-    me = {"hostname": HOSTNAME, "pid": os.getpid()}
+    me = {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
     state = PBState(
         status=PBStatus.STARTING, resources_available=True, run={**run, "submitted": _now()}

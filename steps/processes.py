@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
+
 
 def process_alive(pid: int, marker: str = "") -> bool:
     """Whether process ``pid`` on this host is alive (not a zombie) and its command line
@@ -20,6 +22,15 @@ def process_alive(pid: int, marker: str = "") -> bool:
     except PermissionError:
         return True
     return True
+
+
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds, to 10 ms), None if there is none: with
+    the pid it names one process, whatever later reuses the pid."""
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
 
 
 def cores() -> int:

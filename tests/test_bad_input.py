@@ -108,15 +108,17 @@ def test_run_refuses_a_pb_another_process_is_running(tmp_path):
     from dag.runner import HOSTNAME, embedded_db, register
     from steps.configdb import ConfigDB, open_backend
     from steps.params import parse
+    from steps.processes import started_at
 
     root = tmp_path / "buffers"
     root.mkdir()
     pb_id = "pb-busy-20260101-00000"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "run"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with ConfigDB(open_backend(embedded_db(root))) as db:
             register(db, parse({"pb_id": pb_id}), {})
             run = {"name": f"batch-imaging-{pb_id}", "hostname": HOSTNAME, "pid": other.pid}
+            run["started_at"] = started_at(other.pid)  # as a `batch-imaging run` records it
             db.run(lambda txn: txn.update_state(pb_id, status="RUNNING", run=run))
         path = tmp_path / "params.json"
         path.write_text(params(pb_id=pb_id))

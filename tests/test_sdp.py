@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dag.cli import main
+from dag.runner import gone_run
 from dag.sdp import read_sbi
 from steps.configdb import ConfigDB, EtcdBackend, PBState, PBStatus, open_backend
+from steps.processes import started_at
 
 if TYPE_CHECKING:
     from conftest import EtcdServer
@@ -107,15 +109,21 @@ def test_status_says_when_a_local_run_is_gone(tmp_path: Path, capsys) -> None:
     assert sdp(capsys, "assign", str(SEED), "--config-db", store)[0] == 0
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "run"])
+    running = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "batch-imaging-x"]
+    )
     with ConfigDB(open_backend(store)) as db:
         for pid, pb in ((ended.pid, BATCH), (running.pid, REALTIME)):
             run = {"hostname": socket.gethostname(), "pid": pid, "name": "batch-imaging-x"}
+            run["started_at"] = started_at(pid) or 1.0
             db.run(
                 lambda txn, pb=pb, run=run: txn.create_state(pb, PBState(status="RUNNING", run=run))
             )
+    live = {"hostname": socket.gethostname(), "pid": running.pid, "name": "batch-imaging-x"}
     try:
         out = sdp(capsys, "status", "--config-db", store)[1]
+        assert gone_run(PBState(status="RUNNING", run={**live, "started_at": 1.0}))  # reused pid
+        assert gone_run(PBState(status="RUNNING", run=live)) is None  # a bridge's: by its name
     finally:
         running.kill()
     assert f"{BATCH}: RUNNING, but its run (process {ended.pid} on " in out
