@@ -1,6 +1,7 @@
 """The batch-imaging DAG, defined once with Hera.
 
-claim -> buffer PVCs -> buffer-reserve -> simulate -> corrupt -> calibrate -> image, with an
+claim -> buffer PVCs -> buffer-reserve -> simulate -> corrupt -> calibrate -> image -> report
+(its artifacts when asked for), with an
 optional DaskCluster beside them, and the ``exit`` DAG (release, DaskCluster removal) as the
 exit handler. Every step is a container template running ``batch-imaging step <name>`` with
 the workflow parameters passed as separate arguments (never through a shell).

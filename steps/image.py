@@ -10,7 +10,6 @@ signal allows) and ``metrics.json``.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -28,6 +27,7 @@ from steps.log import LOG
 from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
 from steps.science import deconvolve, fitsio, restore
+from steps.skyfile import read_sky
 
 ALPHA_SNR = 10.0  # spectral index where the restored MFS image exceeds this many residual rms
 # a, f of the ellipsoid FITS WCS takes OBSGEO-L/B/H on (WCSLIB checks them against X/Y/Z)
@@ -171,13 +171,8 @@ def measure(
     centre = params.nfreqwin // 2
     _, header = fitsio.read_image(buffers.image("restored"))
     wcs = WCS(header)
-    with buffers.sky.open() as handle:
-        rows = list(csv.DictReader(handle))
-    apparent = [c for c in (rows[0] if rows else {}) if c.startswith("apparent_")]
-    names = [r["name"] for r in rows]
-    ra = np.array([float(r["ra_deg"]) for r in rows])
-    dec = np.array([float(r["dec_deg"]) for r in rows])
-    flux = np.array([[float(r[c]) for c in apparent] for r in rows]).reshape(len(rows), -1)
+    components, _, flux = read_sky(buffers.sky)
+    names, ra, dec = components.names, components.ra_deg, components.dec_deg
     peak = float(restored[centre].max())
     rms = float(np.sqrt(np.mean(residual[centre] ** 2)))
     mfs_peak = float(mfs_restored.max())
@@ -188,7 +183,7 @@ def measure(
     convergence = json.loads(convergence_path.read_text()) if convergence_path.exists() else {}
     cycles = convergence.get("cycles", [])
     # the MFS image is at the mean frequency: its true flux is the windows' mean flux
-    mfs_flux = flux.mean(axis=1) if flux.size else np.zeros(len(rows))
+    mfs_flux = flux.mean(axis=1) if flux.size else np.zeros(len(names))
     return {
         "pb_id": params.pb_id,
         "centre_window": centre,

@@ -1,7 +1,8 @@
 """Preview PNGs of a run (matplotlib, WCS axes via astropy), written to ``<image buffer>/previews``.
 
-Each preview is drawn from stored products only, so that it can be made at the end of any run
-(the release step) and is skipped, with a warning, when its inputs are missing.  Every PNG is
+Each preview is drawn from stored products only (the report step makes them once the image
+step has succeeded; `write_all` can also be called on the buffers of any run, and skips a
+preview whose inputs are missing, with a warning).  Every PNG is
 ``FIGSIZE`` at ``DPI`` (``PIXELS``), without tight cropping, so its size is known.
 """
 

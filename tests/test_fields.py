@@ -15,6 +15,7 @@ from steps.buffers import Buffers
 from steps.dask_ee import SCHEDULER_ENV
 from steps.params import parse
 from steps.science import layout
+from steps.skyfile import read_sky
 
 CATALOGUE = """name,ra_deg,dec_deg,flux_jy,ref_freq_hz,alpha
 east,154.0,-59.5,8.0,100e6,-0.7
@@ -62,7 +63,7 @@ def test_sources_appear_where_the_file_put_them(run) -> None:
         header, data = hdul[0].header, hdul[0].data
     wcs = WCS(header).celestial
     assert header["CRVAL1"] == pytest.approx(150.0) and header["CRVAL2"] == pytest.approx(-60.0)
-    components, freqs, apparent = simulate.read_sky(buffers.sky)
+    components, freqs, apparent = read_sky(buffers.sky)
     assert components.names == ["east", "south", "north"]
     np.testing.assert_allclose(freqs, params.frequencies(), atol=100.0)
     plane = data[params.nfreqwin // 2, 0]

@@ -270,7 +270,8 @@ def _msmfs_kernel(
 class CleanResult:
     """Taylor model images (nmoment, ny, nx) Jy/pixel, moment residuals, components, threshold.
 
-    ``residual`` holds ``D_t`` after cleaning (Jy/beam, moment 0 is the weighted mean).
+    ``residual`` holds the residual moments after cleaning (Jy/beam, moment 0 the weighted
+    mean) smoothed by the first scale: ``D_t`` itself when that scale is 0 (the default).
     """
 
     model: np.ndarray
@@ -442,7 +443,8 @@ def msclean(
     window: np.ndarray | None = None,
     psf_support: int | None = 128,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Multi-scale CLEAN of one image; returns ``(model Jy/pixel, residual, ncomponents)``."""
+    """Multi-scale CLEAN of one image; returns ``(model Jy/pixel, residual, ncomponents)``,
+    the residual smoothed by the first scale (unsmoothed when it is 0, the default)."""
     result = msmfs(
         dirty,
         psf,
