@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steps.log import LOG
+from steps.science import C_M_S
 
 if TYPE_CHECKING:  # annotation only: calibrate imports this module without astropy
     from astropy.wcs import WCS
-
-C_M_S = 299792458.0
 
 
 def _referenced(gains: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from steps import atomic, store
 from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
 from steps.params import Params
-from steps.science import fitsio, imaging
+from steps.science import C_M_S, fitsio, imaging
 
 FIGSIZE = (7.0, 6.0)  # inches
 DPI = 100
@@ -160,9 +160,7 @@ def uv_coverage(buffers: Buffers, out: Path) -> Path:
     group = zarr.open_group(data, mode="r")
     uvw = group["UVW"][:].reshape(-1, 3)
     freqs = group["frequency"][:]
-    uv = (uvw[np.newaxis, :, :2] * (freqs[:, np.newaxis, np.newaxis] / imaging.C_M_S)).reshape(
-        -1, 2
-    )
+    uv = (uvw[np.newaxis, :, :2] * (freqs[:, np.newaxis, np.newaxis] / C_M_S)).reshape(-1, 2)
     step = max(1, len(uv) // MAX_UV_POINTS)
     uv = uv[::step] / 1e3
     fig, ax = _figure()

@@ -1,0 +1,4 @@
+"""The science of the workflow: layouts, sky models, prediction, gridding, calibration,
+deconvolution and restoring, written from the algorithms (no RASCIL)."""
+
+C_M_S = 299792458.0  # speed of light in vacuum, m/s (exact by the SI's definition)

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from ducc0.wgridder.experimental import dirty2vis, vis2dirty
 
-C_M_S = 299792458.0
+from steps.science import C_M_S
 
 _FLIPS = {"flip_u": False, "flip_v": True, "flip_w": True}
 SINGLE_PRECISION_EPSILON = 1e-5

@@ -16,7 +16,8 @@ import math
 import numpy as np
 from numba import njit
 
-SPEED_OF_LIGHT = 299792458.0
+from steps.science import C_M_S
+
 GAUSS_FACTOR = math.pi**2 / (4.0 * math.log(2.0))
 
 
@@ -32,8 +33,8 @@ def _dft_kernel(
 ) -> np.ndarray:
     nrow, nchan, nsrc = uvw_m.shape[0], freqs_hz.shape[0], l.shape[0]
     vis = np.zeros((nrow, nchan), dtype=np.complex128)
-    scale = -2.0 * math.pi * freqs_hz / SPEED_OF_LIGHT
-    wavelengths = freqs_hz / SPEED_OF_LIGHT
+    scale = -2.0 * math.pi * freqs_hz / C_M_S
+    wavelengths = freqs_hz / C_M_S
     for r in range(nrow):
         u, v, w = uvw_m[r, 0], uvw_m[r, 1], uvw_m[r, 2]
         for s in range(nsrc):
