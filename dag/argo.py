@@ -21,7 +21,7 @@ from hera.workflows.models.io.argoproj.workflow.v1alpha1 import LogEntry
 
 from dag.workflow import NAME
 from steps import params as parameters
-from steps.params import Params, ParamsError
+from steps.params import Params, ParamsError, pairs
 
 DEFAULT_SERVER = "localhost:2746"
 DEFAULT_NAMESPACE = "default"
@@ -199,9 +199,7 @@ def logs(name: str) -> list[str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from dag.cli import _pairs
-
-    params = run_parameters(args.params, _pairs(args.param, "-p"))
+    params = run_parameters(args.params, pairs(args.param))
     how = "inline" if args.inline else "submit" if args.from_template else "create"
     result = submit(params, how, args.image, args.dry_run)
     if isinstance(result, dict):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
 import signal
 import sys
@@ -35,6 +34,7 @@ from pydantic import ValidationError
 from dag.runner import (
     HOSTNAME,
     find_run_process,
+    now,
     pb_params,
     run_leftovers,
     run_name,
@@ -328,7 +328,7 @@ class Bridge:
                 state = txn.update_state(pb_id, status=PBStatus.WAITING)
             return Decision(state, note=note)
         name = run_name(pb_id)
-        run = {"name": name, "engine": self.engine.name, "bridge": self.me, "requested": _now()}
+        run = {"name": name, "engine": self.engine.name, "bridge": self.me, "requested": now()}
         state = txn.update_state(pb_id, resources_available=True, run=run, workflow_run=name)
         return Decision(state, "submit", run, params)
 
@@ -376,7 +376,7 @@ class Bridge:
             self.engine.name,
             "".join(f", {k} {v}" for k, v in fields.items()),
         )
-        db.run(lambda txn: self._record(txn, pb_id, name, {**fields, "submitted": _now()}))
+        db.run(lambda txn: self._record(txn, pb_id, name, {**fields, "submitted": now()}))
 
     def _follow(self, db: ConfigDB, pb_id: str, run: dict[str, Any]) -> None:
         follower = run.get("bridge", {})
@@ -399,7 +399,7 @@ class Bridge:
             )
         if outcome.phase in ("Pending", "Running"):
             if "submitted" not in run or any(run.get(k) != v for k, v in outcome.fields.items()):
-                fields = {**outcome.fields, "submitted": run.get("submitted") or _now()}
+                fields = {**outcome.fields, "submitted": run.get("submitted") or now()}
                 db.run(lambda txn: self._record(txn, pb_id, run["name"], fields))
             return
         self._ended.add(run["name"])
@@ -514,10 +514,6 @@ def _entity_error(exc: ValueError) -> str:
 
 def _one_line(exc: Exception) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 # Command line ---------------------------------------------------------------------------

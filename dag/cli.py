@@ -11,26 +11,16 @@ from pathlib import Path
 
 from steps import log
 from steps.log import LOG
-from steps.params import ParamsError
+from steps.params import ParamsError, pairs
 
 USAGE, RUNTIME = 2, 1
 INTERRUPTED = 128 + signal.SIGINT  # as a shell reports a process ended by Ctrl-C
 
 
-def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ParamsError(f"{flag} {item!r}: expected NAME=VALUE")
-        pairs[key] = value
-    return pairs
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from dag.runner import run_local
 
-    overrides = _pairs(args.param, "-p")
+    overrides = pairs(args.param)
     artifacts = Path(args.artifact_repository) if args.artifact_repository else None
     phase = run_local(
         Path(args.params), Path(args.buffer_root), overrides, args.config_db, artifacts
@@ -57,7 +47,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_step(args: argparse.Namespace) -> int:
     from steps.runner import run_step
 
-    return run_step(args.name, _pairs(args.param, "-p"))
+    return run_step(args.name, pairs(args.param))
 
 
 def cmd_params(args: argparse.Namespace) -> int:

@@ -166,7 +166,7 @@ def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
     me = {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
     state = PBState(
-        status=PBStatus.STARTING, resources_available=True, run={**run, "submitted": _now()}
+        status=PBStatus.STARTING, resources_available=True, run={**run, "submitted": now()}
     )
     for txn in db.txn():
         pb = txn.get_pb(params.pb_id)  # an existing block keeps its SBI and dependencies
@@ -196,7 +196,7 @@ def run_pb(config_db: str, pb_id: str, buffer_root: Path, name: str) -> str:
     except Exception as exc:  # the engine could not run it: say why in the PB state
         outcome = {"phase": "Error", "message": f"{type(exc).__name__}: {exc}"}
         LOG.error("Workflow %s could not run: %s", name, outcome["message"])
-    outcome["finished"] = _now()
+    outcome["finished"] = now()
     with ConfigDB(connect(config_db)) as db:
 
         def record(txn) -> None:
@@ -208,7 +208,8 @@ def run_pb(config_db: str, pb_id: str, buffer_root: Path, name: str) -> str:
     return outcome["phase"]
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now (UTC, ISO 8601 to the second), as the PB state records times."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 

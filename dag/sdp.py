@@ -28,7 +28,7 @@ from steps.configdb import (
     Transaction,
     open_backend,
 )
-from steps.params import ParamsError, decode_strings, describe_errors
+from steps.params import ParamsError, decode_strings, describe_errors, pairs
 
 ACTIVE, FINISHED = "ACTIVE", "FINISHED"
 
@@ -172,13 +172,7 @@ def _open(args: argparse.Namespace) -> ConfigDB:
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    overrides: dict[str, str] = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ParamsError(f"-p {item!r}: expected NAME=VALUE")
-        overrides[key] = value
-    sbi, pbs = read_sbi(Path(args.sbi), decode_strings(overrides))
+    sbi, pbs = read_sbi(Path(args.sbi), decode_strings(pairs(args.param)))
     with _open(args) as db:
         try:
             assign(db, sbi, pbs)

@@ -476,6 +476,17 @@ def parse_strings(data: dict[str, str]) -> Params:
     return parse(decode_strings(data))
 
 
+def pairs(items: Iterable[str], flag: str = "-p") -> dict[str, str]:
+    """``NAME=VALUE`` command-line items as a mapping (the last of a name wins)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"{flag} {item!r}: expected NAME=VALUE")
+        out[key] = value
+    return out
+
+
 def decode_strings(data: dict[str, str]) -> dict[str, Any]:
     """Decode string values of non-string fields as JSON (``8``, ``1e8``, ``[0, 3]``)."""
     decoded: dict[str, Any] = {}
