@@ -103,9 +103,11 @@ def human(size: int | None) -> str:
 
 
 def stale_files(params: Params, folders: list[Path], root: Path) -> set[Path]:
-    """The products (top-level files and directories of the buffers under ``root``) of the
-    steps whose recorded key is not the one ``params`` gives them (from the manifests'
-    records: no product is hashed again, only a sky or layout file the parameters name)."""
+    """The products (top-level files and directories of the buffers under ``root``) holding a
+    file recorded with another key than the one ``params`` give its step: made by a run with
+    other parameters, or left by an earlier run of the step that no longer makes it (an MS
+    after ``export_ms`` was turned off).  From the manifests' records: no product is hashed
+    again, only a sky or layout file the parameters name."""
     records = {folder: manifest.load(folder) for folder in folders}
     stale: set[Path] = set()
     for step in RECORDED:
@@ -114,12 +116,12 @@ def stale_files(params: Params, folders: list[Path], root: Path) -> set[Path]:
             continue
         key = key_parameters(params, step, root)
         for folder, entry in done.items():
-            if entry["key"] != manifest.step_key(step, key, folders, entry["inputs"]):
-                stale |= {
-                    folder / Path(name).parts[0]
-                    for name, file in records[folder]["files"].items()
-                    if file["step"] == step
-                }
+            expected = manifest.step_key(step, key, folders, entry["inputs"])
+            stale |= {
+                folder / Path(name).parts[0]
+                for name, file in records[folder]["files"].items()
+                if file["step"] == step and file["key"] != expected
+            }
     return stale
 
 

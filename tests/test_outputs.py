@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from dag.cli import main
-from dag.outputs import POD_ROOT, human, products, run_params
+from dag.outputs import POD_ROOT, human, products, run_params, stale_files
 from dag.runner import register
+from steps import manifest
 from steps.configdb import ConfigDB, open_backend
 from steps.params import parse
+from steps.runner import key_parameters
 from tests.small_run import RAW, SmallRun, small_run
 
 
@@ -53,6 +55,22 @@ def test_products_of_other_parameters_are_stale(
     out = capsys.readouterr().out
     assert "STALE calibrated visibilities" in out and "STALE simulated" not in out
     assert f"than {pb_id}'s (its run has not remade them" in out
+
+
+def test_a_product_the_step_no_longer_makes_is_stale(tmp_path: Path) -> None:
+    """An MS left by an earlier calibrate (with export_ms) keeps that run's key: stale, while
+    what the latest run of the step made is current."""
+    params = parse({})
+    vis = tmp_path / params.buffer_vis
+    key = manifest.step_key("calibrate", key_parameters(params, "calibrate"), [vis], [])
+    files = {
+        "calibrated.zarr/zarr.json": {"key": key, "step": "calibrate", "size": 1, "sha256": ""},
+        "calibrated.ms/table.dat": {"key": "old", "step": "calibrate", "size": 1, "sha256": ""},
+    }
+    vis.mkdir()
+    steps = {"calibrate": {"key": key, "inputs": [], "outputs": {}}}
+    manifest.save(vis, {"schema": manifest.SCHEMA, "files": files, "steps": steps})
+    assert stale_files(params, [vis], tmp_path) == {vis / "calibrated.ms"}
 
 
 def test_run_params_from_the_config_db(run: SmallRun) -> None:
