@@ -90,7 +90,13 @@ ICAL_PARAMETERS = frozenset(
         *(f"{t}_{name}" for t in "tgb" for name in ("first_selfcal", "phase_only", "interval_s")),
     }
 )  # fmt: skip
-NOT_READ = {"simulate": ICAL_PARAMETERS, "corrupt": ICAL_PARAMETERS}
+# what each step does not read (so does not key it): the corruption only corrupt reads; the
+# MS exports are simulate's and calibrate's
+NOT_READ = {
+    "simulate": ICAL_PARAMETERS | {"phase_error"},
+    "corrupt": ICAL_PARAMETERS | {"export_ms"},
+    "image": frozenset({"export_ms"}),
+}
 
 
 def key_parameters(params: Params, step: str, root: Path | None = None) -> dict[str, Any]:

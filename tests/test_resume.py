@@ -118,8 +118,16 @@ def test_only_science_parameters_key_a_steps_products():
                          "artifacts": True, "config_db": "/elsewhere"})  # fmt: skip
     for step in PIPELINE:
         assert key_parameters(operational, step) == key_parameters(base, step)
-        for change in ({"nfreqwin": 4}, {"seed": 1}, {"export_ms": True}):
+        for change in ({"nfreqwin": 4}, {"seed": 1}):
             assert key_parameters(parse(change), step) != key_parameters(base, step), change
+
+    def keyed(change: dict) -> list[str]:
+        new = parse(change)
+        return [s for s in PIPELINE if key_parameters(new, s) != key_parameters(base, s)]
+
+    # the corruption keys the steps from corrupt on, the MS exports the steps writing them
+    assert keyed({"phase_error": 0.5}) == ["corrupt", "calibrate", "image"]
+    assert keyed({"export_ms": True}) == ["simulate", "calibrate"]
     # what only ICAL reads keys calibrate and image, not the simulated and corrupted data
     for change in ({"epsilon": 1e-6}, {"niter": 5}, {"calibration_context": "T"},
                    {"g_interval_s": 60.0}, {"scales": [0, 4]}):  # fmt: skip
