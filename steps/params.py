@@ -264,6 +264,14 @@ class Params(BaseModel):
             raise _field_error("freq_max", self.freq_max, "must exceed freq_min when nfreqwin > 1")
         if self.buffer_vis == self.buffer_img:
             raise _field_error("buffer_img", self.buffer_img, "must differ from buffer_vis")
+        if (half := self.npixel * self.cellsize / 2) * math.sqrt(2) >= 1:
+            raise _field_error(
+                "cellsize",
+                self.cellsize,
+                f"with npixel = {self.npixel} the image reaches l, m = +-{half:.3g}: its corners "
+                f"lie off the sky (l^2 + m^2 >= 1); allowed npixel x cellsize < "
+                f"{math.sqrt(2):.4f} rad",
+            )
         self._check_resources()
         context = self.calibration_context
         if context and all(self.first_selfcal(term) > self.nmajor for term in context):

@@ -127,3 +127,10 @@ def test_a_step_starts_and_checks_its_parameters_without_the_heavy_libraries():
     command = [sys.executable, "-c", LIGHT_START, str(example)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_an_image_larger_than_the_sky_is_refused() -> None:
+    """A SIN image's pixels must lie on the sky (l^2 + m^2 < 1), corners included."""
+    parse({"npixel": 512, "cellsize": 0.0027})  # corners at l^2 + m^2 = 0.96
+    with pytest.raises(ParamsError, match=r"cellsize = 0\.05: with npixel = 64 .* off the sky"):
+        parse({"npixel": 64, "cellsize": 0.05})
