@@ -8,12 +8,14 @@ in the workflow's pods.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from steps import manifest
 from steps.buffers import Buffers
-from steps.configdb import ConfigDB, open_backend
+from steps.configdb import ConfigDB, open_backend, url_from_env
+from steps.log import LOG
 from steps.manifest import NAME as MANIFEST
 from steps.params import Params, parse
 from steps.runner import RECORDED, key_parameters
@@ -150,22 +152,33 @@ def products(params: Params, buffer_root: Path) -> list[Product]:
 
 
 def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> Params:
-    """The parameters of a run from the configuration DB (the latest block if no id given);
-    without a DB, a block gets the default parameters (and buffer names)."""
-    store = Path(config_db) if config_db else buffer_root / ".sdp-config"
-    if config_db is None and not store.exists():
+    """The parameters of a run from the configuration DB (the latest block if no id given):
+    ``config_db``, else the local runs' store under ``buffer_root``, else the SDP_CONFIG_*
+    environment's; with none of them, a block gets the default parameters (and buffer
+    names), as a warning says."""
+    local = buffer_root / ".sdp-config"
+    if config_db is None and local.exists():
+        config_db = str(local.resolve())
+    elif config_db is None and os.environ.get("SDP_CONFIG_HOST"):
+        config_db = url_from_env()
+    elif config_db is None:
         if pb_id is None:
-            raise FileNotFoundError(f"no runs under {buffer_root} (no {store}); give a PB_ID")
+            raise FileNotFoundError(f"no runs under {buffer_root} (no {local}); give a PB_ID")
+        LOG.warning(
+            "No configuration DB (%s, --config-db or SDP_CONFIG_HOST): the products %s would "
+            "have with the default parameters",
+            local, pb_id,
+        )  # fmt: skip
         return parse({"pb_id": pb_id})
-    with ConfigDB(open_backend(str(config_db or store.resolve()))) as db:
+    with ConfigDB(open_backend(config_db)) as db:
         ids = db.run(lambda txn: txn.list_pbs())
         pb_id = pb_id or (max(ids) if ids else None)
         if pb_id is None:
-            raise FileNotFoundError(f"the configuration DB {store} holds no processing block")
+            raise FileNotFoundError(f"the configuration DB {config_db} holds no processing block")
         pb = db.run(lambda txn: txn.get_pb(pb_id))
     if pb is None:
         raise FileNotFoundError(
-            f"processing block {pb_id} is not in the configuration DB {config_db or store}: "
+            f"processing block {pb_id} is not in the configuration DB {config_db}: "
             "give the one that holds it (--config-db)"
         )
     return parse({**pb.parameters, "pb_id": pb_id})

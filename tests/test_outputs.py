@@ -93,5 +93,23 @@ def test_cli_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "buff-pb-x-20260101-00001-img" in capsys.readouterr().out
 
 
+def test_the_sdp_environment_names_the_db(
+    tmp_path: Path, etcd_server, monkeypatch, capsys, caplog
+) -> None:
+    """Without --config-db or local runs, SDP_CONFIG_HOST/PORT name the DB (as for the other
+    commands); with none, the default parameters are assumed, and a warning says so."""
+    pb_id = "pb-env-20260101-00001"
+    requested = {"pb_id": pb_id, "buffer_vis": "env-vis", "buffer_img": "env-img"}
+    with ConfigDB(open_backend(etcd_server.url)) as db:
+        register(db, parse(requested), requested)
+    monkeypatch.setenv("SDP_CONFIG_HOST", "127.0.0.1")
+    monkeypatch.setenv("SDP_CONFIG_PORT", etcd_server.url.rsplit(":", 1)[1])
+    assert run_params(tmp_path, pb_id, None).buffer_vis == "env-vis"
+    monkeypatch.delenv("SDP_CONFIG_HOST")
+    assert main(["outputs", "--buffer-root", str(tmp_path), pb_id]) == 0
+    assert "Buffer buff-pb-env-20260101-00001-vis" in capsys.readouterr().out
+    assert "No configuration DB" in caplog.text and "default parameters" in caplog.text
+
+
 def test_human_sizes() -> None:
     assert [human(s) for s in (None, 12, 2048, 3 * 2**30)] == ["-", "12 B", "2.0 KiB", "3.0 GiB"]
