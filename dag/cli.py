@@ -67,6 +67,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     buffer = Path(args.buffer)
     if not buffer.is_dir():
         buffer = Path(args.buffer_root) / args.buffer
+    if not buffer.is_dir():
+        raise ParamsError(f"{args.buffer}: no such buffer (a directory, or a name under "
+                          f"--buffer-root {args.buffer_root})")  # fmt: skip
     problems = manifest.verify(buffer)
     for problem in problems:
         print(f"{buffer}: {problem}", file=sys.stderr)

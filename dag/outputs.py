@@ -17,7 +17,7 @@ from steps.buffers import Buffers
 from steps.configdb import ConfigDB, open_backend, url_from_env
 from steps.log import LOG
 from steps.manifest import NAME as MANIFEST
-from steps.params import Params, parse
+from steps.params import Params, ParamsError, parse
 from steps.runner import RECORDED, key_parameters
 
 POD_ROOT = "/buffer"
@@ -163,7 +163,7 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
         config_db = url_from_env()
     elif config_db is None:
         if pb_id is None:
-            raise FileNotFoundError(f"no runs under {buffer_root} (no {local}); give a PB_ID")
+            raise ParamsError(f"no runs under {buffer_root} (no {local}); give a PB_ID")
         LOG.warning(
             "No configuration DB (%s, --config-db or SDP_CONFIG_HOST): the products %s would "
             "have with the default parameters",
@@ -174,10 +174,10 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
         ids = db.run(lambda txn: txn.list_pbs())
         pb_id = pb_id or (max(ids) if ids else None)
         if pb_id is None:
-            raise FileNotFoundError(f"the configuration DB {config_db} holds no processing block")
+            raise ParamsError(f"the configuration DB {config_db} holds no processing block")
         pb = db.run(lambda txn: txn.get_pb(pb_id))
     if pb is None:
-        raise FileNotFoundError(
+        raise ParamsError(
             f"processing block {pb_id} is not in the configuration DB {config_db}: "
             "give the one that holds it (--config-db)"
         )
@@ -213,9 +213,13 @@ def cmd_outputs(args: argparse.Namespace) -> int:
 
 def cmd_export_ms(args: argparse.Namespace) -> int:
     from steps.msexport import write_ms
+    from steps.store import StoreError
 
     corrected = Path(args.corrected) if args.corrected else None
-    out = write_ms(Path(args.out), Path(args.store), corrected)
+    try:
+        out = write_ms(Path(args.out), Path(args.store), corrected)
+    except StoreError as exc:  # the stores given are not what export-ms reads
+        raise ParamsError(str(exc)) from None
     print(f"wrote {out}")
     return 0
 

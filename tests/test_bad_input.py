@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
+from dag.cli import main
 from steps import manifest, store
 from tests.cli import batch_imaging
 
@@ -292,3 +293,20 @@ def test_report_refuses_a_fits_image_without_wcs(tmp_path):
 def test_bridge_refuses_the_file_store_for_the_argo_engine(tmp_path):
     result = batch_imaging("bridge", "--engine", "argo", "--config-db", "db", cwd=tmp_path)
     assert_clean_failure(result, 2, "must be etcd://HOST:PORT")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export-ms", "nosuch.zarr", "out.ms"],
+        ["verify", "nosuch"],
+        ["outputs", "--buffer-root", ".", "pb-nope-20260101-00000"],
+    ],
+)
+def test_commands_given_what_does_not_exist_are_usage_errors(argv, tmp_path, monkeypatch, capsys):
+    """Exit 2 and one ``batch-imaging: error:`` line, as for any other bad input."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".sdp-config").mkdir()  # a DB without that block
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("batch-imaging: error: ") and len(err.splitlines()) == 1, err

@@ -11,7 +11,7 @@ from dag.outputs import POD_ROOT, human, products, run_params, stale_files
 from dag.runner import register
 from steps import manifest
 from steps.configdb import ConfigDB, open_backend
-from steps.params import parse
+from steps.params import ParamsError, parse
 from steps.runner import key_parameters
 from tests.small_run import RAW, SmallRun, small_run
 
@@ -76,7 +76,7 @@ def test_a_product_the_step_no_longer_makes_is_stale(tmp_path: Path) -> None:
 def test_run_params_from_the_config_db(run: SmallRun) -> None:
     assert run_params(run.root, None, None).pb_id == run.params.pb_id  # the latest block
     assert run_params(run.root, run.params.pb_id, None).nfreqwin == run.params.nfreqwin
-    with pytest.raises(FileNotFoundError, match="pb-elsewhere-20260101-00000 is not in"):
+    with pytest.raises(ParamsError, match="pb-elsewhere-20260101-00000 is not in"):
         run_params(run.root, "pb-elsewhere-20260101-00000", None)  # run on another DB
 
 
