@@ -473,10 +473,41 @@ def parse(data: dict[str, Any]) -> Params:
     """Validate a parameter mapping; raise ParamsError with one line per problem."""
     if not isinstance(data, dict):
         raise ParamsError(f"parameters must be a JSON object, not {type(data).__name__}")
+    wrong = [
+        _field_error(name, value, f"must be a JSON {kind}, not {_json_kind(value)}")
+        for name, value in data.items()
+        if not _json_typed(value, kind := _json_types().get(name, ""))
+    ]
+    if wrong:  # as the published schema says (no "8" for 8, no "yes" for true)
+        raise ParamsError("; ".join(str(e) for e in wrong))
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
         raise ParamsError(describe_errors(exc, Params.model_fields)) from None
+
+
+def _json_typed(value: Any, kind: str) -> bool:
+    """Whether ``value`` (as JSON decodes it) has the JSON Schema type ``kind`` of a scalar
+    field (``8.0`` is an integer there); other kinds are left to the model."""
+    if kind == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind == "number":
+        return isinstance(value, int | float)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    return True
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return kinds.get(type(value), f"a JSON {type(value).__name__}")
+
+
+@lru_cache(maxsize=1)
+def _json_types() -> dict[str, str]:
+    """Each field's JSON Schema type (``params schema``)."""
+    properties = Params.model_json_schema()["properties"]
+    return {name: spec.get("type", "") for name, spec in properties.items()}
 
 
 def parse_strings(data: dict[str, str]) -> Params:

@@ -1,6 +1,7 @@
 """The parameter model: the seed's defaults and a clear error for every invalid value."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,20 @@ def test_an_image_larger_than_the_sky_is_refused() -> None:
     parse({"npixel": 512, "cellsize": 0.0027})  # corners at l^2 + m^2 = 0.96
     with pytest.raises(ParamsError, match=r"cellsize = 0\.05: with npixel = 64 .* off the sky"):
         parse({"npixel": 64, "cellsize": 0.05})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nfreqwin": "8"}, "nfreqwin = '8': must be a JSON integer, not a string"),
+        ({"export_ms": "yes"}, "export_ms = 'yes': must be a JSON boolean, not a string"),
+        ({"rmax": "750"}, "rmax = '750': must be a JSON number, not a string"),
+    ],
+)
+def test_a_file_must_have_the_schemas_types(data, message) -> None:
+    """Typed JSON is not coerced (the published schema says integer, boolean, number); the
+    command line's strings are decoded first, so ``-p nfreqwin=8`` still works."""
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse(data)
+    assert parse({"nfreqwin": 8.0}).nfreqwin == 8
+    assert parse_strings({"nfreqwin": "8", "export_ms": "true"}).export_ms is True
