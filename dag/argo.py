@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import requests
 from hera.workflows import WorkflowsService
 from hera.workflows import models as m
 from hera.workflows.models.io.argoproj.workflow.v1alpha1 import LogEntry
@@ -198,10 +201,22 @@ def logs(name: str) -> list[str]:
     return lines
 
 
+@contextmanager
+def _reaching_server() -> Iterator[None]:
+    """Name the server that could not be reached, and how to name another."""
+    try:
+        yield
+    except requests.ConnectionError:
+        server = os.environ.get("ARGO_SERVER")
+        where = server or f"{DEFAULT_SERVER} (ARGO_SERVER is not set: set it to host:port)"
+        raise RuntimeError(f"cannot reach the Argo server at {where}") from None
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     params = run_parameters(args.params, pairs(args.param))
     how = "inline" if args.inline else "submit" if args.from_template else "create"
-    result = submit(params, how, args.image, args.dry_run)
+    with _reaching_server():
+        result = submit(params, how, args.image, args.dry_run)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2))
     else:
@@ -210,14 +225,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    workflow = service().get_workflow(args.run)
+    with _reaching_server():
+        workflow = service().get_workflow(args.run)
     print("\n".join(status_lines(workflow)))
     phase = workflow.status.phase if workflow.status else None
     return 1 if phase in ("Failed", "Error") else 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    print("\n".join(logs(args.run)))
+    with _reaching_server():
+        lines = logs(args.run)
+    print("\n".join(lines))
     return 0
 
 

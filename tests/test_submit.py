@@ -10,6 +10,7 @@ send and how we read the answers, not a stand-in for Argo: nothing is scheduled 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -227,3 +228,16 @@ def test_configuration_errors(monkeypatch) -> None:
     svc = argo.service()
     assert svc.host == "https://argo:2746/" and svc.verify_ssl is False
     assert svc.token == "Bearer a"
+
+
+def test_an_unreachable_server_is_named(monkeypatch, caplog) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("ARGO_SERVER", f"127.0.0.1:{port}")
+    monkeypatch.setenv("ARGO_SECURE", "false")
+    assert main(["status", "batch-imaging-x"]) == 1
+    assert f"cannot reach the Argo server at 127.0.0.1:{port}" in caplog.text
+    monkeypatch.delenv("ARGO_SERVER")
+    assert main(["logs", "batch-imaging-x"]) == 1
+    assert "(ARGO_SERVER is not set: set it to host:port)" in caplog.text
