@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -146,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"batch-imaging: error: {exc}", file=sys.stderr)
         return USAGE
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the run: no traceback
         if args.debug:
             raise

@@ -263,7 +263,9 @@ class Params(BaseModel):
         if self.nfreqwin > 1 and self.freq_max == self.freq_min:
             raise _field_error("freq_max", self.freq_max, "must exceed freq_min when nfreqwin > 1")
         if self.buffer_vis == self.buffer_img:
-            raise _field_error("buffer_img", self.buffer_img, "must differ from buffer_vis")
+            raise _field_error(
+                "buffer_img", self.buffer_img, "must differ from buffer_vis (the same name)"
+            )
         if (half := self.npixel * self.cellsize / 2) * math.sqrt(2) >= 1:
             raise _field_error(
                 "cellsize",

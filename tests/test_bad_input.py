@@ -16,7 +16,7 @@ import zarr
 
 from dag.cli import main
 from steps import manifest, store
-from tests.cli import batch_imaging
+from tests.cli import COMMAND, batch_imaging
 
 SEED = json.loads((Path(__file__).parents[1] / "examples" / "batch_imaging.json").read_text())
 SBI = json.loads(
@@ -309,3 +309,15 @@ def test_commands_given_what_does_not_exist_are_usage_errors(argv, tmp_path, mon
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("batch-imaging: error: ") and len(err.splitlines()) == 1, err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """``batch-imaging ... | head``: exit 141 (SIGPIPE, as `cat`), no error in the log."""
+    command = subprocess.Popen(
+        [*COMMAND, "params", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert command.stdout is not None and command.stderr is not None
+    command.stdout.close()  # the reader goes before the command writes
+    assert command.wait(timeout=60) == 141
+    assert command.stderr.read() == b""
+    command.stderr.close()
