@@ -22,8 +22,6 @@ from steps import atomic
 NAME = "manifest.json"
 LEFTOVER = re.compile(r"\.(tmp|old)-|\.tmp$")
 SCHEMA = 1
-# parameters that do not change any product: how many workers, where and under which name
-OPERATIONAL = {"n_workers", "config_db", "pb_id", "buffer_vis", "buffer_img"}
 
 
 def sha256(path: Path) -> str:
@@ -78,8 +76,8 @@ def recorded_files(buffers: Iterable[Path], steps: Iterable[str]) -> list[tuple[
 def step_key(
     step: str, params: dict[str, Any], buffers: list[Path], inputs: list[tuple[str, str]]
 ) -> str | None:
-    """Hash of a step's parameters and of its input files' recorded sha256 (None if one is
-    no longer recorded)."""
+    """Hash of a step's parameters (``runner.key_parameters``) and of its input files'
+    recorded sha256 (None if one is no longer recorded)."""
     digests = {
         (buffer.name, name): entry["sha256"]
         for buffer in buffers
@@ -87,9 +85,8 @@ def step_key(
     }
     if any(tuple(item) not in digests for item in inputs):
         return None
-    relevant = {k: v for k, v in params.items() if k not in OPERATIONAL}
     hashed = [(*item, digests[tuple(item)]) for item in inputs]
-    text = json.dumps({"step": step, "params": relevant, "inputs": hashed}, sort_keys=True)
+    text = json.dumps({"step": step, "params": params, "inputs": hashed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

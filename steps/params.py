@@ -368,13 +368,13 @@ class Params(BaseModel):
         }
 
 
-# where and how a run executes, not what it computes (products are bit-identical whatever
-# these are): a change does not invalidate a step's completed products
+# where, how and under which names a run executes, not what it computes (products are
+# bit-identical whatever these are): a change does not invalidate a step's completed products
 OPERATIONAL = frozenset(
     {
         "n_workers", "config_db", "sbi_id", "buffer_size", "buffer_storage_class",
         "cpu_request", "cpu_limit", "memory_request", "memory_limit", "step_deadline_s",
-        "dask_cluster", "artifacts", "dask_scheduler",
+        "dask_cluster", "artifacts", "dask_scheduler", "pb_id", "buffer_vis", "buffer_img",
     }
 )  # fmt: skip
 NAMED_FILES = {"configuration": ("ska1-low", "lowbd2"), "sky_model": ("gleam", "synthetic")}
