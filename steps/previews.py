@@ -205,23 +205,15 @@ def gain_phases(buffers: Buffers, out: Path) -> Path:
 
 
 def convergence_series(data: object) -> dict[str, list[float]]:
-    """The ``CONVERGENCE_SERIES`` of ``ical_convergence.json``, per cycle: from a list of
-    per-cycle records, a ``{"cycles": [...]}`` object, or an object of lists."""
-    if isinstance(data, dict) and isinstance(data.get("cycles"), list):
-        data = data["cycles"]
-    if isinstance(data, list):
-        data = {
-            k: [row.get(k) for row in data if isinstance(row, dict)] for k in CONVERGENCE_SERIES
-        }
-    if not isinstance(data, dict):
-        return {}
+    """The ``CONVERGENCE_SERIES`` of ``ical_convergence.json`` (``{"cycles": [record per
+    cycle]}``, as calibrate writes it) that every cycle records as a number."""
+    cycles = data.get("cycles") if isinstance(data, dict) else None
+    rows = [row for row in cycles if isinstance(row, dict)] if isinstance(cycles, list) else []
+    series = {key: [row.get(key) for row in rows] for key in CONVERGENCE_SERIES}
     return {
         key: [float(v) for v in values]
-        for key, values in data.items()
-        if key in CONVERGENCE_SERIES
-        and isinstance(values, list)
-        and values
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        for key, values in series.items()
+        if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     }
 
 

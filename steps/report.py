@@ -227,18 +227,18 @@ def write(
     return buffers.report
 
 
-def status_of(steps: Mapping[str, Mapping[str, Any]], this: str = "report") -> str:
+def status_of(steps: Mapping[str, Mapping[str, Any]]) -> str:
     """The run's phase as its recorded steps show it (this step and the claim daemon, which
     runs until the DAG ends, aside): Failed if one failed, Running while one is unfinished,
-    Succeeded when all succeeded (or were skipped)."""
+    Succeeded when all succeeded (steps record only these three phases)."""
     phases = [
         str(e.get("phase", ""))
         for name, e in steps.items()
-        if name != this and not (name == DAEMON_STEP and e.get("phase") == "Running")
+        if name != "report" and not (name == DAEMON_STEP and e.get("phase") == "Running")
     ]
-    if any(p in ("Failed", "Error") for p in phases):
+    if "Failed" in phases:
         return "Failed"
-    if not phases or any(p not in ("Succeeded", "Skipped") for p in phases):
+    if not phases or any(p != "Succeeded" for p in phases):
         return "Running"
     return "Succeeded"
 

@@ -36,34 +36,30 @@ def test_report_step_wrote_every_preview(run: SmallRun) -> None:
         _check_png(directory / "ical_convergence.png")
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        [
-            {"cycle": 0, "phase_rms_rad": 0.9, "residual_rms_jy": 0.5},
-            {"cycle": 1, "phase_rms_rad": 0.1, "residual_rms_jy": 0.05},
-        ],
-        {
-            "cycles": [
-                {"phase_rms_rad": 0.9, "residual_rms_jy": 0.5},
-                {"phase_rms_rad": 0.1, "residual_rms_jy": 0.05},
-            ]
-        },
-        {"phase_rms_rad": [0.9, 0.1], "residual_rms_jy": [0.5, 0.05], "note": "x"},
-    ],
-)
-def test_convergence_series_forms(data: object) -> None:
+def test_convergence_series_of_what_calibrate_writes() -> None:
+    data = {
+        "cycles": [
+            {"cycle": 0, "phase_rms_rad": 0.9, "residual_rms_jy": 0.5, "solved_terms": []},
+            {"cycle": 1, "phase_rms_rad": 0.1, "residual_rms_jy": 0.05, "solved_terms": ["T"]},
+        ]
+    }
     assert previews.convergence_series(data) == {
         "phase_rms_rad": [0.9, 0.1],
         "residual_rms_jy": [0.5, 0.05],
     }
+    data["cycles"][1]["phase_rms_rad"] = None  # a series some cycle lacks is not drawn
+    assert list(previews.convergence_series(data)) == ["residual_rms_jy"]
+    assert previews.convergence_series([1, 2]) == {}  # damaged: nothing to draw
 
 
 def test_ical_convergence_preview(tmp_path: Path) -> None:
     buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
     buffers.img.mkdir()
-    series = {"phase_rms_rad": [1.0, 0.2, 0.01], "residual_rms_jy": [0.3, 0.05, 0.02]}
-    buffers.convergence.write_text(json.dumps(series))
+    cycles = [
+        {"phase_rms_rad": phase, "residual_rms_jy": rms}
+        for phase, rms in ((1.0, 0.3), (0.2, 0.05), (0.01, 0.02))
+    ]
+    buffers.convergence.write_text(json.dumps({"cycles": cycles}))
     written = previews.write_all(parse({}), buffers)
     assert list(written) == ["ical_convergence"]  # every other input is missing: skipped
     _check_png(written["ical_convergence"])
