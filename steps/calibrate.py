@@ -42,8 +42,10 @@ from steps.science import ical, imaging
 RESUBMITS = 3  # times a band's task goes again after its scattered inputs were lost
 
 
-def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) -> ical.Settings:
-    """ICAL settings from the parameters."""
+def settings_of(params: Params, integration_time_s: float) -> ical.Settings:
+    """ICAL settings from the parameters, with one gridder thread (``Settings``' default):
+    ducc0 with several threads is not bit-reproducible under CPU contention, and ICAL
+    amplifies 1e-16 differences; the bands give the parallelism."""
     names = ("t", "g", "b")
     terms = ical.terms_from(
         params.calibration_context,
@@ -73,7 +75,6 @@ def settings_of(params: Params, integration_time_s: float, nthreads: int = 1) ->
         solver_tol=params.solver_tol,
         global_solution=params.global_solution,
         band_windows=params.band_windows,
-        nthreads=nthreads,
     )
 
 
@@ -269,9 +270,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     data = store.open_store(buffers.corrupted)
     obs = store.layout_of(data)
     nwin, ntimes, nstations = len(obs.frequencies), len(obs.times), len(obs.antenna_names)
-    # one gridder thread: ducc0 with several threads is not bit-reproducible under CPU
-    # contention, and ICAL amplifies 1e-16 differences; windows give the parallelism
-    settings = settings_of(params, obs.integration_time, 1)
+    settings = settings_of(params, obs.integration_time)
     for term in settings.terms:  # (the parameters refuse a context none of whose terms runs)
         if term.first_selfcal > settings.nmajor:
             LOG.warning(

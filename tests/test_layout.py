@@ -151,10 +151,3 @@ def test_observation_times(ra_deg: float) -> None:
     )
     assert layout.integration_time(ha) == pytest.approx(3590.17, abs=0.01)
     assert layout.integration_time(ha[:1]) == layout.SINGLE_INTEGRATION_S
-
-
-def test_min_elevation() -> None:
-    lat = layout.SKA1_LOW_REF[1]
-    assert layout.min_elevation_deg(lat, lat, 0.0) == pytest.approx(90.0)
-    assert layout.min_elevation_deg(-30.0, lat) == pytest.approx(63.5, abs=0.1)
-    assert layout.min_elevation_deg(60.0, lat) < 0.0

@@ -388,11 +388,3 @@ def integration_time(hour_angles_rad: np.ndarray) -> float:
     if not np.allclose(dt, dt[0], rtol=1e-9, atol=0.0) or dt[0] <= 0:
         raise ValueError("hour angles must be increasing and uniformly spaced")
     return float(dt[0])
-
-
-def min_elevation_deg(dec_deg: float, lat_deg: float, ha_max_deg: float = 30.0) -> float:
-    """Lowest elevation (deg) of a source at ``dec_deg`` for hour angles in [-ha_max, +ha_max]."""
-    dec, lat = np.radians(dec_deg), np.radians(lat_deg)
-    h = np.radians(min(abs(ha_max_deg), 180.0))
-    sin_el = np.sin(lat) * np.sin(dec) + np.cos(lat) * np.cos(dec) * np.cos(h)
-    return float(np.degrees(np.arcsin(np.clip(sin_el, -1.0, 1.0))))
