@@ -165,8 +165,8 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
         if pb_id is None:
             raise ParamsError(f"no runs under {buffer_root} (no {local}); give a PB_ID")
         LOG.warning(
-            "No configuration DB (%s, --config-db or SDP_CONFIG_HOST): the products %s would "
-            "have with the default parameters",
+            "No configuration DB (%s, --config-db or SDP_CONFIG_HOST): where the products of "
+            "%s would be with the default parameters",
             local, pb_id,
         )  # fmt: skip
         return parse({"pb_id": pb_id})

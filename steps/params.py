@@ -502,6 +502,7 @@ def _json_typed(value: Any, kind: str) -> bool:
 
 def _json_kind(value: Any) -> str:
     kinds = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    kinds |= {list: "an array", dict: "an object", type(None): "null"}
     return kinds.get(type(value), f"a JSON {type(value).__name__}")
 
 
