@@ -54,12 +54,11 @@ import yaml
 from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
-from steps.params import quantity
+from steps.params import RFC1123_LABEL, quantity
 from steps.processes import cores, process_alive
 
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
-PVC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
@@ -647,7 +646,7 @@ class LocalEngine:
                 "the local engine creates only PersistentVolumeClaims"
             )
         name = manifest["metadata"]["name"]
-        if not PVC_NAME.match(name):
+        if not RFC1123_LABEL.match(name):
             return "Failed", f'PersistentVolumeClaim "{name}" is invalid: metadata.name'
         path = self.buffer_root / name
         action = resource["action"]

@@ -22,8 +22,11 @@ from pydantic import (
 
 PB_ID = re.compile(r"^[A-Za-z0-9\-]{1,64}$")
 PB_ID_K8S_MAX = 43  # "proc-<pb_id>-dask-scheduler" is a Service name: at most 63
-RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"  # an RFC 1123 label (a PVC's name)
+RFC1123_LABEL = re.compile(rf"^{LABEL}$")
 NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"  # a Kubernetes quantity's number
+CPU = rf"^{NUMBER}m?$"  # a CPU quantity
+BYTES = rf"^{NUMBER}([eE][0-9]+|[KMGTPE]i?)?$"  # a memory or storage quantity
 QUANTITY = re.compile(rf"^({NUMBER})(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E|[eE][0-9]+)?$")
 SUFFIX = {
     "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
@@ -68,9 +71,7 @@ class Params(BaseModel):
     )
 
     # -- Kubernetes (Argo) ------------------------------------------------------------
-    buffer_size: str = Field(
-        "1Gi", pattern=rf"^{NUMBER}([eE][0-9]+|[KMGTPE]i?)?$", description="Size of each buffer PVC"
-    )
+    buffer_size: str = Field("1Gi", pattern=BYTES, description="Size of each buffer PVC")
     buffer_storage_class: str = Field(
         "standard",
         pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
@@ -78,20 +79,18 @@ class Params(BaseModel):
     )
     cpu_request: str = Field(
         "2",
-        pattern=rf"^{NUMBER}m?$",
+        pattern=CPU,
         description="CPU request of each heavy step (sizes its Dask LocalCluster)",
     )
-    cpu_limit: str = Field(
-        "4", pattern=rf"^{NUMBER}m?$", description="CPU limit of each heavy step"
-    )
+    cpu_limit: str = Field("4", pattern=CPU, description="CPU limit of each heavy step")
     memory_request: str = Field(
         "4Gi",
-        pattern=rf"^{NUMBER}([eE][0-9]+|[KMGTPE]i?)?$",
+        pattern=BYTES,
         description="Memory request of each heavy step",
     )
     memory_limit: str = Field(
         "8Gi",
-        pattern=rf"^{NUMBER}([eE][0-9]+|[KMGTPE]i?)?$",
+        pattern=BYTES,
         description="Memory limit of each heavy step",
     )
     step_deadline_s: int = Field(
@@ -378,7 +377,7 @@ OPERATIONAL = frozenset(
     }
 )  # fmt: skip
 NAMED_FILES = {"configuration": ("ska1-low", "lowbd2"), "sky_model": ("gleam", "synthetic")}
-BUFFER_FILE = re.compile(r"^buffer:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/(.+)$")
+BUFFER_FILE = re.compile(rf"^buffer:({LABEL})/(.+)$")
 MAX_SYNTHETIC_COMPONENTS = 100_000
 
 
@@ -388,7 +387,7 @@ def file_reference(value: str, names: tuple[str, ...]) -> str:
         return value
     if value.startswith("buffer:"):
         match = BUFFER_FILE.match(value)
-        if not match or ".." in Path(match.group(3)).parts or match.group(3).startswith("/"):
+        if not match or ".." in Path(match.group(2)).parts or match.group(2).startswith("/"):
             raise ValueError(
                 "buffer:<name>/<file> needs a buffer name (RFC 1123 label) and a relative file "
                 "path inside it"
