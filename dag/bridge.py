@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from dag.runner import (
     HOSTNAME,
     find_run_process,
+    given_or_embedded,
     now,
     pb_params,
     run_leftovers,
@@ -548,8 +549,9 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 
 def cmd_run_pb(args: argparse.Namespace) -> int:
-    url = config_db_url(args.config_db)
-    phase = run_pb(url, args.pb_id, Path(args.buffer_root), args.name or run_name(args.pb_id))
+    root = Path(args.buffer_root)
+    url = config_db_url(given_or_embedded(args.config_db, root))
+    phase = run_pb(url, args.pb_id, root, args.name or run_name(args.pb_id))
     return 0 if phase == "Succeeded" else 1
 
 
@@ -566,7 +568,12 @@ def add_commands(subparsers: Any) -> None:
 
     run = subparsers.add_parser("run-pb", help="run an existing processing block locally")
     run.add_argument("pb_id", help="processing block ID")
-    run.add_argument("--config-db", default=None, help=config_help)
+    run.add_argument(
+        "--config-db",
+        default=None,
+        help="etcd://HOST:PORT or a path (default: the buffer root's own store, where "
+        "`batch-imaging run` put its blocks, if any; else SDP_CONFIG_HOST/SDP_CONFIG_PORT)",
+    )
     run.add_argument("--buffer-root", default="buffers", help="where buffers live (./buffers)")
     run.add_argument("--name", default=None, help="workflow name (batch-imaging-<pb_id>)")
     run.set_defaults(func=cmd_run_pb)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dag.runner import given_or_embedded
 from steps import manifest
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, open_backend, url_from_env
@@ -157,9 +158,8 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
     environment's; with none of them, a block gets the default parameters (and buffer
     names), as a warning says."""
     local = buffer_root / ".sdp-config"
-    if config_db is None and local.exists():
-        config_db = str(local.resolve())
-    elif config_db is None and os.environ.get("SDP_CONFIG_HOST"):
+    config_db = given_or_embedded(config_db, buffer_root)
+    if config_db is None and os.environ.get("SDP_CONFIG_HOST"):
         config_db = url_from_env()
     elif config_db is None:
         if pb_id is None:

@@ -45,6 +45,14 @@ def embedded_db(buffer_root: Path) -> str:
     return str((buffer_root / ".sdp-config").resolve())
 
 
+def given_or_embedded(config_db: str | None, buffer_root: Path) -> str | None:
+    """``--config-db``, else the embedded store of the buffer root if its runs made one (the
+    block of a ``batch-imaging run`` is there), else None (the SDP_CONFIG_* environment)."""
+    if config_db is None and (buffer_root / ".sdp-config").exists():
+        return embedded_db(buffer_root)
+    return config_db
+
+
 def run_name(pb_id: str) -> str:
     """The deterministic workflow name of a processing block's run."""
     return f"{NAME}-{pb_id}"

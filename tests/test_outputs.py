@@ -8,7 +8,7 @@ import pytest
 
 from dag.cli import main
 from dag.outputs import POD_ROOT, human, products, run_params, stale_files
-from dag.runner import register
+from dag.runner import given_or_embedded, register
 from steps import manifest
 from steps.configdb import ConfigDB, open_backend
 from steps.params import ParamsError, parse
@@ -113,3 +113,11 @@ def test_the_sdp_environment_names_the_db(
 
 def test_human_sizes() -> None:
     assert [human(s) for s in (None, 12, 2048, 3 * 2**30)] == ["-", "12 B", "2.0 KiB", "3.0 GiB"]
+
+
+def test_commands_find_the_blocks_of_local_runs(tmp_path: Path) -> None:
+    """`outputs` and `run-pb` look in the buffer root's own store when no DB is given."""
+    assert given_or_embedded(None, tmp_path) is None  # no local runs: the SDP environment's
+    (tmp_path / ".sdp-config").mkdir()
+    assert given_or_embedded(None, tmp_path) == str((tmp_path / ".sdp-config").resolve())
+    assert given_or_embedded("etcd://db:2379", tmp_path) == "etcd://db:2379"
