@@ -40,6 +40,7 @@ from steps.params import Params
 from steps.science import ical, imaging
 
 RESUBMITS = 3  # times a band's task goes again after its scattered inputs were lost
+WORSE_FLOOR_RAD = 0.01  # a phase error below this never counts as calibration gone wrong
 
 
 def settings_of(params: Params, integration_time_s: float) -> ical.Settings:
@@ -365,6 +366,14 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         shifted["rms_rad"],
         record["position_offset_px"],
     )
+    uncalibrated = result.convergence[0].get("phase_rms_rad", 0.0)  # cycle 0 solves nothing
+    if shifted["rms_rad"] > max(uncalibrated, WORSE_FLOOR_RAD):
+        LOG.warning(
+            "ICAL left the gains further from the truth than no calibration: %.3g rad rms "
+            "against %.3g rad (the model the image gives is wrong: check npixel and cellsize "
+            "against the field and the array's resolution)",
+            shifted["rms_rad"], uncalibrated,
+        )  # fmt: skip
     if params.export_ms:  # DATA: corrupted, CORRECTED_DATA: calibrated
         from steps.msexport import ms_path, write_ms
 

@@ -60,6 +60,7 @@ def test_run_succeeds_with_the_seed_log(run):
         positions.append(matches[0])
     assert positions == sorted(positions), "seed log lines out of order"
     assert not [line for line in lines if line.endswith(" ")], "lines with trailing spaces"
+    assert "further from the truth than no calibration" not in result.stderr
     # each heavy step's progress, as the Argo UI shows it: windows, or ICAL's major cycles
     table = {}
     for line in lines:
@@ -127,3 +128,14 @@ def test_brightest_source_restored_at_its_position_and_flux(run):
         peak, px, py = peak_near(plane, float(x), float(y))
         assert math.hypot(px - x, py - y) <= 0.5, (px, x, py, y)
         assert peak == pytest.approx(apparent[brightest, window], rel=0.05)
+
+
+def test_calibration_gone_wrong_is_said(tmp_path):
+    """Pixels far coarser than the array's resolution give ICAL a wrong model: the run
+    ends, but its log says that the solved gains are worse than none."""
+    params = tmp_path / "coarse.json"
+    coarse = {**SMALL, "n_workers": 1, "npixel": 64, "cellsize": 0.02, "niter": 50, "nmajor": 2}
+    params.write_text(json.dumps(coarse))
+    result = batch_imaging("run", str(params), "--buffer-root", str(tmp_path / "buffers"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING:batch_imaging:ICAL left the gains further from the truth" in result.stderr
