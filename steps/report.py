@@ -87,6 +87,8 @@ def _message(name: str, entry: Mapping[str, Any]) -> str:
         return "reused: products complete and inputs unchanged"
     if name == DAEMON_STEP and entry.get("phase") == "Running":
         return "holds the claim while the workflow runs"
+    if name == "report" and entry.get("phase") == "Running":
+        return "making this report"
     return ""
 
 

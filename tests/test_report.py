@@ -81,8 +81,11 @@ def test_status_comes_from_the_recorded_steps() -> None:
     claim = {"phase": "Running"}
     assert report.status_of({"claim": claim, "simulate": done, "image": done}) == "Succeeded"
     assert report.status_of({"claim": {"phase": "Failed"}, "image": done}) == "Failed"
-    timeline = report._timeline({"claim": claim, "simulate": {**done, "reused": True}})
+    timeline = report._timeline(
+        {"claim": claim, "simulate": {**done, "reused": True}, "report": {"phase": "Running"}}
+    )
     assert "holds the claim while the workflow runs" in timeline
+    assert "making this report" in timeline
     assert "reused: products complete and inputs unchanged" in timeline
 
 
