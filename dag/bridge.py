@@ -54,7 +54,7 @@ from steps.configdb import (
 )
 from steps.log import LOG
 from steps.params import Params, ParamsError
-from steps.processes import process_alive
+from steps.processes import process_alive, started_at
 
 BATCH = ("batch", "batch_imaging")
 REALTIME = ("realtime", "test_realtime")
@@ -217,7 +217,7 @@ class Bridge:
         self.poll_s = poll_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.me = {"hostname": HOSTNAME, "pid": os.getpid()}
+        self.me = {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
         self._seen: dict[str, tuple[str, str]] = {}
         self._final: set[str] = set()  # PBs final and not followed: no longer read
         self._ended: set[str] = set()  # runs seen to end
@@ -501,7 +501,9 @@ def _bridge_alive(bridge: dict[str, Any]) -> bool:
     if bridge.get("hostname") != HOSTNAME:
         return True
     pid = int(bridge.get("pid") or 0)
-    return pid > 0 and (pid == os.getpid() or process_alive(pid))
+    if pid <= 0 or pid == os.getpid():
+        return pid > 0
+    return process_alive(pid) and bridge.get("started_at", started_at(pid)) == started_at(pid)
 
 
 def _entity_error(exc: ValueError) -> str:

@@ -25,7 +25,7 @@ from steps import resources
 from steps.configdb import ConfigDB, connect, open_backend
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
-from steps.processes import process_alive, started_at
+from steps.processes import cores, process_alive, started_at
 
 WORKFLOW = Workflow(type="batch", id="batch_imaging", version="0.2.0")
 HOSTNAME = socket.gethostname()
@@ -46,10 +46,12 @@ def embedded_db(buffer_root: Path) -> str:
 
 
 def given_or_embedded(config_db: str | None, buffer_root: Path) -> str | None:
-    """``--config-db``, else the embedded store of the buffer root if its runs made one (the
-    block of a ``batch-imaging run`` is there), else None (the SDP_CONFIG_* environment)."""
-    if config_db is None and (buffer_root / ".sdp-config").exists():
-        return embedded_db(buffer_root)
+    """``--config-db``; else None where SDP_CONFIG_HOST names the SDP's database; else the
+    embedded store of the buffer root if its runs made one (the blocks of ``batch-imaging
+    run`` are there); else None (the SDP_CONFIG_* defaults)."""
+    if config_db is None and not os.environ.get("SDP_CONFIG_HOST"):
+        local = buffer_root / ".sdp-config"
+        return embedded_db(buffer_root) if local.exists() else None
     return config_db
 
 
@@ -105,6 +107,18 @@ def run_local(
     return execute(params, buffer_root, run_name(params.pb_id), artifacts)
 
 
+def engine_arguments(params: parameters.Params) -> dict[str, str]:
+    """The workflow's arguments for the local engine: the block's parameters, with this
+    machine's cores as the CPU request and limit the block does not give (a local "pod" is
+    the whole machine, where a cluster's is its request: ``processes.cores``)."""
+    machine = str(cores())
+    given = params.model_fields_set
+    return {
+        **params.as_strings(),
+        **{name: machine for name in ("cpu_request", "cpu_limit") if name not in given},
+    }
+
+
 def execute(
     params: parameters.Params, buffer_root: Path, name: str, artifacts: Path | None = None
 ) -> str:
@@ -116,7 +130,7 @@ def execute(
         template_manifest(), buffer_root, artifact_repository=artifact_repository(artifacts)
     )
     try:
-        run = engine.run(params.as_strings(), name=name)
+        run = engine.run(engine_arguments(params), name=name)
     except Exception as exc:
         with ConfigDB(connect(params.config_db)) as db:
             reason = f"workflow {name} could not run: {exc}"

@@ -8,7 +8,7 @@ import pytest
 
 from dag.cli import main
 from dag.outputs import POD_ROOT, human, products, run_params, stale_files
-from dag.runner import given_or_embedded, register
+from dag.runner import engine_arguments, given_or_embedded, register
 from steps import manifest
 from steps.configdb import ConfigDB, open_backend
 from steps.params import ParamsError, parse
@@ -115,9 +115,28 @@ def test_human_sizes() -> None:
     assert [human(s) for s in (None, 12, 2048, 3 * 2**30)] == ["-", "12 B", "2.0 KiB", "3.0 GiB"]
 
 
-def test_commands_find_the_blocks_of_local_runs(tmp_path: Path) -> None:
-    """`outputs` and `run-pb` look in the buffer root's own store when no DB is given."""
-    assert given_or_embedded(None, tmp_path) is None  # no local runs: the SDP environment's
+def test_commands_find_the_blocks_of_local_runs(tmp_path: Path, monkeypatch) -> None:
+    """`outputs` and `run-pb` look in the buffer root's own store when neither a DB nor
+    SDP_CONFIG_HOST is given."""
+    monkeypatch.delenv("SDP_CONFIG_HOST", raising=False)
+    assert given_or_embedded(None, tmp_path) is None  # no local runs: the SDP defaults
     (tmp_path / ".sdp-config").mkdir()
     assert given_or_embedded(None, tmp_path) == str((tmp_path / ".sdp-config").resolve())
     assert given_or_embedded("etcd://db:2379", tmp_path) == "etcd://db:2379"
+    monkeypatch.setenv("SDP_CONFIG_HOST", "sdp-etcd")  # the SDP's database named: that one
+    assert given_or_embedded(None, tmp_path) is None
+
+
+def test_a_local_run_uses_the_machines_cores_unless_the_block_gives_a_cpu_request(
+    monkeypatch,
+) -> None:
+    """A local "pod" is the whole machine: the heavy steps' PYTHON_CPU_COUNT (requests.cpu)
+    is its cores, unless the block sets cpu_request / cpu_limit itself."""
+    monkeypatch.setattr("dag.runner.cores", lambda: 16)
+    arguments = engine_arguments(parse({"n_workers": 4}))
+    assert (arguments["cpu_request"], arguments["cpu_limit"], arguments["n_workers"]) == (
+        "16",
+        "16",
+        "4",
+    )
+    assert engine_arguments(parse({"cpu_request": "1"}))["cpu_request"] == "1"
