@@ -20,7 +20,9 @@ def temporary_name(path: Path) -> Path:
 
 def replace_dir(tmp: Path, path: Path) -> Path:
     """Move the directory built as ``tmp`` to ``path``; one already there is moved aside
-    first and removed only after, so that ``path`` is always one of the two, whole."""
+    first and removed only after, so that ``path`` is never a mixture of the two (killed
+    between the renames, it is missing, and the hidden leftovers go with the next step's
+    clean-up: the step is then made anew)."""
     path = Path(path)
     if path.exists():
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")

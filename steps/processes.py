@@ -36,7 +36,7 @@ def started_at(pid: int) -> float | None:
 def cores() -> int:
     """The CPUs this process may use: those it may run on (its affinity: a cpuset,
     ``taskset``, a batch job's share), or fewer where ``PYTHON_CPU_COUNT`` says so (a pod's
-    CPU request, which sets no affinity), as Python 3.13's ``os.process_cpu_count`` reads it."""
+    CPU request, which sets no affinity; unlike Python 3.13, never more than the affinity)."""
     if hasattr(os, "sched_getaffinity"):
         available = len(os.sched_getaffinity(0))
     else:
