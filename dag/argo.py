@@ -204,12 +204,17 @@ def logs(name: str) -> list[str]:
 @contextmanager
 def _reaching_server() -> Iterator[None]:
     """Name the server that could not be reached, and how to name another."""
+    server = os.environ.get("ARGO_SERVER")
+    where = server or f"{DEFAULT_SERVER} (ARGO_SERVER is not set: set it to host:port)"
     try:
         yield
-    except requests.ConnectionError:
-        server = os.environ.get("ARGO_SERVER")
-        where = server or f"{DEFAULT_SERVER} (ARGO_SERVER is not set: set it to host:port)"
-        raise RuntimeError(f"cannot reach the Argo server at {where}") from None
+    except requests.exceptions.SSLError as exc:
+        raise RuntimeError(
+            f"TLS with the Argo server at {where} failed ({exc}); a self-signed certificate "
+            "needs ARGO_INSECURE_SKIP_VERIFY=true, as for the argo CLI"
+        ) from None
+    except requests.ConnectionError as exc:
+        raise RuntimeError(f"cannot reach the Argo server at {where} ({exc})") from None
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

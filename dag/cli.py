@@ -148,7 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"batch-imaging: error: {exc}", file=sys.stderr)
         return USAGE
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as `cat` does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if args.debug:
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)  # so that flushing stdout at exit is quiet
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the run: no traceback
         if args.debug:

@@ -529,12 +529,16 @@ def pairs(items: Iterable[str], flag: str = "-p") -> dict[str, str]:
 
 
 def decode_strings(data: dict[str, str]) -> dict[str, Any]:
-    """Decode string values of non-string fields as JSON (``8``, ``1e8``, ``[0, 3]``)."""
+    """Decode string values of non-string fields as JSON (``8``, ``1e8``, ``[0, 3]``; a
+    boolean's ``true``/``false`` in any case, as Python and YAML spell them too)."""
     decoded: dict[str, Any] = {}
     for name, text in data.items():
         field = Params.model_fields.get(name)
         if field is None or field.annotation is str:
             decoded[name] = text
+            continue
+        if field.annotation is bool and text.strip().lower() in ("true", "false"):
+            decoded[name] = text.strip().lower() == "true"
             continue
         try:
             decoded[name] = json.loads(text)

@@ -152,3 +152,6 @@ def test_a_file_must_have_the_schemas_types(data, message) -> None:
         parse(data)
     assert parse({"nfreqwin": 8.0}).nfreqwin == 8
     assert parse_strings({"nfreqwin": "8", "export_ms": "true"}).export_ms is True
+    assert parse_strings({"export_ms": "True", "artifacts": "FALSE"}).export_ms is True
+    with pytest.raises(ParamsError, match="export_ms = 'yes': must be a JSON boolean"):
+        parse_strings({"export_ms": "yes"})
