@@ -360,8 +360,7 @@ class LocalEngine:
                     return nodes
                 time.sleep(0.05)
         finally:
-            for pod in [*daemons, *pods.values()]:  # the DAG is done: stop its daemons
-                _terminate(pod)
+            _terminate([*daemons, *pods.values()])  # the DAG is done: stop its daemons
 
     def _schedule(
         self,
@@ -425,7 +424,7 @@ class LocalEngine:
                 return True
             return False
         if code is None and pod.deadline is not None and time.time() > pod.deadline:
-            _terminate(pod, keep_outputs=True)  # as the kubelet ends a pod past its deadline
+            _terminate([pod], keep_outputs=True)  # as the kubelet ends a pod past its deadline
             node.phase, node.message = "Failed", DEADLINE_MESSAGE
         elif code is None:
             return False
@@ -509,8 +508,8 @@ class LocalEngine:
     ) -> None:
         """End the DAG early (deadline passed, stopped, or a daemon died): fail what runs,
         start nothing more."""
-        for name, pod in pods.items():
-            _terminate(pod)
+        _terminate(pods.values())
+        for name in pods:
             nodes[name].phase, nodes[name].message = "Failed", why
             nodes[name].finished = time.time()
         pods.clear()
@@ -777,17 +776,22 @@ def _scratch(buffer_root: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _terminate(pod: _Pod, keep_outputs: bool = False) -> None:
-    """SIGTERM, then SIGKILL after the grace period, as the kubelet does (the step records
-    its end meanwhile); drop its outputs unless they are still to be collected."""
-    pod.process.terminate()
-    try:
-        pod.process.wait(timeout=GRACE_S)
-    except subprocess.TimeoutExpired:
-        pod.process.kill()
-        pod.process.wait()
-    if not keep_outputs:
-        shutil.rmtree(pod.outputs, ignore_errors=True)
+def _terminate(pods: Iterable[_Pod], keep_outputs: bool = False) -> None:
+    """SIGTERM to every pod at once, then SIGKILL to those still running after the grace
+    period, as the kubelet does (the steps record their end meanwhile); drop their outputs
+    unless they are still to be collected."""
+    pods = list(pods)
+    for pod in pods:
+        pod.process.terminate()
+    deadline = time.monotonic() + GRACE_S
+    for pod in pods:
+        try:
+            pod.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pod.process.kill()
+            pod.process.wait()
+        if not keep_outputs:
+            shutil.rmtree(pod.outputs, ignore_errors=True)
 
 
 def pod_name(workflow: str, template: str, node: str) -> str:
