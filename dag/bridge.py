@@ -41,6 +41,7 @@ from dag.runner import (
     run_name,
     run_pb,
     start_detached,
+    this_process,
 )
 from steps.configdb import (
     ConfigDB,
@@ -54,7 +55,7 @@ from steps.configdb import (
 )
 from steps.log import LOG
 from steps.params import Params, ParamsError
-from steps.processes import process_alive, started_at
+from steps.processes import process_alive
 
 BATCH = ("batch", "batch_imaging")
 REALTIME = ("realtime", "test_realtime")
@@ -217,7 +218,7 @@ class Bridge:
         self.poll_s = poll_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.me = {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
+        self.me = this_process()
         self._seen: dict[str, tuple[str, str]] = {}
         self._final: set[str] = set()  # PBs final and not followed: no longer read
         self._ended: set[str] = set()  # runs seen to end
@@ -503,7 +504,7 @@ def _bridge_alive(bridge: dict[str, Any]) -> bool:
     pid = int(bridge.get("pid") or 0)
     if pid <= 0 or pid == os.getpid():
         return pid > 0
-    return process_alive(pid) and bridge.get("started_at", started_at(pid)) == started_at(pid)
+    return process_alive(pid, started=bridge.get("started_at"))
 
 
 def _entity_error(exc: ValueError) -> str:

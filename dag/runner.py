@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dag.local import LocalEngine
 from dag.render import template_manifest
@@ -158,13 +159,17 @@ def running_pid(db: ConfigDB, pb_id: str) -> int | None:
     return pid if _alive(run) else None
 
 
+def this_process() -> dict[str, Any]:
+    """This process as the PB state records a run or a bridge: host, pid and start time."""
+    return {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
+
+
 def _alive(run: dict) -> bool:
     """Whether the local run recorded on this host still runs: its pid with its start time
     (a `batch-imaging run`), or with the workflow's name (a bridge's run-pb process)."""
-    pid = run["pid"]
-    if "started_at" not in run:
-        return process_alive(pid, run["name"])
-    return process_alive(pid) and started_at(pid) == run["started_at"]
+    if "started_at" in run:
+        return process_alive(run["pid"], started=run["started_at"])
+    return process_alive(run["pid"], run["name"])
 
 
 def gone_run(state: PBState | None) -> str | None:
@@ -185,7 +190,7 @@ def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
     available (a local run has no dependencies) and record this process as the run's
     follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
     timeline and clears the previous reason."""
-    me = {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
+    me = this_process()
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
     state = PBState(
         status=PBStatus.STARTING, resources_available=True, run={**run, "submitted": now()}

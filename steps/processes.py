@@ -8,14 +8,16 @@ from pathlib import Path
 import psutil
 
 
-def process_alive(pid: int, marker: str = "") -> bool:
-    """Whether process ``pid`` on this host is alive (not a zombie) and its command line
-    contains ``marker`` (so that a reused pid does not count)."""
+def process_alive(pid: int, marker: str = "", started: float | None = None) -> bool:
+    """Whether process ``pid`` on this host is alive (not a zombie), its command line
+    contains ``marker`` and, if ``started`` is given, it started then (``started_at``): so
+    that a reused pid does not count."""
     proc = Path(f"/proc/{pid}")
     try:
         if proc.is_dir():
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            return state not in ("Z", "X") and marker in (proc / "cmdline").read_text()
+            alive = state not in ("Z", "X") and marker in (proc / "cmdline").read_text()
+            return alive and (started is None or started_at(pid) == started)
         os.kill(pid, 0)
     except (ProcessLookupError, FileNotFoundError):
         return False
