@@ -131,6 +131,7 @@ class _Pod:
     template: dict[str, Any]
     deadline: float | None
     scope: dict[str, str]
+    kill_at: float | None = None  # past its deadline: SIGTERM sent, SIGKILL due then
 
 
 def _depends(task: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -424,10 +425,12 @@ class LocalEngine:
                 return True
             return False
         if code is None and pod.deadline is not None and time.time() > pod.deadline:
-            _terminate([pod], keep_outputs=True)  # as the kubelet ends a pod past its deadline
-            node.phase, node.message = "Failed", DEADLINE_MESSAGE
-        elif code is None:
+            self._stop_past_deadline(pod)
             return False
+        if code is None:
+            return False
+        if pod.kill_at is not None:
+            node.phase, node.message = "Failed", DEADLINE_MESSAGE
         else:
             node.phase = "Succeeded" if code == 0 else "Failed"
             node.message = "" if code == 0 else f"Error (exit code {code})"
@@ -436,6 +439,16 @@ class LocalEngine:
         message = f" {node.message}" if node.message else ""
         LOG.info("Step %s %s in %.1f s%s", name, node.phase, node.duration, message)
         return True
+
+    @staticmethod
+    def _stop_past_deadline(pod: _Pod) -> None:
+        """Stop a pod past its deadline as the kubelet does, without holding up the other
+        pods: SIGTERM now, SIGKILL if it still runs after the grace period."""
+        if pod.kill_at is None:
+            pod.process.terminate()
+            pod.kill_at = time.time() + GRACE_S
+        elif time.time() > pod.kill_at:
+            pod.process.kill()
 
     def _completed(
         self,
@@ -776,10 +789,9 @@ def _scratch(buffer_root: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _terminate(pods: Iterable[_Pod], keep_outputs: bool = False) -> None:
+def _terminate(pods: Iterable[_Pod]) -> None:
     """SIGTERM to every pod at once, then SIGKILL to those still running after the grace
-    period, as the kubelet does (the steps record their end meanwhile); drop their outputs
-    unless they are still to be collected."""
+    period, as the kubelet does (the steps record their end meanwhile); drop their outputs."""
     pods = list(pods)
     for pod in pods:
         pod.process.terminate()
@@ -790,8 +802,7 @@ def _terminate(pods: Iterable[_Pod], keep_outputs: bool = False) -> None:
         except subprocess.TimeoutExpired:
             pod.process.kill()
             pod.process.wait()
-        if not keep_outputs:
-            shutil.rmtree(pod.outputs, ignore_errors=True)
+        shutil.rmtree(pod.outputs, ignore_errors=True)
 
 
 def pod_name(workflow: str, template: str, node: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dag import local
 from dag.local import LocalEngine, WorkflowError, pod_name, quantity, seconds
 from dag.render import template_manifest
 
@@ -461,6 +462,28 @@ def test_template_and_workflow_deadlines(tmp_path: Path) -> None:
     assert run.nodes["s"].message == "Step exceeded its deadline"
     assert run.nodes["e"].phase == "Omitted"
     assert stopped.read_text() == "SIGTERM"
+
+
+def test_a_pod_in_its_grace_period_holds_up_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that ignores SIGTERM after its deadline is killed when the grace period ends,
+    while the steps beside it go on and finish meanwhile."""
+    monkeypatch.setattr(local, "GRACE_S", 3.0)
+    stubborn = {
+        "name": "stubborn",
+        "activeDeadlineSeconds": 1,
+        "container": container(
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
+        ),
+    }
+    beside = {"name": "beside", "container": container("import time; time.sleep(2)")}
+    manifest = workflow([stubborn, beside], [task("s", "stubborn"), task("b", "beside")])
+    run = LocalEngine(manifest, tmp_path).run({})
+    s, b = run.nodes["s"], run.nodes["b"]
+    assert (s.phase, s.message) == ("Failed", local.DEADLINE_MESSAGE)
+    assert 1 + 3 <= s.duration < 10  # SIGKILL once the grace period was over
+    assert b.phase == "Succeeded" and b.finished < s.finished - 1
 
 
 def test_mutex_makes_a_second_run_wait(tmp_path: Path) -> None:
