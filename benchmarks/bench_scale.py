@@ -340,15 +340,17 @@ def gridder_rmax() -> dict[str, Any]:
 
 def gridder_limit() -> dict[str, Any]:
     """calibrate (seed, n_workers 2) against the same ducc0 calls made directly, per core:
-    per band, one single-window invert per window for the PSFs and for the last cycle's
-    residuals (and for the final residuals if the last cycle changed the model), in every
-    other major cycle one invert over the band per Taylor term, and one predict per Taylor
-    term after every cycle that changed the model (unchanged models reuse their
-    prediction)."""
+    per band, one single-window invert per window for the PSFs, for the residuals of every
+    final cycle (the last, and those ICAL might have stopped after) and for the final
+    residuals if the last cycle changed the model, in every other major cycle one invert
+    over the band per Taylor term, and one predict per Taylor term after every cycle that
+    changed the model (unchanged models reuse their prediction)."""
     import zarr
     from ducc0.wgridder.experimental import dirty2vis, vis2dirty
 
+    from steps import store
     from steps.buffers import Buffers
+    from steps.calibrate import settings_of
     from steps.science import ical, imaging
 
     params = Params(n_workers=2)
@@ -361,11 +363,16 @@ def gridder_limit() -> dict[str, Any]:
         freqs = group["frequency"][:]
         real = imaging.real_type(params.epsilon)
         common, size = _ducc0_args(params)
-        settings = ical.Settings(params.npixel, params.cellsize, band_windows=params.band_windows)
+        settings = settings_of(
+            params, store.layout_of(store.open_store(buffers.corrupted)).integration_time
+        )
         members = ical.band_members(len(freqs), uvw.shape[0], settings)
         nt = min(params.nmoment, len(freqs))
-        npredict = sum(cycle["components"] > 0 for cycle in record["cycles"])
-        singles = 2 + (record["cycles"][-1]["components"] > 0)  # per window
+        cycles = record["cycles"]
+        npredict = sum(cycle["components"] > 0 for cycle in cycles)
+        final = sum(ical.may_converge(cycles[:i], i, settings) for i in range(len(cycles) - 1))
+        joint = len(cycles) - 1 - final  # every cycle but the final ones
+        singles = 2 + final + (cycles[-1]["components"] > 0)  # per window
         direct, calls = 0.0, 0
         for m in members:
             band = slice(int(m[0]), int(m[-1]) + 1)
@@ -382,8 +389,8 @@ def gridder_limit() -> dict[str, Any]:
             t1 = time.perf_counter()
             dirty2vis(uvw=uvw, freq=freqs[band], dirty=dirty, **common)
             t2 = time.perf_counter()
-            direct += nt * (params.nmajor * (t1 - t0) + npredict * (t2 - t1))
-            calls += singles * len(m) + nt * (params.nmajor + npredict)
+            direct += nt * (joint * (t1 - t0) + npredict * (t2 - t1))
+            calls += singles * len(m) + nt * (joint + npredict)
     cores = min(os.cpu_count() or 1, params.n_workers)
     return {
         "calibrate_s": steps["calibrate"]["wall_s"],

@@ -319,6 +319,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             truth,
             cycle_done,
         )
+        cycles.finish()  # ICAL may have converged before its last cycle
         args = [
             (*model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
             for model, m in zip(result.models, members, strict=True)

@@ -49,6 +49,12 @@ class Progress:
             elapsed = time.monotonic() - self.started
             LOG.info("%s: %d/%d done (%.1f s)", self.what, self.done, self.total, elapsed)
 
+    def finish(self) -> None:
+        """The items left are not needed (the work converged early): report all done."""
+        self.bar.update(self.total - self.done)
+        self.done = self.total
+        self._report()
+
     def __enter__(self) -> Progress:
         return self
 

@@ -136,7 +136,9 @@ class Params(BaseModel):
         1e-4, ge=1e-12, le=1e-2, description="Gridder accuracy (1e-4: no measurable ICAL loss)"
     )
     niter: int = Field(1000, ge=0, le=1_000_000, description="CLEAN iterations per major cycle")
-    nmajor: int = Field(5, ge=1, le=50, description="Major cycles")
+    nmajor: int = Field(
+        5, ge=1, le=50, description="Major cycles (at most: ICAL stops once more would repeat it)"
+    )
     gain: float = Field(0.25, gt=0, le=1, description="CLEAN loop gain")
     threshold: float = Field(0.1, ge=0, description="Absolute CLEAN threshold (Jy)")
     fractional_threshold: float = Field(

@@ -164,6 +164,35 @@ def test_global_solution_shares_one_gain_across_windows() -> None:
     assert figures[True][1] < 0.01 and figures[False][1] < 0.01
 
 
+def test_ical_stops_when_the_cycles_left_would_repeat_the_last(tiny) -> None:
+    """Once every term is solved and a cycle adds no component, ICAL stops: solving again
+    against the final model gives the same gains, and the final residuals are those kept."""
+    settings = settings_for(tiny, nmajor=9, niter=300, psf_support=64)
+    windows = [case_window(tiny, c, settings) for c in range(3)]
+    members = ical.band_members(3, windows[0].vis.size, settings)
+    bands = [[windows[i] for i in m] for m in members]
+    lines: list[str] = []
+    result = ical.run_ical(
+        bands, members, tiny.freqs, np.stack([w.psf for w in windows]),
+        np.array([w.sumwt for w in windows]), 3, tiny.nstations, settings,
+        ical.serial_mapper(bands), log=lambda message, *args: lines.append(message % args),
+    )  # fmt: skip
+    last = result.convergence[-1]
+    assert 4 <= last["cycle"] < settings.nmajor  # B, the last term, starts at cycle 4
+    assert last["components"] == 0 and last["solved_terms"] == ["T", "G", "B"]
+    assert lines[-1].startswith(f"ICAL converged at cycle {last['cycle']} of 9")
+    for band, model, m in zip(bands, result.models, members, strict=True):
+        assert all(win.final.load(model.version) is not None for win in band)
+        predicted, _ = ical.band_prediction(band, model, settings)
+        for win, vis, i in zip(band, predicted, m, strict=True):
+            again, _ = ical.solve_chain(
+                win, vis, result.tables[i], settings.terms, settings.nmajor,
+                settings.solver_niter, settings.solver_tol,
+            )  # fmt: skip
+            for name, table in again.items():
+                np.testing.assert_allclose(table, result.tables[i][name], rtol=0, atol=1e-7)
+
+
 def test_final_residuals_are_the_last_cycles_while_the_model_is_unchanged(tiny) -> None:
     """The last cycle grids window by window and keeps each window's residual image: while
     the model is that cycle's, the final residuals are those (bit for bit what gridding them

@@ -14,10 +14,13 @@ windows (the Taylor terms of MS-MFS: ``I(nu_c) = sum_t x_c^t I_t``), solves and 
 window's gains, and images the residuals with one call per image (the adjoint: weights
 ``x_c^t``), so the gridder's FFTs are shared by the band's windows; a band with no more
 windows than images (one window, or per-window models) grids window by window, and so does
-the last cycle, whose window images are kept: they are the final residuals unless its
-deconvolution changes the model.  The bands'
+a final cycle (the last, or one after which ICAL may stop), whose window images are kept:
+they are the final residuals unless its deconvolution changes the model.  The bands'
 residual moments are summed on the caller (the coordinator), which runs MS-MFS CLEAN; per-window
 algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
+
+ICAL stops before ``nmajor`` after a cycle that added no component when no term starts
+later: the cycles left would solve the same terms against the same model and repeat it.
 """
 
 from __future__ import annotations
@@ -439,6 +442,27 @@ class CycleResult:
     busy_s: float
 
 
+def schedule_complete(terms: Sequence[Term], cycle: int, nmajor: int) -> bool:
+    """True when no term starts after ``cycle``: later cycles solve the terms it solves."""
+    return active_terms(terms, cycle) == active_terms(terms, nmajor)
+
+
+def may_converge(record: Sequence[dict[str, Any]], cycle: int, settings: Settings) -> bool:
+    """Whether cycle ``cycle`` may leave the model as it is, so that ICAL stops after it:
+    no term starts later, and the previous cycle cleaned down to the absolute threshold.
+
+    A cycle that adds no component is a fixed point when no term starts later: the next one
+    would solve the same terms against the same model and data from the solutions it has
+    (converged to ``solver_tol``), and so repeat it. Such a cycle must keep its window images
+    as the final residuals, which costs more gridding than the joint images of a cycle that
+    goes on; this guess keeps that cost to the cycles likely to be the last."""
+    return (
+        bool(record)
+        and schedule_complete(settings.terms, cycle, settings.nmajor)
+        and settings.fractional_threshold * record[-1]["residual_peak_jy"] <= settings.threshold
+    )
+
+
 def band_cycle(
     band: Sequence[Window],
     images: np.ndarray | None,
@@ -446,10 +470,13 @@ def band_cycle(
     version: int,
     tables: Sequence[dict[str, np.ndarray]],
     cycle: int,
+    final: bool,
     settings: Settings,
 ) -> CycleResult:
     """Predict, solve (unless solved globally), apply, image the residual and (per-window
-    algorithms) deconvolve it, for each window of the band (model: ``Model``'s parts)."""
+    algorithms) deconvolve it, for each window of the band (model: ``Model``'s parts).
+    A ``final`` cycle (the last, or one ICAL may stop after) images window by window and keeps
+    each window's image as its final residual."""
     t_start = time.perf_counter()
     model = Model(images, coeff, version)
     model_vis, gridder = band_prediction(band, model, settings)
@@ -468,7 +495,7 @@ def band_cycle(
         new_tables.append(table)
         gain_list.append(gain)
     t0 = time.perf_counter()
-    if cycle == settings.nmajor:  # the last: window by window, each kept as its final residual
+    if final:
         images = window_images(band, residual_vis, settings)
         for win, image in zip(band, images, strict=True):
             win.final.store(model.version, normalised(image, win.sumwt))
@@ -644,7 +671,8 @@ def run_ical(
         if settings.global_solution and version > 0:  # a model to solve against
             tables, solved, seconds = solve_global(current, tables, cycle, settings, mapper)
             gridder += seconds
-        args = [(*m, t, cycle, settings) for m, t in zip(current, tables, strict=True)]
+        final = cycle == settings.nmajor or may_converge(record, cycle, settings)
+        args = [(*m, t, cycle, final, settings) for m, t in zip(current, tables, strict=True)]
         # the bands' residual images, summed: the moments (MS-MFS) or the MFS image
         residual = np.zeros((nt, npix, npix))
         tables, gain_list, reports, ncomp = [], [], list(solved), 0
@@ -695,6 +723,11 @@ def run_ical(
                 entry["components"],
                 f", phase error {entry['phase_rms_rad']:.3g} rad" if true_gains is not None else "",
             )
+        if final and ncomp == 0 and cycle < settings.nmajor:
+            if log is not None:
+                log("ICAL converged at cycle %d of %d: the cycles left would repeat it",
+                    cycle, settings.nmajor)  # fmt: skip
+            break
     window_tables = [t for band in tables for t in band]
     return IcalResult(
         deconvolve.cube_from_taylor(taylor, taylor_w[:nt]) if joint else model,
