@@ -39,6 +39,7 @@ SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 WORKER_WAIT_S = 600.0  # how long a step waits for an external cluster's first workers
 WORKER_SETTLE_S = 30.0  # ... and for more after the last one joined
 WORKER_POLL_S = 0.5
+CLUSTER_STARTS = 3  # attempts at starting a LocalCluster (a worker may die while it starts)
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -90,7 +91,7 @@ def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
     threads, processes = threads_per_worker(n_workers), local_workers(n_workers)
     _forkserver(preload, threads)
     with (
-        LocalCluster(
+        _local_cluster(
             n_workers=processes,
             threads_per_worker=threads,
             processes=True,
@@ -108,6 +109,21 @@ def engine(n_workers: int, preload: Sequence[str] = ()) -> Iterator[Client]:
             client.dashboard_link,
         )
         yield client
+
+
+def _local_cluster(**options: Any) -> LocalCluster:
+    """A started LocalCluster. A worker that dies before it joins (killed, out of memory)
+    fails the start ("Nanny failed to start"; Dask closes what had started): the cluster is
+    then started again, at most ``CLUSTER_STARTS`` times in all."""
+    attempt = 1
+    while True:
+        try:
+            return LocalCluster(**options)
+        except RuntimeError as exc:
+            if attempt == CLUSTER_STARTS:
+                raise
+            attempt += 1
+            LOG.warning("Dask EE: the cluster failed to start (%s); starting it again", exc)
 
 
 def wait_for_workers(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
+import dask
 import numpy as np
 import zarr
 
@@ -80,6 +81,25 @@ def test_workers_never_exceed_the_cores():
         results = map_tasks(client, "env", lambda _: _thread_env(), [(0,), (1,)])
     threads = threads_per_worker(2)
     assert results == [(str(threads), threads)] * 2
+
+
+def test_a_worker_dying_while_the_cluster_starts_only_restarts_it(tmp_path, caplog):
+    """A worker process that dies before it joins (here: on its first start, through a Dask
+    worker preload) fails that start; the cluster is started again and the step goes on."""
+    died = tmp_path / "died"
+    preload = tmp_path / "die_once.py"
+    preload.write_text(
+        f"import os, pathlib\nif not pathlib.Path({str(died)!r}).exists():\n"
+        f"    pathlib.Path({str(died)!r}).touch()\n    os._exit(1)\n"
+    )
+    caplog.set_level(logging.INFO, logger="batch_imaging")
+    with (
+        dask.config.set({"distributed.worker.preload": [str(preload)]}),
+        engine(2) as client,
+    ):
+        assert map_tasks(client, "w", lambda _: os.getpid(), [(0,)])[0] != os.getpid()
+    assert died.exists()
+    assert "the cluster failed to start (Nanny failed to start.); starting it again" in caplog.text
 
 
 def test_a_pods_cpu_request_caps_the_cores(monkeypatch):
