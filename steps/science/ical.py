@@ -19,7 +19,7 @@ they are the final residuals unless its deconvolution changes the model.  The ba
 residual moments are summed on the caller (the coordinator), which runs MS-MFS CLEAN; per-window
 algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
 
-ICAL stops before ``nmajor`` after a cycle that added no component when no term starts
+ICAL stops before ``nmajor`` once a final cycle adds no component while no term starts
 later: the cycles left would solve the same terms against the same model and repeat it.
 """
 
