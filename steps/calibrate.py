@@ -349,6 +349,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "algorithm": params.algorithm,
         "calibration_context": params.calibration_context,
         "terms": [vars(t) for t in settings.terms],
+        "nmajor": settings.nmajor,  # at most: the cycles stop once converged
         "cycles": result.convergence,
         "phase_rms_rad": rms,
         "phase_rms_shift_removed_rad": shifted["rms_rad"],

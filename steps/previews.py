@@ -217,9 +217,18 @@ def convergence_series(data: object) -> dict[str, list[float]]:
     }
 
 
+def convergence_title(data: dict, cycles: int) -> str:
+    """The convergence preview's title: says so when ICAL stopped before ``nmajor``."""
+    last, nmajor = cycles - 1, data.get("nmajor")
+    if isinstance(nmajor, int) and last < nmajor:
+        return f"ICAL convergence (converged at cycle {last} of {nmajor})"
+    return "ICAL convergence"
+
+
 def ical_convergence(buffers: Buffers, out: Path) -> Path:
     """Gain phase rms (rad) and MFS residual rms (Jy/beam) per major cycle."""
-    series = convergence_series(json.loads(buffers.convergence.read_text()))
+    data = json.loads(buffers.convergence.read_text())
+    series = convergence_series(data)
     if not series:
         raise ValueError(f"{buffers.convergence.name} holds no per-cycle series")
     fig, ax = _figure()
@@ -230,7 +239,7 @@ def ical_convergence(buffers: Buffers, out: Path) -> Path:
     ax.set_xlabel("major cycle")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("rad (phase) or Jy/beam (residual)")
-    ax.set_title("ICAL convergence")
+    ax.set_title(convergence_title(data, len(next(iter(series.values())))))
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out)

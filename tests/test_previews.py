@@ -52,6 +52,14 @@ def test_convergence_series_of_what_calibrate_writes() -> None:
     assert previews.convergence_series([1, 2]) == {}  # damaged: nothing to draw
 
 
+def test_convergence_title_says_when_ical_stopped_early() -> None:
+    assert previews.convergence_title({"nmajor": 5}, 5) == (
+        "ICAL convergence (converged at cycle 4 of 5)"
+    )
+    assert previews.convergence_title({"nmajor": 5}, 6) == "ICAL convergence"
+    assert previews.convergence_title({}, 3) == "ICAL convergence"  # written before nmajor was
+
+
 def test_ical_convergence_preview(tmp_path: Path) -> None:
     buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
     buffers.img.mkdir()
