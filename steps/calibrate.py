@@ -99,7 +99,7 @@ class WindowSource:
 
 class ScratchCache(ical.VersionCache):
     """A window's array of a model version in the scratch directory (a window lives one
-    task): its last model prediction, or the last cycle's residual image."""
+    task): its last model prediction, or the last final cycle's residual image."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -319,7 +319,13 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             truth,
             cycle_done,
         )
-        cycles.finish()  # ICAL may have converged before its last cycle
+        last = result.convergence[-1]["cycle"]
+        if last < settings.nmajor:
+            LOG.info(
+                "ICAL converged at cycle %d of %d: the cycles left would repeat it",
+                last, settings.nmajor,
+            )  # fmt: skip
+            cycles.finish()
         args = [
             (*model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
             for model, m in zip(result.models, members, strict=True)

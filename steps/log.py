@@ -40,10 +40,10 @@ class Progress:
         if self.path:
             Path(self.path).write_text(f"{self.done}/{self.total}\n")
 
-    def advance(self) -> None:
-        """One more item done."""
-        self.done += 1
-        self.bar.update()
+    def advance(self, items: int = 1) -> None:
+        """More items done."""
+        self.done += items
+        self.bar.update(items)
         self._report()
         if self.bar.disable and self.log:
             elapsed = time.monotonic() - self.started
@@ -51,9 +51,7 @@ class Progress:
 
     def finish(self) -> None:
         """The items left are not needed (the work converged early): report all done."""
-        self.bar.update(self.total - self.done)
-        self.done = self.total
-        self._report()
+        self.advance(self.total - self.done)
 
     def __enter__(self) -> Progress:
         return self

@@ -217,10 +217,10 @@ def convergence_series(data: object) -> dict[str, list[float]]:
     }
 
 
-def convergence_title(data: dict, cycles: int) -> str:
+def convergence_title(data: dict) -> str:
     """The convergence preview's title: says so when ICAL stopped before ``nmajor``."""
-    last, nmajor = cycles - 1, data.get("nmajor")
-    if isinstance(nmajor, int) and last < nmajor:
+    last, nmajor = data["cycles"][-1].get("cycle"), data.get("nmajor")
+    if type(last) is int and type(nmajor) is int and last < nmajor:
         return f"ICAL convergence (converged at cycle {last} of {nmajor})"
     return "ICAL convergence"
 
@@ -239,7 +239,7 @@ def ical_convergence(buffers: Buffers, out: Path) -> Path:
     ax.set_xlabel("major cycle")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("rad (phase) or Jy/beam (residual)")
-    ax.set_title(convergence_title(data, len(next(iter(series.values())))))
+    ax.set_title(convergence_title(data))
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out)

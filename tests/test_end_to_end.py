@@ -61,6 +61,9 @@ def test_run_succeeds_with_the_seed_log(run):
     assert positions == sorted(positions), "seed log lines out of order"
     assert not [line for line in lines if line.endswith(" ")], "lines with trailing spaces"
     assert "further from the truth than no calibration" not in result.stderr
+    convergence = json.loads((run[1] / SMALL["buffer_img"] / "ical_convergence.json").read_text())
+    last = convergence["cycles"][-1]["cycle"]  # ICAL may stop before nmajor (5) once converged
+    assert (f"ICAL converged at cycle {last} of 5:" in result.stderr) == (last < 5)
     # each heavy step's progress, as the Argo UI shows it: windows, or ICAL's major cycles
     table = {}
     for line in lines:

@@ -53,11 +53,12 @@ def test_convergence_series_of_what_calibrate_writes() -> None:
 
 
 def test_convergence_title_says_when_ical_stopped_early() -> None:
-    assert previews.convergence_title({"nmajor": 5}, 5) == (
+    cycles = [{"cycle": c} for c in range(5)]
+    assert previews.convergence_title({"nmajor": 5, "cycles": cycles}) == (
         "ICAL convergence (converged at cycle 4 of 5)"
     )
-    assert previews.convergence_title({"nmajor": 5}, 6) == "ICAL convergence"
-    assert previews.convergence_title({}, 3) == "ICAL convergence"  # written before nmajor was
+    assert previews.convergence_title({"nmajor": 4, "cycles": cycles}) == "ICAL convergence"
+    assert previews.convergence_title({"cycles": cycles}) == "ICAL convergence"  # older record
 
 
 def test_ical_convergence_preview(tmp_path: Path) -> None:

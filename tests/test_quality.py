@@ -30,9 +30,12 @@ def test_lowbd2_scaled_down() -> None:
     figures = run_case(case, settings_for(case))
     cycles = figures["cycles"]
     assert cycles[0]["phase_rms_rad"] > 1.0
-    schedule = [["T"], ["T"], ["T", "G"], ["T", "G", "B"], ["T", "G", "B"]]  # chain order
-    assert [c["solved_terms"] for c in cycles[1:]] == schedule[: len(cycles) - 1]
-    assert len(cycles) == 6 or cycles[-1]["components"] == 0  # stopped early: converged
+    assert [c["solved_terms"] for c in cycles[1:]] == [  # in the chain's order
+        ["T"],
+        ["T"],
+        ["T", "G"],
+        ["T", "G", "B"],  # converged: cycle 5 would repeat it
+    ]
     _check(figures, phase=3e-3, dynamic_range=1000, flux=2e-3, offset=0.3)
 
 

@@ -20,7 +20,8 @@ residual moments are summed on the caller (the coordinator), which runs MS-MFS C
 algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
 
 ICAL stops before ``nmajor`` once a final cycle adds no component while no term starts
-later: the cycles left would solve the same terms against the same model and repeat it.
+later and every solve converged: the cycles left would solve the same terms against the same
+model and data from the same solutions, and repeat it (to the solver's tolerance).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Window:
 
     ``vis``, ``weight`` (solver weights, 0 where flagged) and ``imaging_weight`` are
     (ntimes, nbaselines); ``uvw`` (ntimes * nbaselines, 3) metres.  ``cache`` keeps the last
-    model prediction and ``final`` the last cycle's residual image (Jy/beam), each with its
+    model prediction and ``final`` the last final cycle's residual image (Jy/beam), each with its
     model version (in memory, or in calibrate's scratch directory).
     """
 
@@ -447,19 +448,27 @@ def schedule_complete(terms: Sequence[Term], cycle: int, nmajor: int) -> bool:
     return active_terms(terms, cycle) == active_terms(terms, nmajor)
 
 
-def may_converge(record: Sequence[dict[str, Any]], cycle: int, settings: Settings) -> bool:
-    """Whether cycle ``cycle`` may leave the model as it is, so that ICAL stops after it:
-    no term starts later, and the previous cycle cleaned down to the absolute threshold.
-
-    A cycle that adds no component is a fixed point when no term starts later: the next one
-    would solve the same terms against the same model and data from the solutions it has
-    (converged to ``solver_tol``), and so repeat it. Such a cycle must keep its window images
-    as the final residuals, which costs more gridding than the joint images of a cycle that
-    goes on; this guess keeps that cost to the cycles likely to be the last."""
+def may_be_last(record: Sequence[dict[str, Any]], cycle: int, settings: Settings) -> bool:
+    """A guess whether ICAL may stop after cycle ``cycle`` (see ``converged``): no term
+    starts later, and the previous cycle cleaned down to the absolute threshold.  Such a
+    cycle grids window by window to keep its final residuals, which costs more than the joint
+    images of a cycle that goes on; a wrong guess costs time, never a result."""
     return (
         bool(record)
         and schedule_complete(settings.terms, cycle, settings.nmajor)
         and settings.fractional_threshold * record[-1]["residual_peak_jy"] <= settings.threshold
+    )
+
+
+def converged(entry: dict[str, Any], cycle: int, settings: Settings) -> bool:
+    """Whether the cycles after ``cycle`` (recorded as ``entry``) would repeat it: it added
+    no component, no term starts later, and every solve converged (stopped before
+    ``solver_niter``).  The next cycle would then solve the same terms against the same model
+    and data from the same solutions, to the solver's tolerance."""
+    return (
+        entry["components"] == 0
+        and entry["solver_iterations"] < settings.solver_niter
+        and schedule_complete(settings.terms, cycle, settings.nmajor)
     )
 
 
@@ -671,7 +680,7 @@ def run_ical(
         if settings.global_solution and version > 0:  # a model to solve against
             tables, solved, seconds = solve_global(current, tables, cycle, settings, mapper)
             gridder += seconds
-        final = cycle == settings.nmajor or may_converge(record, cycle, settings)
+        final = cycle == settings.nmajor or may_be_last(record, cycle, settings)
         args = [(*m, t, cycle, final, settings) for m, t in zip(current, tables, strict=True)]
         # the bands' residual images, summed: the moments (MS-MFS) or the MFS image
         residual = np.zeros((nt, npix, npix))
@@ -723,10 +732,7 @@ def run_ical(
                 entry["components"],
                 f", phase error {entry['phase_rms_rad']:.3g} rad" if true_gains is not None else "",
             )
-        if final and ncomp == 0 and cycle < settings.nmajor:
-            if log is not None:
-                log("ICAL converged at cycle %d of %d: the cycles left would repeat it",
-                    cycle, settings.nmajor)  # fmt: skip
+        if final and cycle < settings.nmajor and converged(entry, cycle, settings):
             break
     window_tables = [t for band in tables for t in band]
     return IcalResult(
