@@ -370,7 +370,7 @@ def gridder_limit() -> dict[str, Any]:
         nt = min(params.nmoment, len(freqs))
         cycles = record["cycles"]
         npredict = sum(cycle["components"] > 0 for cycle in cycles)
-        final = sum(ical.may_converge(cycles[:i], i, settings) for i in range(len(cycles) - 1))
+        final = sum(ical.may_be_last(cycles[:i], i, settings) for i in range(len(cycles) - 1))
         joint = len(cycles) - 1 - final  # every cycle but the final ones
         singles = 2 + final + (cycles[-1]["components"] > 0)  # per window
         direct, calls = 0.0, 0
