@@ -5,8 +5,10 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
 - DAG tasks in ``depends``/``dependencies`` order (independent tasks concurrently), ``when``
   (``A == B``, ``A != B``), and the task phases Succeeded, Failed, Error, Skipped, Omitted;
 - ``{{...}}`` substitution of workflow, input and task output parameters (unknown: an error);
-- container templates as subprocesses (``batch-imaging`` is this installation's console
-  script), ``/buffer/<name>`` mounts of PVC volumes as ``<buffer root>/<name>`` (a PVC that
+- container templates as subprocesses, each in its own process group as a container has its
+  own PID namespace (``batch-imaging`` is this installation's console script; a terminal's
+  Ctrl-C reaches the engine, not the steps; what a step started ends with it),
+  ``/buffer/<name>`` mounts of PVC volumes as ``<buffer root>/<name>`` (a PVC that
   does not exist is an Error, as the pod could never start), emptyDir mounts, env values and
   ``resourceFieldRef`` env from the container's resources, output parameters from their
   ``valueFrom.path`` files, ``$ARGO_PROGRESS_FILE``, daemons with their readiness probe;
@@ -14,7 +16,8 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
   ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
 - ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap/maxDuration), template
   and workflow ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the
-  30 s grace period, as from the kubelet), workflow-level ``synchronization.mutexes`` (a file
+  30 s grace period, as from the kubelet; a workflow stopped or past its deadline is Failed),
+  workflow-level ``synchronization.mutexes`` (a file
   lock under the buffer root, waited for), ``onExit`` (a container or a DAG) with
   ``{{workflow.status}}``;
 - output artifacts (``path`` on a buffer or under the outputs directory, ``optional``,
@@ -24,7 +27,10 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
 
 Fields that only the cluster can act on (pod security, scheduling, GC and TTL, labels, the
 service account) are accepted and ignored; anything else is refused with WorkflowError,
-never silently mis-run.
+never silently mis-run.  Known differences: a ready daemon that dies fails the whole DAG
+(Argo fails its node only; this workflow's daemon holds the block's claim, without which
+nothing may go on), a daemon's own deadline is not enforced, and a retry's ``maxDuration``
+only stops further retries (Argo also ends the running attempt then).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+STOPPED = "Stopped with strategy 'Stop'"  # Argo's message of `argo stop`
 GRACE_S = 30.0  # a pod's terminationGracePeriodSeconds (Kubernetes' default)
 NO_ARTIFACT_REPOSITORY = (
     "Error (exit code 64): You need to configure artifact storage. More information on how "
@@ -241,8 +248,8 @@ class LocalEngine:
             self._scratch_dir = scratch
             limit = self.spec.get("activeDeadlineSeconds")
             deadline = time.time() + float(limit) if limit is not None else None
-            nodes = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
-            phase = _phase(nodes.values())
+            nodes, early = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
+            phase = _phase(nodes.values(), early)
             self._stopping = False  # as `argo stop`: the exit handler still runs
             if "onExit" in self.spec:
                 exit_scope = {**scope, "workflow.status": phase}
@@ -250,10 +257,10 @@ class LocalEngine:
                 if "dag" not in handler:  # a single template: a DAG of one task
                     task = {"name": handler["name"], "template": handler["name"]}
                     handler = {"name": "onExit", "dag": {"tasks": [task]}}
-                exits = self._run_dag(handler, exit_scope, None)
+                exits, early = self._run_dag(handler, exit_scope, None)
                 nodes.update({f"{key} (onExit)": node for key, node in exits.items()})
                 if phase == "Succeeded":  # a failed exit handler fails the workflow
-                    phase = _phase(exits.values())
+                    phase = _phase(exits.values(), early)
         return Run(name=scope["workflow.name"], phase=phase, nodes=nodes)
 
     @contextlib.contextmanager
@@ -317,7 +324,9 @@ class LocalEngine:
 
     def _run_dag(
         self, template: dict[str, Any], scope: dict[str, str], deadline: float | None
-    ) -> dict[str, Node]:
+    ) -> tuple[dict[str, Node], str | None]:
+        """Run a DAG template; return its nodes and why it ended early (None if it ran to
+        its end)."""
         if "dag" not in template:
             raise WorkflowError(f"template {template['name']!r} is not a DAG template")
         tasks = {t["name"]: t for t in template["dag"]["tasks"]}
@@ -330,8 +339,9 @@ class LocalEngine:
         try:
             while True:
                 if deadline is not None and time.time() > deadline:
-                    self._expire(nodes, pods, retry_at)
-                    return nodes
+                    why = "Step exceeded its deadline"
+                    self._expire(why, nodes, pods, retry_at)
+                    return nodes, why
                 dead = [pod for pod in daemons if pod.process.poll() is not None]
                 if self._stopping or dead:
                     for pod in dead:  # a daemon that dies (e.g. lost its claim) fails the DAG
@@ -339,9 +349,9 @@ class LocalEngine:
                         node.phase = "Failed"
                         node.message = f"daemon exited (code {pod.process.returncode})"
                         LOG.error("Step %s: %s", node.name, node.message)
-                    why = "Stopped" if self._stopping else "a daemon step failed"
-                    self._expire(nodes, pods, retry_at, why)
-                    return nodes
+                    why = STOPPED if self._stopping else "a daemon step failed"
+                    self._expire(why, nodes, pods, retry_at)
+                    return nodes, why
                 for name, task in tasks.items():
                     if nodes[name].phase == "Pending":
                         self._schedule(name, task, waits[name], scope, nodes, pods)
@@ -358,7 +368,7 @@ class LocalEngine:
                     template = self.templates[tasks[name]["template"]]
                     self._completed(name, template, nodes, retry_at, scope, tasks, pods)
                 if all(node.phase in FINAL for node in nodes.values()) and not pods:
-                    return nodes
+                    return nodes, None
                 time.sleep(0.05)
         finally:
             _terminate([*daemons, *pods.values()])  # the DAG is done: stop its daemons
@@ -429,6 +439,7 @@ class LocalEngine:
             return False
         if code is None:
             return False
+        _kill_group(pod)  # the container has ended: so do the processes it left
         if pod.kill_at is not None:
             node.phase, node.message = "Failed", DEADLINE_MESSAGE
         else:
@@ -448,7 +459,7 @@ class LocalEngine:
             pod.process.terminate()
             pod.kill_at = time.time() + GRACE_S
         elif time.time() > pod.kill_at:
-            pod.process.kill()
+            _kill_group(pod)
 
     def _completed(
         self,
@@ -512,18 +523,24 @@ class LocalEngine:
             return None
         return wait
 
-    @staticmethod
     def _expire(
+        self,
+        why: str,
         nodes: dict[str, Node],
         pods: dict[str, _Pod],
         retry_at: dict[str, float],
-        why: str = "Step exceeded its deadline",
     ) -> None:
-        """End the DAG early (deadline passed, stopped, or a daemon died): fail what runs,
-        start nothing more."""
+        """End the DAG early (deadline passed, stopped, or a daemon died): fail what runs
+        (a pod already past its own deadline keeps that reason), start nothing more; a pod
+        that has just ended is recorded as it ended."""
+        for name, pod in list(pods.items()):
+            if pod.process.poll() is not None and self._poll(name, pod, nodes, []):
+                del pods[name]
+        past_deadline = {name for name, pod in pods.items() if pod.kill_at is not None}
         _terminate(pods.values())
         for name in pods:
-            nodes[name].phase, nodes[name].message = "Failed", why
+            message = DEADLINE_MESSAGE if name in past_deadline else why
+            nodes[name].phase, nodes[name].message = "Failed", message
             nodes[name].finished = time.time()
         pods.clear()
         for name in retry_at:
@@ -752,7 +769,9 @@ class LocalEngine:
         limit = template.get("activeDeadlineSeconds")
         deadline = time.time() + seconds(substitute(str(limit), scope)) if limit else None
         try:
-            process = subprocess.Popen(command, env=env)
+            # its own process group, as a container has its own PID namespace: a terminal's
+            # Ctrl-C reaches the engine only, and the pod's processes end with it
+            process = subprocess.Popen(command, env=env, start_new_session=True)
         except OSError as exc:
             raise PodError(f"failed to start {command[0]}: {exc.strerror}") from None
         return _Pod(
@@ -765,10 +784,13 @@ class LocalEngine:
         )
 
 
-def _phase(nodes: Iterable[Node]) -> str:
-    """The workflow phase from its nodes' phases."""
+def _phase(nodes: Iterable[Node], early: str | None = None) -> str:
+    """The workflow phase from its nodes' phases; a DAG ended ``early`` (stopped, past its
+    deadline) has not succeeded, whatever its nodes were."""
     phases = {node.phase for node in nodes}
-    return "Error" if "Error" in phases else "Failed" if "Failed" in phases else "Succeeded"
+    if "Error" in phases:
+        return "Error"
+    return "Failed" if "Failed" in phases or early else "Succeeded"
 
 
 @contextlib.contextmanager
@@ -790,19 +812,27 @@ def _scratch(buffer_root: Path) -> Iterator[Path]:
 
 
 def _terminate(pods: Iterable[_Pod]) -> None:
-    """SIGTERM to every pod at once, then SIGKILL to those still running after the grace
-    period, as the kubelet does (the steps record their end meanwhile); drop their outputs."""
+    """SIGTERM to every pod at once (not again to one already in its grace period), then
+    SIGKILL to what is left of each after its grace period, as the kubelet does (the steps
+    record their end meanwhile); drop their outputs."""
     pods = list(pods)
     for pod in pods:
-        pod.process.terminate()
-    deadline = time.monotonic() + GRACE_S
+        if pod.kill_at is None:
+            pod.process.terminate()
+            pod.kill_at = time.time() + GRACE_S
     for pod in pods:
-        try:
-            pod.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pod.process.kill()
-            pod.process.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            pod.process.wait(timeout=max(0.0, pod.kill_at - time.time()))  # type: ignore[operator]
+        _kill_group(pod)
+        pod.process.wait()
         shutil.rmtree(pod.outputs, ignore_errors=True)
+
+
+def _kill_group(pod: _Pod) -> None:
+    """SIGKILL to the pod's process group: its main process, if still running, and every
+    process it started (Dask's forkserver and workers), as when a container ends."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pod.process.pid, signal.SIGKILL)
 
 
 def pod_name(workflow: str, template: str, node: str) -> str:

@@ -486,6 +486,59 @@ def test_a_pod_in_its_grace_period_holds_up_no_other(
     assert b.phase == "Succeeded" and b.finished < s.finished - 1
 
 
+def test_a_workflow_deadline_keeps_a_pods_grace_period_and_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workflow's deadline, passing while a pod is in the grace period of its own,
+    neither signals it again nor restarts that period, and the pod keeps its reason."""
+    monkeypatch.setattr(local, "GRACE_S", 3.0)
+    stubborn = {
+        "name": "stubborn",
+        "activeDeadlineSeconds": 1,
+        "container": container(
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
+        ),
+    }
+    manifest = workflow([stubborn], [task("s", "stubborn")], activeDeadlineSeconds=2)
+    run = LocalEngine(manifest, tmp_path).run({})
+    s = run.nodes["s"]
+    assert run.phase == "Failed" and s.message == local.DEADLINE_MESSAGE
+    assert 1 + 3 <= s.duration < 2 + 3 - 0.3  # killed when its own grace period ended
+
+
+def test_a_pods_processes_end_with_it(tmp_path: Path) -> None:
+    """A pod is a process group, as a container is a PID namespace: what a step started
+    (Dask's forkserver and workers, here a sleep) does not outlive it."""
+    started = tmp_path / "child"
+    spawner = {
+        "name": "spawner",
+        "container": container(
+            "import subprocess, sys\n"
+            "child = subprocess.Popen(['sleep', '300'])\n"
+            f"open({str(started)!r}, 'w').write(str(child.pid))"
+        ),
+    }
+    run = LocalEngine(workflow([spawner], [task("s", "spawner")]), tmp_path).run({})
+    assert run.phase == "Succeeded"
+    status = Path(f"/proc/{int(started.read_text())}/status")
+    assert not status.exists() or "zombie" in status.read_text()
+
+
+def test_a_stop_records_a_pod_that_had_ended_as_it_ended(tmp_path: Path) -> None:
+    """A pod that ended as the run was stopped keeps its phase and outputs, and the stopped
+    run has not succeeded even if every node it started did."""
+    engine = LocalEngine(workflow([ECHO], []), tmp_path)
+    engine._scratch_dir = tmp_path
+    pod = engine._start("e", ECHO, {"inputs.parameters.text": "done", "workflow.name": "w"})
+    pod.process.wait()
+    nodes = {"e": local.Node(name="e", phase="Running"), "later": local.Node(name="later")}
+    engine._expire(local.STOPPED, nodes, {"e": pod}, {})
+    assert (nodes["e"].phase, nodes["e"].outputs) == ("Succeeded", {"out": "done"})
+    assert (nodes["later"].phase, nodes["later"].message) == ("Omitted", local.STOPPED)
+    assert local._phase(nodes.values(), local.STOPPED) == "Failed"
+    assert local._phase(nodes.values()) == "Succeeded"
+
+
 def test_mutex_makes_a_second_run_wait(tmp_path: Path) -> None:
     manifest = workflow(
         [ECHO],
@@ -642,7 +695,7 @@ def test_sigterm_stops_the_run_and_the_exit_handler_still_runs(tmp_path):
     run = LocalEngine(manifest, tmp_path).run({})
     assert time.monotonic() - started < 30
     assert run.phase == "Failed"
-    assert run.nodes["sleep"].phase == "Failed" and run.nodes["sleep"].message == "Stopped"
+    assert run.nodes["sleep"].phase == "Failed" and run.nodes["sleep"].message == local.STOPPED
     assert run.nodes["after"].phase == "Omitted"
     assert run.nodes["record (onExit)"].outputs["status"] == "Failed"
 
