@@ -138,7 +138,7 @@ class _Pod:
     template: dict[str, Any]
     deadline: float | None
     scope: dict[str, str]
-    kill_at: float | None = None  # past its deadline: SIGTERM sent, SIGKILL due then
+    kill_at: float | None = None  # SIGTERM sent (past its deadline, or stopped): SIGKILL due
 
 
 def _depends(task: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -821,8 +821,9 @@ def _terminate(pods: Iterable[_Pod]) -> None:
             pod.process.terminate()
             pod.kill_at = time.time() + GRACE_S
     for pod in pods:
+        grace = pod.kill_at - time.time() if pod.kill_at else 0.0
         with contextlib.suppress(subprocess.TimeoutExpired):
-            pod.process.wait(timeout=max(0.0, pod.kill_at - time.time()))  # type: ignore[operator]
+            pod.process.wait(timeout=max(0.0, grace))
         _kill_group(pod)
         pod.process.wait()
         shutil.rmtree(pod.outputs, ignore_errors=True)
