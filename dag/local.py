@@ -14,7 +14,8 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
   ``valueFrom.path`` files, ``$ARGO_PROGRESS_FILE``, daemons with their readiness probe;
 - resource templates for ``PersistentVolumeClaim`` (a directory under the buffer root;
   ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
-- ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap/maxDuration), template
+- ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap, and maxDuration, which
+  also ends a retry attempt running past it), template
   and workflow ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the
   30 s grace period, as from the kubelet; a workflow stopped or past its deadline is Failed),
   workflow-level ``synchronization.mutexes`` (a file
@@ -29,8 +30,7 @@ Fields that only the cluster can act on (pod security, scheduling, GC and TTL, l
 service account) are accepted and ignored; anything else is refused with WorkflowError,
 never silently mis-run.  Known differences: a ready daemon that dies fails the whole DAG
 (Argo fails its node only; this workflow's daemon holds the block's claim, without which
-nothing may go on), a daemon's own deadline is not enforced, and a retry's ``maxDuration``
-only stops further retries (Argo also ends the running attempt then).
+nothing may go on), and a daemon's own deadline is not enforced.
 """
 
 from __future__ import annotations
@@ -416,12 +416,24 @@ class LocalEngine:
             self._ended.append(name)
         elif "container" in template:
             try:
-                pods[name] = self._start(name, template, local)
+                pod = self._start(name, template, local)
             except PodError as exc:
                 node.phase, node.message, node.finished = "Error", str(exc), time.time()
                 self._ended.append(name)
+                return
+            retries_end = self._retries_end(template, node)
+            if retries_end is not None:
+                pod.deadline = min(retries_end, pod.deadline or retries_end)
+            pods[name] = pod
         else:
             raise WorkflowError(f"template {template['name']!r}: only container and resource")
+
+    @staticmethod
+    def _retries_end(template: dict[str, Any], node: Node) -> float | None:
+        """When a retry attempt must end: the first attempt's start plus the backoff's
+        ``maxDuration`` (Argo makes it the retried pods' deadline); None for a first attempt."""
+        limit = template.get("retryStrategy", {}).get("backoff", {}).get("maxDuration")
+        return node.started + seconds(limit) if limit and node.retries else None
 
     def _poll(self, name: str, pod: _Pod, nodes: dict[str, Node], daemons: list[_Pod]) -> bool:
         """True when the attempt has ended (its node phase is then set)."""

@@ -539,6 +539,34 @@ def test_a_stop_records_a_pod_that_had_ended_as_it_ended(tmp_path: Path) -> None
     assert local._phase(nodes.values()) == "Succeeded"
 
 
+def test_a_retry_attempt_ends_at_the_backoffs_max_duration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Argo, a retry's pod has the first attempt's start plus ``maxDuration`` as its
+    deadline: the second attempt here would sleep 60 s, and is stopped 3 s after the first
+    attempt started; no attempt follows."""
+    monkeypatch.setattr(local, "GRACE_S", 1.0)
+    tried = tmp_path / "tried"
+    flaky = {
+        "name": "flaky",
+        "retryStrategy": {
+            "limit": "5",
+            "retryPolicy": "Always",
+            "backoff": {"duration": "1s", "maxDuration": "3s"},
+        },
+        "container": container(
+            "import pathlib, sys, time\n"
+            f"tried = pathlib.Path({str(tried)!r})\n"
+            "if not tried.exists():\n    tried.touch()\n    sys.exit(1)\n"
+            "time.sleep(60)"
+        ),
+    }
+    run = LocalEngine(workflow([flaky], [task("f", "flaky")]), tmp_path).run({})
+    f = run.nodes["f"]
+    assert f.phase == "Failed" and f.message.startswith(local.DEADLINE_MESSAGE)
+    assert f.retries == 1 and 3 <= f.duration < 8
+
+
 def test_mutex_makes_a_second_run_wait(tmp_path: Path) -> None:
     manifest = workflow(
         [ECHO],
