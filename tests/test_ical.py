@@ -165,6 +165,7 @@ def test_global_solution_shares_one_gain_across_windows() -> None:
 
 
 def _run_tiny(tiny, settings: ical.Settings) -> tuple[list, list, ical.IcalResult]:
+    """ICAL on the tiny case's 3 windows, in this process: bands, members and result."""
     windows = [case_window(tiny, c, settings) for c in range(3)]
     members = ical.band_members(3, windows[0].vis.size, settings)
     bands = [[windows[i] for i in m] for m in members]
@@ -212,14 +213,7 @@ def test_final_residuals_are_the_last_cycles_while_the_model_is_unchanged(tiny) 
     the model is that cycle's, the final residuals are those (bit for bit what gridding them
     anew gives); a changed model has its residuals made anew."""
     settings = settings_for(tiny, nmajor=4, niter=300, psf_support=64)
-    windows = [case_window(tiny, c, settings) for c in range(3)]
-    members = ical.band_members(3, windows[0].vis.size, settings)
-    bands = [[windows[i] for i in m] for m in members]
-    result = ical.run_ical(
-        bands, members, tiny.freqs, np.stack([w.psf for w in windows]),
-        np.array([w.sumwt for w in windows]), 3, tiny.nstations, settings,
-        ical.serial_mapper(bands),
-    )  # fmt: skip
+    bands, members, result = _run_tiny(tiny, settings)
     assert result.convergence[-1]["components"] == 0  # the last cycle left the model as it was
     for band, model, m in zip(bands, result.models, members, strict=True):
         corrected = [ical.corrected_vis(w, result.tables[i]) for w, i in zip(band, m, strict=True)]

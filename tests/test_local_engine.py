@@ -67,6 +67,13 @@ ECHO = {  # writes its input to the output parameter "out" and reports progress
     ),
 }
 FAIL = {"name": "fail", "container": container("raise SystemExit(3)")}
+STUBBORN = {  # ignores SIGTERM, so only SIGKILL at the end of its grace period stops it
+    "name": "stubborn",
+    "activeDeadlineSeconds": 1,
+    "container": container(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
+    ),
+}
 
 
 def test_substitution_dependencies_outputs_and_progress(tmp_path: Path) -> None:
@@ -470,15 +477,8 @@ def test_a_pod_in_its_grace_period_holds_up_no_other(
     """A step that ignores SIGTERM after its deadline is killed when the grace period ends,
     while the steps beside it go on and finish meanwhile."""
     monkeypatch.setattr(local, "GRACE_S", 3.0)
-    stubborn = {
-        "name": "stubborn",
-        "activeDeadlineSeconds": 1,
-        "container": container(
-            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
-        ),
-    }
     beside = {"name": "beside", "container": container("import time; time.sleep(2)")}
-    manifest = workflow([stubborn, beside], [task("s", "stubborn"), task("b", "beside")])
+    manifest = workflow([STUBBORN, beside], [task("s", "stubborn"), task("b", "beside")])
     run = LocalEngine(manifest, tmp_path).run({})
     s, b = run.nodes["s"], run.nodes["b"]
     assert (s.phase, s.message) == ("Failed", local.DEADLINE_MESSAGE)
@@ -492,14 +492,7 @@ def test_a_workflow_deadline_keeps_a_pods_grace_period_and_reason(
     """The workflow's deadline, passing while a pod is in the grace period of its own,
     neither signals it again nor restarts that period, and the pod keeps its reason."""
     monkeypatch.setattr(local, "GRACE_S", 3.0)
-    stubborn = {
-        "name": "stubborn",
-        "activeDeadlineSeconds": 1,
-        "container": container(
-            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
-        ),
-    }
-    manifest = workflow([stubborn], [task("s", "stubborn")], activeDeadlineSeconds=2)
+    manifest = workflow([STUBBORN], [task("s", "stubborn")], activeDeadlineSeconds=2)
     run = LocalEngine(manifest, tmp_path).run({})
     s = run.nodes["s"]
     assert run.phase == "Failed" and s.message == local.DEADLINE_MESSAGE
