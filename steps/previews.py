@@ -219,7 +219,8 @@ def convergence_series(data: object) -> dict[str, list[float]]:
 
 def convergence_title(data: dict) -> str:
     """The convergence preview's title: says so when ICAL stopped before ``nmajor``."""
-    last, nmajor = data["cycles"][-1].get("cycle"), data.get("nmajor")
+    rows = [row for row in data["cycles"] if isinstance(row, dict)]
+    last, nmajor = rows[-1].get("cycle") if rows else None, data.get("nmajor")
     if type(last) is int and type(nmajor) is int and last < nmajor:
         return f"ICAL convergence (converged at cycle {last} of {nmajor})"
     return "ICAL convergence"
