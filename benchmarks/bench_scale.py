@@ -270,10 +270,11 @@ def largest_calibrate() -> dict[str, Any]:
 
 
 def image_cubes() -> dict[str, Any]:
-    """calibrate with the largest image cubes (32 windows of 2048^2) on few visibilities
-    (ntimes 5, rmax 300 m), nmajor 1, n_workers 2: the coordinator's memory for the cubes."""
+    """calibrate and image with the largest image cubes (32 windows of 2048^2) on few
+    visibilities (ntimes 5, rmax 300 m), nmajor 1, n_workers 2: the step processes' memory
+    for the cubes."""
     params = Params(n_workers=2, nfreqwin=32, ntimes=5, rmax=300.0, npixel=2048, nmajor=1)
-    steps = run_steps(params, ("simulate", "corrupt", "calibrate"))
+    steps = run_steps(params, ("simulate", "corrupt", "calibrate", "image"))
     return {"cube_mib": round(params.nfreqwin * params.npixel**2 * 8 / 2**20), "steps": steps}
 
 

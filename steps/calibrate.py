@@ -8,9 +8,10 @@ directory, so a worker's memory is bounded by one band per thread, not by the wi
 serves.  Each major cycle sends a band its current model and receives its residual moment
 images and solved gains.  MS-MFS CLEAN runs here, on the moments reduced across bands.
 Writes the solved gain tables, the calibrated visibilities, the model (``ical_model.zarr``
-in the image buffer, with the PSFs and each window's final residual, made by the window's
-last task so that ``image`` need not read the visibilities again) and the convergence
-record ``ical_convergence.json``.
+in the image buffer: the Taylor terms, and each window's model image, PSF and final
+residual, written by the window's last task, so that ``image`` need not read the
+visibilities again and no process holds the image cubes) and the convergence record
+``ical_convergence.json``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class WindowSource:
         """The window's sum of imaging weights, saved with its PSF."""
         return float(np.load(self.path("sumwt", ".npy")))
 
+    def psf(self) -> np.ndarray:
+        """The window's PSF, saved by its first task (memory-mapped: read where used)."""
+        return np.load(self.path("psf", ".npy"), mmap_mode="r")
+
 
 class ScratchCache(ical.VersionCache):
     """A window's array of a model version in the scratch directory (a window lives one
@@ -128,8 +133,8 @@ def read_window(source: WindowSource) -> ical.Window:
     group = zarr.open_group(source.store, mode="r")
     vis, weight, flag = store.read_window(source.store, source.index)
     psf = None
-    if source.path("psf", ".npy").exists():  # mapped: read only by a task that uses it
-        psf = (np.load(source.path("psf", ".npy"), mmap_mode="r"), float(source.sumwt()))
+    if source.path("psf", ".npy").exists():
+        psf = (source.psf(), source.sumwt())
     win = ical.make_window(
         source.index,
         float(group["frequency"][source.index]),
@@ -155,9 +160,10 @@ def on_band(fn: Callable[..., Any], band: Sequence[WindowSource], *args: Any) ->
     return fn([read_window(source) for source in band], *args)
 
 
-def psfs_of(band: Sequence[ical.Window]) -> list[tuple[np.ndarray, float, float]]:
-    """Each window's PSF (float32, as stored), sum of imaging weights and PSF gridder time."""
-    return [(win.psf.astype(np.float32), win.sumwt, win.psf_s) for win in band]
+def make_psfs(band: Sequence[ical.Window]) -> list[tuple[float, float]]:
+    """Each window's sum of imaging weights and PSF gridder time (a Dask task: reading the
+    windows the first time made their PSFs and saved them in the scratch directory)."""
+    return [(win.sumwt, win.psf_s) for win in band]
 
 
 def finish_band(
@@ -168,10 +174,12 @@ def finish_band(
     tables: Sequence[dict[str, np.ndarray]],
     source: Path,
     target: Path,
+    cubes: Path,
     settings: ical.Settings,
-) -> tuple[list[np.ndarray], float]:
-    """Write the band's corrected visibilities, chunk by chunk, into the store being built
-    and return its windows' final residual images with their gridder time (a Dask task).
+) -> float:
+    """Write the band's corrected visibilities, chunk by chunk, into the store being built,
+    and each window's model image, PSF and final residual image into the image store being
+    built (``cubes``); return the residuals' gridder time (a Dask task).
 
     The residuals ``invert(corrected - predict(model))`` are made here, where the windows
     are read, so that ``image`` only restores; they are the last cycle's residual images when
@@ -185,7 +193,12 @@ def finish_band(
     t0 = time.perf_counter()
     model = ical.Model(images, coeff, version)
     residuals = ical.final_residuals(band, corrected, model, settings)
-    return residuals, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    for c, (win, residual) in enumerate(zip(band, residuals, strict=True)):
+        store.write_plane(cubes, "MODEL", win.index, model.window_image(c, settings.npixel))
+        store.write_plane(cubes, "PSF", win.index, win.psf.astype(np.float32))
+        store.write_plane(cubes, "RESIDUAL", win.index, residual)
+    return seconds
 
 
 @contextlib.contextmanager
@@ -301,16 +314,15 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             cycles.advance()
 
         mapper = dask_mapper(client, bands)
-        psfs = np.empty((nwin, params.npixel, params.npixel), dtype=np.float32)
         sumwt, psf_s = np.empty(nwin), 0.0
-        for m, band in zip(members, mapper(psfs_of, [() for _ in bands]), strict=True):
-            for i, (psf, weight, seconds) in zip(m, band, strict=True):
-                psfs[i], sumwt[i], psf_s = psf, weight, psf_s + seconds
+        for m, band in zip(members, mapper(make_psfs, [() for _ in bands]), strict=True):
+            for i, (weight, seconds) in zip(m, band, strict=True):
+                sumwt[i], psf_s = weight, psf_s + seconds
         result = ical.run_ical(
             bands,
             members,
             obs.frequencies,
-            psfs,
+            (source.psf() for band in bands for source in band),  # in window order
             sumwt,
             ntimes,
             nstations,
@@ -326,14 +338,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
                 last, settings.nmajor,
             )  # fmt: skip
             cycles.finish()
+        cubes = model_store(buffers.ical_model, result, sumwt, obs.frequencies, params)
         args = [
-            (*model, [result.tables[i] for i in m], buffers.corrupted, tmp, settings)
+            (*model, [result.tables[i] for i in m], buffers.corrupted, tmp, cubes, settings)
             for model, m in zip(result.models, members, strict=True)
         ]
-        residual = np.empty((nwin, params.npixel, params.npixel), imaging.real_type(params.epsilon))
-        final_s = 0.0
-        for m, (images, seconds) in zip(members, mapper(finish_band, args), strict=True):
-            residual[m], final_s = images, final_s + seconds
+        final_s = sum(mapper(finish_band, args))
     store.finalize(tmp, buffers.calibrated)
     table = store.gain_table(
         result.gains, obs.times, obs.frequencies, obs.antenna_names, solver="antsol (damped)"
@@ -345,8 +355,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         )
     table.attrs["calibration_context"] = params.calibration_context
     store.write_dataset(table, buffers.solved_gains)
-    buffers.img.mkdir(parents=True, exist_ok=True)
-    write_model(buffers.ical_model, result, psfs, sumwt, residual, obs.frequencies, params)
+    store.finalize(cubes, buffers.ical_model)
     rms = phase_rms(truth, result.gains)
     uvw0 = station_uvw(obs.uvw, obs.antenna1, obs.antenna2, nstations)
     shifted = shift_removed_phase_rms(truth, result.gains, uvw0, obs.frequencies)
@@ -390,23 +399,17 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     return {"calibrated": str(buffers.calibrated), "phase_rms_rad": f"{rms:.6g}"}
 
 
-def write_model(
-    path: Path,
-    result: ical.IcalResult,
-    psfs: np.ndarray,
-    sumwt: np.ndarray,
-    residual: np.ndarray,
-    freqs: np.ndarray,
-    params: Params,
-) -> None:
-    """The ICAL model per window and as Taylor terms, with the PSFs and the final residual
-    images (Jy/beam, of the calibrated data less the model), as a complete store."""
+def model_store(
+    path: Path, result: ical.IcalResult, sumwt: np.ndarray, freqs: np.ndarray, params: Params
+) -> Path:
+    """The image store of ICAL's products being built: the Taylor model and the windows'
+    sums of weights, and the cubes each band's last task fills with its windows' model
+    images (Jy/pixel), PSFs and final residual images (Jy/beam, of the calibrated data less
+    the model, in the gridder's precision)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     ds = xr.Dataset(
         {
-            "MODEL": (("frequency", "y", "x"), result.model),
             "TAYLOR": (("taylor", "y", "x"), result.taylor),
-            "PSF": (("frequency", "y", "x"), psfs),
-            "RESIDUAL": (("frequency", "y", "x"), residual),
             "SUMWT": (("frequency",), sumwt),
         },
         coords={"frequency": freqs},
@@ -418,4 +421,5 @@ def write_model(
             "algorithm": params.algorithm,
         },
     )
-    store.write_dataset(ds, path)
+    cubes = {"MODEL": np.float64, "PSF": np.float32, "RESIDUAL": imaging.real_type(params.epsilon)}
+    return store.create_cubes(path, ds, params.npixel, cubes)

@@ -3,7 +3,8 @@
 Each window's final residual ``invert(calibrated - predict(model))`` was made by calibrate
 on the Dask worker holding the window (``ical_model.zarr``); the ICAL PSFs give the clean
 beams, one per window (a ``BEAMS`` table in the cubes, as CASA writes them).  Writes FITS
-cubes (``deconvolved``, ``residual``, ``restored``), MFS images (``mfs_restored``,
+cubes (``deconvolved``, ``residual``, ``restored``, window by window: the step holds a few
+planes, never a cube), MFS images (``mfs_restored``,
 ``mfs_residual``, ``mfs_model``, and ``mfs_alpha``, the apparent spectral index where the
 signal allows) and ``metrics.json``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import erfa
@@ -44,25 +46,19 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     calibrated = store.open_store(buffers.calibrated)  # the data the residuals were made of
     channel_width = float(calibrated.attrs["channel_width_hz"])
     products = store.open_dataset(buffers.ical_model)
-    model = products["MODEL"].values
     taylor = products["TAYLOR"].values
-    psfs = products["PSF"].values  # float32; moments accumulate in float64
-    residual = products["RESIDUAL"].values
     sumwt = products["SUMWT"].values
     freqs = calibrated["frequency"].values
     ref = float(freqs.mean())
     centre = len(freqs) // 2
-    beams = [restore.fit_clean_beam(p, params.cellsize) for p in psfs]
+    beams = [restore.fit_clean_beam(p, params.cellsize) for p in planes(products["PSF"])]
     beam = beams[centre]  # the primary header's: the window the metrics are of
-    restored = np.stack(
-        [restore.restore(*planes) for planes in zip(model, residual, beams, strict=True)]
-    )
 
     nt = taylor.shape[0]
     weights = deconvolve.taylor_weights(freqs, ref, 2 * nt - 1)
-    psf_mom = deconvolve.moments(psfs, weights, sumwt)
+    psf_mom = deconvolve.moments(planes(products["PSF"]), weights, sumwt)
     mfs_beam = restore.fit_clean_beam(psf_mom[0], params.cellsize)
-    res_mom = deconvolve.moments(residual, weights[:nt], sumwt)
+    res_mom = deconvolve.moments(planes(products["RESIDUAL"]), weights[:nt], sumwt)
     # residual Taylor coefficients: the moment residuals through the PSF-peak Hessian
     peak = psf_mom[:, params.npixel // 2, params.npixel // 2]
     hess = peak[np.add.outer(np.arange(nt), np.arange(nt))]
@@ -75,11 +71,23 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     cube = {**header, "freqs_hz": freqs, "channel_width_hz": channel_width}
     bandwidth = float(np.ptp(freqs)) + channel_width
     mfs = {**header, "freqs_hz": [ref], "channel_width_hz": bandwidth}
-    fitsio.write_image(buffers.image("deconvolved"), model, bunit="JY/PIXEL", **cube)
-    for name, planes in (("residual", residual), ("restored", restored)):
-        fitsio.write_image(
-            buffers.image(name), planes, bunit="JY/BEAM", beam=beam, beams=beams, **cube
-        )
+    per_window = {"beam": beam, "beams": beams, **cube}
+    with (
+        fitsio.image_writer(
+            buffers.image("deconvolved"), params.npixel, bunit="JY/PIXEL", **cube
+        ) as write_model,
+        fitsio.image_writer(buffers.image("residual"), params.npixel, **per_window) as write_res,
+        fitsio.image_writer(buffers.image("restored"), params.npixel, **per_window) as write,
+    ):  # window by window: no more than a window's planes in memory
+        for c, (model, residual) in enumerate(
+            zip(planes(products["MODEL"]), planes(products["RESIDUAL"]), strict=True)
+        ):
+            restored = restore.restore(model, residual, beams[c])
+            write_model(model)
+            write_res(residual)
+            write(restored)
+            if c == centre:
+                centre_planes = restored, residual
     fitsio.write_image(buffers.image("mfs_model"), taylor[0], bunit="JY/PIXEL", **mfs)
     fitsio.write_image(
         buffers.image("mfs_residual"), res_mom[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
@@ -94,11 +102,11 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         )  # fmt: skip
     fitsio.write_image(
         buffers.psf,
-        psfs[centre],
+        products["PSF"][centre].values,
         bunit="",
         **{**header, "freqs_hz": freqs[centre : centre + 1], "channel_width_hz": channel_width},
     )
-    metrics = measure(params, buffers, restored, residual, mfs_restored[0], res_mom[0], beam)
+    metrics = measure(params, buffers, *centre_planes, mfs_restored[0], res_mom[0], beam)
     metrics["step_timings_s"] = {
         "image": round(time.perf_counter() - started, 3),  # without a timeline: this run()
         **step_timings(params.config_db, params.pb_id, running="image"),
@@ -115,6 +123,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "restored_peak_jy": f"{metrics['restored_peak_jy']:.6g}",
         "dynamic_range": f"{metrics['dynamic_range']:.6g}",
     }
+
+
+def planes(cube: xr.DataArray) -> Iterator[np.ndarray]:
+    """A (frequency, y, x) cube of a store, read one plane at a time."""
+    for c in range(cube.sizes["frequency"]):
+        yield cube[c].values
 
 
 def observation(ds: xr.Dataset, params: Params) -> dict[str, Any]:
@@ -167,14 +181,14 @@ def measure(
     mfs_residual: np.ndarray,
     beam: restore.Beam,
 ) -> dict[str, Any]:
-    """Metrics of the centre window (as the seed exported) and of the MFS image."""
+    """Metrics of the centre window (as the seed exported; its ``restored`` and ``residual``
+    images) and of the MFS image."""
     centre = params.nfreqwin // 2
-    _, header = fitsio.read_image(buffers.image("restored"))
-    wcs = WCS(header)
+    wcs = WCS(fitsio.read_header(buffers.image("restored")))
     components, _, flux = read_sky(buffers.sky)
     names, ra, dec = components.names, components.ra_deg, components.dec_deg
-    peak = float(restored[centre].max())
-    rms = float(np.sqrt(np.mean(residual[centre] ** 2)))
+    peak = float(restored.max())
+    rms = float(np.sqrt(np.mean(residual**2)))
     mfs_peak = float(mfs_restored.max())
     mfs_rms = float(np.sqrt(np.mean(mfs_residual**2)))
     truth = store.open_dataset(buffers.true_gains)["GAIN"].values
@@ -208,7 +222,7 @@ def measure(
             "bpa_deg": beam.bpa_deg,
         },
         "sources": source_table(
-            restored[centre], wcs, names, ra, dec, flux[:, centre] if flux.size else flux
+            restored, wcs, names, ra, dec, flux[:, centre] if flux.size else flux
         ),
         "ical": {k: v for k, v in convergence.items() if k != "cycles"},
     }

@@ -153,6 +153,33 @@ def write_dataset(ds: xr.Dataset, path: Path) -> Path:
     return finalize(tmp, path)
 
 
+def create_cubes(path: Path, ds: xr.Dataset, npixel: int, cubes: Mapping[str, Any]) -> Path:
+    """Create an image store under a temporary name beside ``path``: ``ds`` (coordinate
+    ``frequency``, small variables, attributes) and empty (frequency, y, x) cubes of the
+    given dtypes, one chunk per plane, NaN until written (``write_plane``); return that name.
+    """
+    tmp = atomic.temporary_name(Path(path))
+    ds.assign_attrs(schema_version=SCHEMA_VERSION, **{COMPLETE: False}).to_zarr(
+        tmp, mode="w-", consolidated=False, zarr_format=3
+    )
+    group = zarr.open_group(tmp, mode="r+")
+    for name, dtype in cubes.items():
+        group.create_array(
+            name,
+            shape=(ds.sizes["frequency"], npixel, npixel),
+            chunks=(1, npixel, npixel),
+            dtype=dtype,
+            fill_value=np.nan,
+            dimension_names=("frequency", "y", "x"),
+        )
+    return tmp
+
+
+def write_plane(path: Path, name: str, index: int, plane: np.ndarray) -> None:
+    """Write one frequency plane of cube ``name`` into an image store being built."""
+    zarr.open_group(path, mode="r+")[name][index] = plane
+
+
 def gain_table(
     gains: np.ndarray, times: np.ndarray, frequencies: np.ndarray, names: list[str], **attrs: Any
 ) -> xr.Dataset:

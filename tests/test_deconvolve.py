@@ -110,6 +110,10 @@ def test_msmfs_moments_and_weights() -> None:
     mom = deconvolve.moments(cube, taylor[:2], [1.0, 1.0, 2.0])
     assert mom[0, 0, 0] == pytest.approx((0 + 1 + 4) / 4)
     assert mom[1, 0, 0] == pytest.approx((0 * -0.1 + 0 + 2 * 2 * 0.1) / 4)
+    planes = (plane.astype(np.float32) for plane in cube)  # read one at a time, as stored
+    np.testing.assert_array_equal(deconvolve.moments(planes, taylor[:2], [1.0, 1.0, 2.0]), mom)
+    with pytest.raises(ValueError, match="no channel"):
+        deconvolve.moments(iter(()), taylor[:2], [1.0, 1.0, 2.0])
 
 
 def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> None:

@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from steps.science.fitsio import read_image, write_image
+from steps.science.fitsio import image_writer, read_header, read_image, write_image
 from steps.science.restore import Beam
 
 NPIX = 64
@@ -96,3 +96,31 @@ def test_per_plane_beams_as_casa_writes_them(tmp_path: Path) -> None:
         assert list(table.data["CHAN"]) == [0, 1, 2] and list(table.data["POL"]) == [0, 0, 0]
     with pytest.raises(ValueError, match="2 beams for 3 planes"):
         write_image(path, np.ones((3, NPIX, NPIX)), RA, DEC, CELL, FREQS, 1e6, beams=beams[:2])
+
+
+def test_a_cube_written_plane_by_plane(tmp_path: Path) -> None:
+    """``image_writer`` streams the planes into the same file as ``write_image`` of the
+    stacked cube; a block that fails, or ends with planes missing, leaves nothing behind."""
+    data = np.random.default_rng(1).standard_normal((3, NPIX, NPIX))
+    beams = [Beam(0.1 + 0.01 * k, 0.05, 30.0, 2.1, 1.05, np.radians(30.0)) for k in range(3)]
+    args = (RA, DEC, CELL, FREQS, 1e6, "JY/BEAM", BEAM)
+    write_image(tmp_path / "whole.fits", data, *args, beams=beams, history=["h"])
+    with image_writer(tmp_path / "planes.fits", NPIX, *args, beams=beams, history=["h"]) as write:
+        for plane in data:
+            write(plane)
+    whole, planes = ((tmp_path / n).read_bytes() for n in ("whole.fits", "planes.fits"))
+    assert whole == planes
+    assert read_header(tmp_path / "planes.fits")["NAXIS4"] == 3
+    cases = {  # name: (planes written, error)
+        "short": ([data[0], data[1]], "2 planes written of the 3"),
+        "long": ([*data, data[0]], "more than the 3 planes"),
+        "wrong": ([data[0, :10]], "a plane of shape"),
+    }
+    for name, (written, error) in cases.items():
+        with (
+            pytest.raises(ValueError, match=error),
+            image_writer(tmp_path / f"{name}.fits", NPIX, *args) as write,
+        ):
+            for plane in written:
+                write(plane)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["planes.fits", "whole.fits"]

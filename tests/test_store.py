@@ -1,7 +1,8 @@
-"""Zarr visibility stores: per-window writes, atomic completion, refusal of bad stores."""
+"""Zarr stores: per-window and per-plane writes, atomic completion, refusal of bad stores."""
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 from steps import store
@@ -82,3 +83,26 @@ def test_gain_tables(tmp_path):
     np.testing.assert_array_equal(store.open_dataset(path)["GAIN"].values, gains)
     with pytest.raises(store.StoreError, match="not a visibility store"):
         store.open_store(path)
+
+
+def test_image_cubes_filled_plane_by_plane(tmp_path):
+    """An image store's cubes are one chunk per plane, written by index in any order (as
+    calibrate's tasks finish) and read back as written, zeros included; a plane never
+    written reads NaN, and the store is refused until finalized."""
+    freqs = np.array([1e8, 1.1e8, 1.2e8])
+    small = xr.Dataset({"SUMWT": (("frequency",), [1.0, 2.0, 3.0])}, coords={"frequency": freqs})
+    target = tmp_path / "m.zarr"
+    tmp = store.create_cubes(target, small, 4, {"MODEL": np.float64, "PSF": np.float32})
+    planes = np.random.default_rng(3).normal(size=(3, 4, 4))
+    planes[1] = 0.0
+    for index in (2, 0, 1):
+        store.write_plane(tmp, "MODEL", index, planes[index])
+    store.write_plane(tmp, "PSF", 0, planes[0])
+    with pytest.raises(store.StoreError, match="incomplete"):
+        store.open_dataset(tmp)
+    store.finalize(tmp, target)
+    ds = store.open_dataset(target)
+    np.testing.assert_array_equal(ds["MODEL"].values, planes)
+    assert ds["PSF"].dtype == np.float32 and np.isnan(ds["PSF"].values[1:]).all()
+    np.testing.assert_array_equal(ds["SUMWT"].values, [1.0, 2.0, 3.0])
+    assert zarr.open_group(target)["MODEL"].chunks == (1, 4, 4)

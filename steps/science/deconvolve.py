@@ -24,7 +24,7 @@ O(image area).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,19 +81,22 @@ def taylor_weights(
     return x[None, :] ** np.arange(nmoment)[:, None]
 
 
-def moments(
-    cube: Sequence[np.ndarray] | np.ndarray, taylor: np.ndarray, chan_weights: np.ndarray
-) -> np.ndarray:
+def moments(cube: Iterable[np.ndarray], taylor: np.ndarray, chan_weights: np.ndarray) -> np.ndarray:
     """Weighted moment images ``sum_c W_c x_c^t cube_c / sum_c W_c``: (nterm, ny, nx).
 
-    ``cube`` is a cube or a sequence of channel images (of any float type), accumulated one
-    at a time in float64, so that no float64 copy of the whole cube is made."""
+    ``cube`` is a cube or any iterable of channel images (of any float type, read from a
+    store one at a time), accumulated one at a time in float64, so that no float64 copy of
+    the whole cube is made."""
     w = np.asarray(chan_weights, dtype=np.float64)
     coeff = taylor * (w / w.sum())[None, :]
-    out = np.zeros((coeff.shape[0], *np.shape(cube[0])))
+    out: np.ndarray | None = None
     for c, image in enumerate(cube):
+        if out is None:
+            out = np.zeros((coeff.shape[0], *np.shape(image)))
         for t in range(coeff.shape[0]):
             out[t] += coeff[t, c] * image
+    if out is None:
+        raise ValueError("moments of no channel")
     return out
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +74,62 @@ def write_image(
     date_obs: str | None = None,
     beams: Sequence[Beam] | None = None,
 ) -> None:
-    """Write ``data`` ((nchan, npix, npix) or (npix, npix), indexed [y, x]) as 4-D FITS in
-    single precision (BITPIX -32, as WSClean and CASA write images).
+    """Write ``data`` ((nchan, npix, npix) or (npix, npix), indexed [y, x]) as 4-D FITS
+    (``image_writer``'s file, with the same arguments)."""
+    cube = np.asarray(data)
+    if cube.ndim == 2:
+        cube = cube[np.newaxis]
+    if cube.shape[1] != cube.shape[2]:
+        raise ValueError("data must be square")
+    with image_writer(
+        path, cube.shape[2], ra_deg, dec_deg, cell_rad, freqs_hz, channel_width_hz, bunit,
+        beam, extra, history, date_obs, beams,
+    ) as write:  # fmt: skip
+        for plane in cube:
+            write(plane)
+
+
+@contextmanager
+def image_writer(
+    path: str | os.PathLike[str],
+    npix: int,
+    ra_deg: float,
+    dec_deg: float,
+    cell_rad: float,
+    freqs_hz: Sequence[float] | np.ndarray,
+    channel_width_hz: float,
+    bunit: str = "JY/BEAM",
+    beam: Beam | None = None,
+    extra: Mapping[str, Any] | None = None,
+    history: Sequence[str] = (),
+    date_obs: str | None = None,
+    beams: Sequence[Beam] | None = None,
+) -> Iterator[Callable[[np.ndarray], None]]:
+    """A 4-D FITS cube of one (npix, npix) plane per frequency, written plane by plane in
+    single precision (BITPIX -32, as WSClean and CASA write images): the block gets the
+    function writing the next plane, so that no more than a plane need be in memory.
 
     ``extra`` holds additional header cards (value or (value, comment)); ``beams``, one per
     plane, go into a ``BEAMS`` table as CASA writes per-plane beams (``beam`` stays the
     primary header's).  The file is written to a temporary file in the target directory,
-    fsynced and renamed over ``path``.
+    fsynced and renamed over ``path`` when the block ends with every plane written.
     """
-    cube = np.asarray(data, dtype=np.float32)
-    if cube.ndim == 2:
-        cube = cube[np.newaxis]
-    nchan, ny, nx = cube.shape
     freqs = np.atleast_1d(np.asarray(freqs_hz, dtype=np.float64))
-    if ny != nx or freqs.size != nchan:
-        raise ValueError("data must be square and have one plane per frequency")
-    hdr = make_header(nx, ra_deg, dec_deg, cell_rad, freqs, channel_width_hz, bunit, beam)
+    nchan = freqs.size
+    if beams is not None and len(beams) != nchan:
+        raise ValueError(f"{len(beams)} beams for {nchan} planes")
+    hdr = fits.Header(
+        [
+            ("SIMPLE", True, "conforms to FITS standard"),
+            ("BITPIX", -32, "array data type"),
+            ("NAXIS", 4, "number of array dimensions"),
+        ]
+    )
+    for axis, size in enumerate((npix, npix, 1, nchan), start=1):
+        hdr[f"NAXIS{axis}"] = size
+    if beams is not None:
+        hdr["EXTEND"] = True
+    hdr.update(make_header(npix, ra_deg, dec_deg, cell_rad, freqs, channel_width_hz, bunit, beam))
     if date_obs is not None:
         hdr["DATE-OBS"] = date_obs
         hdr["MJD-OBS"] = Time(date_obs).mjd
@@ -97,18 +138,31 @@ def write_image(
     for line in history:
         hdr.add_history(line)
     if beams is not None:
-        if len(beams) != nchan:
-            raise ValueError(f"{len(beams)} beams for {nchan} planes")
         hdr["CASAMBM"] = (True, "per-plane beams in the BEAMS table")
-    hdus = fits.HDUList([fits.PrimaryHDU(data=cube[:, np.newaxis], header=hdr)])
-    if beams is not None:
-        hdus.append(beams_table(beams))
 
     target = Path(path)
-    with atomic.replacing(target) as tmp, open(tmp, "wb") as handle:  # the umask's mode
-        hdus.writeto(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    written = 0
+
+    with atomic.replacing(target) as tmp:
+        with fits.StreamingHDU(tmp, hdr) as stream:
+
+            def write(plane: np.ndarray) -> None:
+                nonlocal written
+                if np.shape(plane) != (npix, npix):
+                    raise ValueError(f"a plane of shape {np.shape(plane)}, not ({npix}, {npix})")
+                if written == nchan:
+                    raise ValueError(f"more than the {nchan} planes of {target.name}")
+                stream.write(np.asarray(plane, dtype=">f4"))
+                written += 1
+
+            yield write
+            if written != nchan:
+                raise ValueError(f"{written} planes written of the {nchan} of {target.name}")
+        if beams is not None:
+            table = beams_table(beams)
+            fits.append(tmp, table.data, table.header)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -145,6 +199,22 @@ def read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, fits.Header]:
         raise FitsError(f"{path}: not a readable FITS file ({exc})") from None
     if data is None or data.ndim < 2:
         raise FitsError(f"{path}: no image in the primary HDU")
+    return np.array(data), _celestial(path, header)
+
+
+def read_header(path: str | os.PathLike[str]) -> fits.Header:
+    """The header of a FITS sky image, without reading its data; it must carry a celestial
+    WCS."""
+    try:
+        header = fits.getheader(path)
+    except (OSError, ValueError) as exc:
+        raise FitsError(f"{path}: not a readable FITS file ({exc})") from None
+    if header.get("NAXIS", 0) < 2:
+        raise FitsError(f"{path}: no image in the primary HDU")
+    return _celestial(path, header)
+
+
+def _celestial(path: str | os.PathLike[str], header: fits.Header) -> fits.Header:
     if not WCS(header).has_celestial:
         raise FitsError(f"{path}: no celestial WCS (CTYPE1/2 RA---SIN/DEC--SIN expected)")
-    return np.array(data), header
+    return header

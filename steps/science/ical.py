@@ -360,6 +360,12 @@ class Model(NamedTuple):
     coeff: np.ndarray
     version: int
 
+    def window_image(self, c: int, npixel: int) -> np.ndarray:
+        """Window ``c``'s model image (Jy/pixel, float64)."""
+        if self.images is None:
+            return np.zeros((npixel, npixel))
+        return np.tensordot(self.coeff[c], self.images, axes=1)
+
 
 def band_prediction(
     band: Sequence[Window], model: Model, settings: Settings
@@ -608,10 +614,9 @@ def band_members(nwin: int, rows: int, settings: Settings) -> list[np.ndarray]:
 
 @dataclass
 class IcalResult:
-    """Final per-window models, Taylor model, per-window tables and the convergence record;
-    ``models`` are the bands' final models (for their final residuals)."""
+    """Final Taylor model, per-window tables and the convergence record; ``models`` are the
+    bands' final models (their windows' model images and final residuals)."""
 
-    model: np.ndarray
     taylor: np.ndarray
     tables: list[dict[str, np.ndarray]]
     gains: np.ndarray
@@ -626,7 +631,7 @@ def run_ical(
     bands: Sequence[Any],
     members: Sequence[np.ndarray],
     freqs_hz: np.ndarray,
-    psfs: np.ndarray,
+    psfs: Iterable[np.ndarray],
     sumwt: np.ndarray,
     ntimes: int,
     nstations: int,
@@ -637,6 +642,9 @@ def run_ical(
 ) -> IcalResult:
     """The ICAL loop over ``bands`` (objects or handles the mapper understands) holding the
     windows ``members[b]``.
+
+    ``psfs`` are the windows' PSFs in window order (any iterable, read once, for the moments
+    MS-MFS needs), ``sumwt`` their sums of imaging weights.
 
     ``true_gains`` (nwindow, ntimes, nstations), if given, adds the phase error against the
     truth to each cycle's convergence record; ``log`` receives a line per cycle.
@@ -736,7 +744,6 @@ def run_ical(
             break
     window_tables = [t for band in tables for t in band]
     return IcalResult(
-        deconvolve.cube_from_taylor(taylor, taylor_w[:nt]) if joint else model,
         taylor,
         window_tables,
         gain_all,
