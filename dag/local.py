@@ -15,7 +15,8 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
 - resource templates for ``PersistentVolumeClaim`` (a directory under the buffer root;
   ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
 - ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap, and maxDuration, which
-  also ends a retry attempt running past it), template
+  also ends a retry attempt running past it; a step whose retries are spent ends with Argo's
+  retry-node message, ``No more retries left`` or ``Max duration limit exceeded``), template
   and workflow ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the
   30 s grace period, as from the kubelet; a workflow stopped or past its deadline is Failed),
   workflow-level ``synchronization.mutexes`` (a file
@@ -511,6 +512,7 @@ class LocalEngine:
             return None
         _check_keys("retryStrategy", strategy, {"limit", "retryPolicy", "backoff"})
         if "limit" in strategy and node.retries >= int(substitute(str(strategy["limit"]), scope)):
+            node.message += "; No more retries left"  # Argo's retry node's message
             return None
         policy = strategy.get("retryPolicy", "OnFailure")
         retry = {

@@ -76,16 +76,20 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         fitsio.image_writer(
             buffers.image("deconvolved"), params.npixel, bunit="JY/PIXEL", **cube
         ) as write_model,
-        fitsio.image_writer(buffers.image("residual"), params.npixel, **per_window) as write_res,
-        fitsio.image_writer(buffers.image("restored"), params.npixel, **per_window) as write,
+        fitsio.image_writer(
+            buffers.image("residual"), params.npixel, **per_window
+        ) as write_residual,
+        fitsio.image_writer(
+            buffers.image("restored"), params.npixel, **per_window
+        ) as write_restored,
     ):  # window by window: no more than a window's planes in memory
         for c, (model, residual) in enumerate(
             zip(planes(products["MODEL"]), planes(products["RESIDUAL"]), strict=True)
         ):
             restored = restore.restore(model, residual, beams[c])
             write_model(model)
-            write_res(residual)
-            write(restored)
+            write_residual(residual)
+            write_restored(restored)
             if c == centre:
                 centre_planes = restored, residual
     fitsio.write_image(buffers.image("mfs_model"), taylor[0], bunit="JY/PIXEL", **mfs)

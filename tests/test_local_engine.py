@@ -197,6 +197,9 @@ def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempt
     run = LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
     assert run.phase == "Failed"
     assert len(counter.read_text()) == attempts
+    # the limit spent, as Argo says; a failure the policy does not retry keeps its message
+    exhausted = run.nodes["f"].message.endswith("; No more retries left")
+    assert exhausted == (policy == "Always")
 
 
 def test_transient_error_pattern_makes_a_failure_retryable(
