@@ -191,6 +191,14 @@ def seconds(text: str | int | float) -> float:
     return sum(float(amount) * unit[u] for amount, u in parts)
 
 
+def _number(field: str, text: Any) -> float:
+    """A number field of the workflow (a retry limit, a backoff factor), or WorkflowError."""
+    try:
+        return float(str(text))
+    except ValueError:
+        raise WorkflowError(f"{field}: {text!r} is not a number") from None
+
+
 def _check_keys(what: str, document: dict[str, Any], known: set[str]) -> None:
     unknown = set(document) - known
     if unknown:
@@ -511,9 +519,6 @@ class LocalEngine:
         if strategy is None or node.phase not in ("Failed", "Error"):
             return None
         _check_keys("retryStrategy", strategy, {"limit", "retryPolicy", "backoff"})
-        if "limit" in strategy and node.retries >= int(substitute(str(strategy["limit"]), scope)):
-            node.message += "; No more retries left"  # Argo's retry node's message
-            return None
         policy = strategy.get("retryPolicy", "OnFailure")
         retry = {
             "Always": True,
@@ -525,9 +530,16 @@ class LocalEngine:
             raise WorkflowError(f"unknown retryPolicy {policy!r}")
         if not retry:
             return None
+        limit = strategy.get("limit")
+        if limit is not None and node.retries >= _number(
+            "retryStrategy.limit", substitute(str(limit), scope)
+        ):
+            node.message += "; No more retries left"  # as Argo's retry node
+            return None
         backoff = strategy.get("backoff", {})
         _check_keys("backoff", backoff, {"duration", "factor", "cap", "maxDuration"})
-        wait = seconds(backoff.get("duration", 0)) * float(backoff.get("factor", 1)) ** node.retries
+        factor = _number("retryStrategy.backoff.factor", backoff.get("factor", 1))
+        wait = seconds(backoff.get("duration", 0)) * factor**node.retries
         if "cap" in backoff:
             wait = min(wait, seconds(backoff["cap"]))
         if "maxDuration" in backoff and time.time() + wait - node.started > seconds(

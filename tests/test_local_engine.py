@@ -202,6 +202,16 @@ def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempt
     assert exhausted == (policy == "Always")
 
 
+def test_a_retry_strategy_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    failing = {
+        "name": "failing",
+        "retryStrategy": {"limit": "2", "backoff": {"duration": "1s", "factor": "two"}},
+        "container": container("raise SystemExit(1)"),
+    }
+    with pytest.raises(WorkflowError, match=r"backoff\.factor: 'two' is not a number"):
+        LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
+
+
 def test_transient_error_pattern_makes_a_failure_retryable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
