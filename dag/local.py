@@ -16,7 +16,8 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
   ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
 - ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap, and maxDuration, which
   also ends a retry attempt running past it; a step whose retries are spent ends with Argo's
-  retry-node message, ``No more retries left`` or ``Max duration limit exceeded``), template
+  retry-node message: ``No more retries left``, ``Max duration limit exceeded`` or ``Backoff
+  would exceed max duration limit``), template
   and workflow ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the
   30 s grace period, as from the kubelet; a workflow stopped or past its deadline is Failed),
   workflow-level ``synchronization.mutexes`` (a file
@@ -191,12 +192,15 @@ def seconds(text: str | int | float) -> float:
     return sum(float(amount) * unit[u] for amount, u in parts)
 
 
-def _number(field: str, text: Any) -> float:
-    """A number field of the workflow (a retry limit, a backoff factor), or WorkflowError."""
-    try:
-        return float(str(text))
-    except ValueError:
-        raise WorkflowError(f"{field}: {text!r} is not a number") from None
+def _integer(field: str, value: Any, scope: dict[str, str]) -> int | None:
+    """An int-or-string field of the workflow (a retry limit, a backoff factor) after
+    substitution, None when absent, or WorkflowError naming it (Argo's ``intstr.Int32``)."""
+    if value is None:
+        return None
+    text = substitute(str(value), scope).strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise WorkflowError(f"{field}: {text!r} is not an integer")
+    return int(text)
 
 
 def _check_keys(what: str, document: dict[str, Any], known: set[str]) -> None:
@@ -514,11 +518,33 @@ class LocalEngine:
     def _retry_wait(
         self, template: dict[str, Any], node: Node, scope: dict[str, str]
     ) -> float | None:
-        """Seconds to wait before the next attempt, or None: no retry (Argo's rules)."""
+        """Seconds to wait before the next attempt, or None: no retry (Argo's rules, checked
+        in the order of its controller's ``processNodeRetries``, with its messages)."""
         strategy = template.get("retryStrategy")
         if strategy is None or node.phase not in ("Failed", "Error"):
             return None
         _check_keys("retryStrategy", strategy, {"limit", "retryPolicy", "backoff"})
+        backoff = strategy.get("backoff", {})
+        _check_keys("backoff", backoff, {"duration", "factor", "cap", "maxDuration"})
+        wait = 0.0
+        if backoff:
+            end = (
+                node.started + seconds(backoff["maxDuration"]) if "maxDuration" in backoff else None
+            )
+            if end is not None and time.time() > end:
+                node.message += "; Max duration limit exceeded"
+                return None
+            if "duration" not in backoff:
+                raise WorkflowError("retryStrategy.backoff: no base duration specified")
+            wait = seconds(backoff["duration"])
+            factor = _integer("retryStrategy.backoff.factor", backoff.get("factor"), scope)
+            if factor is not None and factor > 0:
+                wait *= factor**node.retries
+            if "cap" in backoff:
+                wait = min(wait, seconds(backoff["cap"]))
+            if end is not None and time.time() + wait > end:
+                node.message += "; Backoff would exceed max duration limit"
+                return None
         policy = strategy.get("retryPolicy", "OnFailure")
         retry = {
             "Always": True,
@@ -530,22 +556,9 @@ class LocalEngine:
             raise WorkflowError(f"unknown retryPolicy {policy!r}")
         if not retry:
             return None
-        limit = strategy.get("limit")
-        if limit is not None and node.retries >= _number(
-            "retryStrategy.limit", substitute(str(limit), scope)
-        ):
-            node.message += "; No more retries left"  # as Argo's retry node
-            return None
-        backoff = strategy.get("backoff", {})
-        _check_keys("backoff", backoff, {"duration", "factor", "cap", "maxDuration"})
-        factor = _number("retryStrategy.backoff.factor", backoff.get("factor", 1))
-        wait = seconds(backoff.get("duration", 0)) * factor**node.retries
-        if "cap" in backoff:
-            wait = min(wait, seconds(backoff["cap"]))
-        if "maxDuration" in backoff and time.time() + wait - node.started > seconds(
-            backoff["maxDuration"]
-        ):
-            node.message += "; Max duration limit exceeded"
+        limit = _integer("retryStrategy.limit", strategy.get("limit"), scope)
+        if limit is not None and node.retries >= limit:
+            node.message += "; No more retries left"
             return None
         return wait
 

@@ -23,7 +23,7 @@ class Estimate:
     """Bytes a run needs."""
 
     worker: float  # one Dask task (one frequency window)
-    coordinator: float  # the step process gathering per-window images
+    coordinator: float  # the step process: MS-MFS's planes, or the per-window models
     disk: float  # the three visibility stores and the image cubes
 
     def describe(self) -> str:
@@ -41,7 +41,10 @@ def estimate(params: Params, root: Path | None = None) -> Estimate:
     pixels = params.npixel**2
     grid = (GRID_OVERSAMPLING * params.npixel) ** 2 * 16
     worker = samples * 16 * WORKING_COPIES + pixels * 8 * IMAGE_ARRAYS + grid
-    coordinator = params.nfreqwin * pixels * 8 * 4
+    # MS-MFS's Taylor terms, moments and couplings on the step process (the cubes stream
+    # through the store); per-window algorithms also keep each window's model and its band's copy
+    planes = 8 * params.nmoment + (2 * params.nfreqwin if params.algorithm != "mmclean" else 0)
+    coordinator = pixels * 8 * planes
     disk = 3 * samples * params.nfreqwin * VIS_BYTES + 3 * params.nfreqwin * pixels * 8
     return Estimate(worker=worker, coordinator=coordinator, disk=disk)
 

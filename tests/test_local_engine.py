@@ -202,14 +202,44 @@ def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempt
     assert exhausted == (policy == "Always")
 
 
-def test_a_retry_strategy_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "error"),
+    [
+        ({"limit": "2.5"}, r"retryStrategy\.limit: '2\.5' is not an integer"),
+        ({"limit": "nan"}, r"retryStrategy\.limit: 'nan' is not an integer"),
+        ({"backoff": {"duration": "1s", "factor": "two"}}, r"backoff\.factor: 'two' is not"),
+        ({"backoff": {"factor": "2"}}, r"backoff: no base duration"),
+    ],
+)
+def test_a_retry_strategy_argo_would_refuse_is_refused(
+    tmp_path: Path, strategy: dict[str, Any], error: str
+) -> None:
     failing = {
         "name": "failing",
-        "retryStrategy": {"limit": "2", "backoff": {"duration": "1s", "factor": "two"}},
+        "retryStrategy": {"retryPolicy": "Always", **strategy},
         "container": container("raise SystemExit(1)"),
     }
-    with pytest.raises(WorkflowError, match=r"backoff\.factor: 'two' is not a number"):
+    with pytest.raises(WorkflowError, match=error):
         LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
+
+
+def test_no_retry_whose_backoff_would_pass_the_max_duration(tmp_path: Path) -> None:
+    """As Argo, a retry that could start only after ``maxDuration`` is not made."""
+    counter = tmp_path / "attempts"
+    failing = {
+        "name": "failing",
+        "retryStrategy": {
+            "limit": "5",
+            "retryPolicy": "Always",
+            "backoff": {"duration": "10s", "maxDuration": "3s"},
+        },
+        "container": container(
+            "import sys; open(sys.argv[1], 'a').write('x'); raise SystemExit(1)", str(counter)
+        ),
+    }
+    run = LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
+    assert counter.read_text() == "x"
+    assert run.nodes["f"].message.endswith("; Backoff would exceed max duration limit")
 
 
 def test_transient_error_pattern_makes_a_failure_retryable(

@@ -155,3 +155,16 @@ def test_a_file_must_have_the_schemas_types(data, message) -> None:
     assert parse_strings({"export_ms": "True", "artifacts": "FALSE"}).export_ms is True
     with pytest.raises(ParamsError, match="export_ms = 'yes': must be a JSON boolean"):
         parse_strings({"export_ms": "yes"})
+
+
+def test_the_step_process_estimate_follows_what_it_holds() -> None:
+    """MS-MFS keeps a few planes per Taylor term on the step process, whatever the windows
+    (the cubes stream through the store); per-window algorithms keep every window's model."""
+    from steps.resources import estimate
+
+    def coordinator(**overrides) -> float:
+        return estimate(Params(npixel=2048, **overrides)).coordinator
+
+    plane = 2048**2 * 8
+    assert coordinator(nfreqwin=32) == coordinator(nfreqwin=8) == 16 * plane
+    assert coordinator(nfreqwin=32, algorithm="hogbom") == (16 + 64) * plane
