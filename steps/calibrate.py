@@ -195,7 +195,7 @@ def finish_band(
     residuals = ical.final_residuals(band, corrected, model, settings)
     seconds = time.perf_counter() - t0
     for c, (win, residual) in enumerate(zip(band, residuals, strict=True)):
-        store.write_plane(cubes, "MODEL", win.index, model.window_image(c, settings.npixel))
+        store.write_plane(cubes, "MODEL", win.index, model.window_image(c))
         store.write_plane(cubes, "PSF", win.index, win.psf.astype(np.float32))
         store.write_plane(cubes, "RESIDUAL", win.index, residual)
     return seconds
@@ -301,6 +301,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     bands = [
         [WindowSource(int(i), buffers.corrupted, scratch, settings) for i in m] for m in members
     ]
+    sources = {source.index: source for band in bands for source in band}
     sizes = "/".join(sorted({str(len(m)) for m in members}))
     LOG.info("ICAL over %d bands of %s windows", len(bands), sizes)
     with (
@@ -322,7 +323,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             bands,
             members,
             obs.frequencies,
-            (source.psf() for band in bands for source in band),  # in window order
+            (sources[i].psf() for i in range(nwin)),
             sumwt,
             ntimes,
             nstations,

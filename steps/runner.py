@@ -147,10 +147,10 @@ def run_step(name: str, raw: dict[str, str]) -> int:
     take_signals()
     params = parse_strings(raw)
     buffers = Buffers.of(params)
+    dirs = [buffers.vis, buffers.img]
+    manifest.remove_temporaries(dirs)  # first: a killed writer's leftovers are free disk
     if name in PIPELINE:
         resources.check(params, buffers.vis if buffers.vis.is_dir() else buffers.vis.parent)
-    dirs = [buffers.vis, buffers.img]
-    manifest.remove_temporaries(dirs)
     started = time.time()
     entry = {"started": _iso(started), "phase": "Running"}
     record(params, name, entry)

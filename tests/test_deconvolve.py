@@ -99,8 +99,8 @@ def test_msmfs_recovers_linear_spectra(big_psfs: np.ndarray) -> None:
         assert result.model[0, y, xx] == pytest.approx(i0, rel=1e-3)
         assert result.model[1, y, xx] == pytest.approx(i1, abs=2e-2 * abs(i0))
     assert np.max(np.abs(result.residual[0])) < 1e-3 * 10
-    cube = deconvolve.cube_from_taylor(result.model, deconvolve.taylor_weights(FREQS, REF, 2))
-    assert cube[0, 64, 64] == pytest.approx(10.0 - 7.0 * x[0], rel=1e-3)
+    first = deconvolve.taylor_weights(FREQS, REF, 2)[:, 0] @ result.model[:, 64, 64]
+    assert first == pytest.approx(10.0 - 7.0 * x[0], rel=1e-3)  # the first channel's flux
 
 
 def test_msmfs_moments_and_weights() -> None:
@@ -112,8 +112,10 @@ def test_msmfs_moments_and_weights() -> None:
     assert mom[1, 0, 0] == pytest.approx((0 * -0.1 + 0 + 2 * 2 * 0.1) / 4)
     planes = (plane.astype(np.float32) for plane in cube)  # read one at a time, as stored
     np.testing.assert_array_equal(deconvolve.moments(planes, taylor[:2], [1.0, 1.0, 2.0]), mom)
-    with pytest.raises(ValueError, match="no channel"):
-        deconvolve.moments(iter(()), taylor[:2], [1.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="shorter"):  # a plane per channel weight
+        deconvolve.moments(iter(cube[:2]), taylor[:2], [1.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="longer"):
+        deconvolve.moments([*cube, cube[0]], taylor[:2], [1.0, 1.0, 2.0])
 
 
 def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> None:

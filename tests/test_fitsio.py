@@ -7,7 +7,14 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from steps.science.fitsio import image_writer, read_header, read_image, write_image
+from steps.science.fitsio import (
+    beams_table,
+    image_writer,
+    make_header,
+    read_header,
+    read_image,
+    write_image,
+)
 from steps.science.restore import Beam
 
 NPIX = 64
@@ -99,12 +106,17 @@ def test_per_plane_beams_as_casa_writes_them(tmp_path: Path) -> None:
 
 
 def test_a_cube_written_plane_by_plane(tmp_path: Path) -> None:
-    """``image_writer`` streams the planes into the same file as ``write_image`` of the
-    stacked cube; a block that fails, or ends with planes missing, leaves nothing behind."""
+    """``image_writer`` streams the planes into the file astropy writes of the whole cube
+    (with its BEAMS table); a block that fails, or ends with planes missing, leaves nothing
+    behind."""
     data = np.random.default_rng(1).standard_normal((3, NPIX, NPIX))
     beams = [Beam(0.1 + 0.01 * k, 0.05, 30.0, 2.1, 1.05, np.radians(30.0)) for k in range(3)]
     args = (RA, DEC, CELL, FREQS, 1e6, "JY/BEAM", BEAM)
-    write_image(tmp_path / "whole.fits", data, *args, beams=beams, history=["h"])
+    header = make_header(NPIX, *args)
+    header.add_history("h")
+    header["CASAMBM"] = (True, "per-plane beams in the BEAMS table")
+    whole = fits.PrimaryHDU(data.astype(np.float32)[:, np.newaxis], header)
+    fits.HDUList([whole, beams_table(beams)]).writeto(tmp_path / "whole.fits")
     with image_writer(tmp_path / "planes.fits", NPIX, *args, beams=beams, history=["h"]) as write:
         for plane in data:
             write(plane)

@@ -31,7 +31,9 @@ def test_each_window_is_restored_with_its_own_beam(run: SmallRun) -> None:
     assert table["BMAJ"][0] > table["BMAJ"][-1]  # the beam shrinks with frequency
     centre = run.params.nfreqwin // 2
     assert header["BMAJ"] == pytest.approx(fitted[centre].bmaj_deg)
-    for window in (0, run.params.nfreqwin - 1):
+    for cube in (psfs, model, residual):  # every plane written by calibrate's tasks
+        assert cube.shape[0] == run.params.nfreqwin and np.isfinite(cube).all()
+    for window in range(run.params.nfreqwin):
         expected = restore.restore(model[window], residual[window], fitted[window])
         np.testing.assert_allclose(data[window], expected, atol=1e-6 * np.abs(expected).max())
 

@@ -73,8 +73,9 @@ def products(root: Path, pb: str) -> dict[str, np.ndarray]:
         arrays[name] = store.open_dataset(vis / f"{name}.zarr")["GAIN"].values
     for name in ("deconvolved", "residual", "restored"):
         arrays[name] = fits.getdata(img / f"{name}.fits")
-    for name in ("MODEL", "RESIDUAL"):  # in full precision (the FITS images are float32)
+    for name in ("MODEL", "RESIDUAL", "PSF"):  # in full precision (the FITS are float32)
         arrays[name] = store.open_dataset(img / "ical_model.zarr")[name].values
+        assert np.isfinite(arrays[name]).all(), f"a plane of {name} was never written"
     return arrays
 
 

@@ -84,13 +84,13 @@ def taylor_weights(
 def moments(cube: Iterable[np.ndarray], taylor: np.ndarray, chan_weights: np.ndarray) -> np.ndarray:
     """Weighted moment images ``sum_c W_c x_c^t cube_c / sum_c W_c``: (nterm, ny, nx).
 
-    ``cube`` is a cube or any iterable of channel images (of any float type, read from a
-    store one at a time), accumulated one at a time in float64, so that no float64 copy of
-    the whole cube is made."""
+    ``cube`` is a cube or any iterable of its channel images (of any float type, read from a
+    store one at a time), one per weight, accumulated one at a time in float64, so that no
+    float64 copy of the whole cube is made."""
     w = np.asarray(chan_weights, dtype=np.float64)
     coeff = taylor * (w / w.sum())[None, :]
-    out: np.ndarray | None = None
-    for c, image in enumerate(cube):
+    out = None
+    for c, image in zip(range(coeff.shape[1]), cube, strict=True):
         if out is None:
             out = np.zeros((coeff.shape[0], *np.shape(image)))
         for t in range(coeff.shape[0]):
@@ -98,11 +98,6 @@ def moments(cube: Iterable[np.ndarray], taylor: np.ndarray, chan_weights: np.nda
     if out is None:
         raise ValueError("moments of no channel")
     return out
-
-
-def cube_from_taylor(taylor_images: np.ndarray, taylor: np.ndarray) -> np.ndarray:
-    """Per-channel images ``sum_t I_t x_c^t``: (nchan, ny, nx)."""
-    return np.tensordot(taylor.T, taylor_images, axes=(1, 0))
 
 
 def clean_window(

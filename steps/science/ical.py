@@ -360,10 +360,8 @@ class Model(NamedTuple):
     coeff: np.ndarray
     version: int
 
-    def window_image(self, c: int, npixel: int) -> np.ndarray:
-        """Window ``c``'s model image (Jy/pixel, float64)."""
-        if self.images is None:
-            return np.zeros((npixel, npixel))
+    def window_image(self, c: int) -> np.ndarray:
+        """Window ``c``'s model image (Jy/pixel, float64; the model must not be empty)."""
         return np.tensordot(self.coeff[c], self.images, axes=1)
 
 
