@@ -19,6 +19,8 @@ than a period is missed) and peak RSS, both of the largest single process and of
   (1 x 2, 2 x 1, 4 x 1 on 2 cores); the forkserver starts once per benchmark process, in
   simulate's time;
 - ``largest_simulate_corrupt``: simulate and corrupt of the largest configuration;
+- ``image_cubes``: the largest image cubes (32 x 2048^2) on few visibilities through
+  ``batch-imaging run``: each step's peak RSS, the step processes' included;
 - ``gridder_limit``: the calibrate step of the seed (n_workers 2, ``nmajor`` 5) against the
   same ducc0 calls (per band) made directly on the same uvw, one thread each, divided by
   the cores;
@@ -120,11 +122,17 @@ def step_of(proc: psutil.Process) -> str | None:
 
 def seed_end_to_end() -> dict[str, Any]:
     """The seed example through ``batch-imaging run``: per step wall, CPU and peak RSS."""
+    return end_to_end(SEED)
+
+
+def end_to_end(parameters: Path) -> dict[str, Any]:
+    """A run of the parameters file through ``batch-imaging run``, each step in its own
+    process as a user runs it: per step wall, CPU and peak RSS."""
     monitor = Monitor(step_of)
     with tempfile.TemporaryDirectory() as root, monitor.running():
         started = time.perf_counter()
         run = subprocess.run(
-            [sys.executable, "-m", "dag", "run", str(SEED), "--buffer-root", root],
+            [sys.executable, "-m", "dag", "run", str(parameters), "--buffer-root", root],
             capture_output=True,
             text=True,
             check=True,
@@ -270,12 +278,16 @@ def largest_calibrate() -> dict[str, Any]:
 
 
 def image_cubes() -> dict[str, Any]:
-    """calibrate and image with the largest image cubes (32 windows of 2048^2) on few
-    visibilities (ntimes 5, rmax 300 m), nmajor 1, n_workers 2: the step processes' memory
-    for the cubes."""
-    params = Params(n_workers=2, nfreqwin=32, ntimes=5, rmax=300.0, npixel=2048, nmajor=1)
-    steps = run_steps(params, ("simulate", "corrupt", "calibrate", "image"))
-    return {"cube_mib": round(params.nfreqwin * params.npixel**2 * 8 / 2**20), "steps": steps}
+    """The largest image cubes (32 windows of 2048^2) on few visibilities (ntimes 5, rmax
+    300 m), nmajor 1, n_workers 2, through ``batch-imaging run``: each step's processes'
+    memory for the cubes."""
+    settings = {"n_workers": 2, "nfreqwin": 32, "ntimes": 5, "rmax": 300.0, "npixel": 2048}
+    params = Params(**settings, nmajor=1)
+    with tempfile.TemporaryDirectory() as folder:
+        parameters = Path(folder) / "cubes.json"
+        parameters.write_text(params.model_dump_json(include={*settings, "nmajor"}))
+        run = end_to_end(parameters)
+    return {"cube_mib": round(params.nfreqwin * params.npixel**2 * 8 / 2**20), **run}
 
 
 def _ducc0_uvw(uvw: np.ndarray) -> np.ndarray:
