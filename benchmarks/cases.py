@@ -163,7 +163,7 @@ def run_case(case: Case, settings: ical.Settings) -> dict[str, Any]:
     )
     final_gridder = time.perf_counter() - t0
     beam = restore.fit_clean_beam(win.psf, case.cell_rad)
-    restored = restore.restore(model.window_image(0), residual, beam)
+    restored = restore.restore(ical.window_model(model.images, model.coeff, 0), residual, beam)
     rms = float(np.sqrt(np.mean(residual**2)))
     peak = float(restored.max())
     sources = []

@@ -481,8 +481,7 @@ class LocalEngine:
         """Stop a pod past its deadline as the kubelet does, without holding up the other
         pods: SIGTERM now, SIGKILL if it still runs after the grace period."""
         if pod.kill_at is None:
-            pod.process.terminate()
-            pod.kill_at = time.time() + GRACE_S
+            _sigterm(pod)
         elif time.time() > pod.kill_at:
             _kill_group(pod)
 
@@ -857,8 +856,7 @@ def _terminate(pods: Iterable[_Pod]) -> None:
     pods = list(pods)
     for pod in pods:
         if pod.kill_at is None:
-            pod.process.terminate()
-            pod.kill_at = time.time() + GRACE_S
+            _sigterm(pod)
     for pod in pods:
         grace = pod.kill_at - time.time() if pod.kill_at else 0.0
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -866,6 +864,12 @@ def _terminate(pods: Iterable[_Pod]) -> None:
         _kill_group(pod)
         pod.process.wait()
         shutil.rmtree(pod.outputs, ignore_errors=True)
+
+
+def _sigterm(pod: _Pod) -> None:
+    """SIGTERM to the pod's main process, which starts its grace period."""
+    pod.process.terminate()
+    pod.kill_at = time.time() + GRACE_S
 
 
 def _kill_group(pod: _Pod) -> None:

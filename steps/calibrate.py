@@ -195,7 +195,7 @@ def finish_band(
     residuals = ical.final_residuals(band, corrected, model, settings)
     seconds = time.perf_counter() - t0
     for c, (win, residual) in enumerate(zip(band, residuals, strict=True)):
-        store.write_plane(cubes, "MODEL", win.index, model.window_image(c))
+        store.write_plane(cubes, "MODEL", win.index, ical.window_model(images, coeff, c))
         store.write_plane(cubes, "PSF", win.index, win.psf.astype(np.float32))
         store.write_plane(cubes, "RESIDUAL", win.index, residual)
     return seconds

@@ -158,6 +158,12 @@ def test_failure_omits_dependents_and_the_exit_handler_sees_failed(tmp_path: Pat
     assert status.read_text() == "Failed"
 
 
+def counting_failure(counter: Path, retry: dict[str, Any], code: int = 1) -> dict[str, Any]:
+    """A template whose every attempt appends ``x`` to ``counter`` and exits ``code``."""
+    script = f"import sys; open(sys.argv[1], 'a').write('x'); raise SystemExit({code})"
+    return {"name": "failing", "retryStrategy": retry, "container": container(script, str(counter))}
+
+
 def test_retries_with_backoff_until_success(tmp_path: Path) -> None:
     counter = tmp_path / "attempts"
     flaky = {
@@ -187,13 +193,7 @@ def test_retries_with_backoff_until_success(tmp_path: Path) -> None:
 )
 def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempts: int) -> None:
     counter = tmp_path / "attempts"
-    failing = {
-        "name": "failing",
-        "retryStrategy": {"limit": limit, "retryPolicy": policy},
-        "container": container(
-            "import sys; open(sys.argv[1], 'a').write('x'); raise SystemExit(1)", str(counter)
-        ),
-    }
+    failing = counting_failure(counter, {"limit": limit, "retryPolicy": policy})
     run = LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
     assert run.phase == "Failed"
     assert len(counter.read_text()) == attempts
@@ -214,11 +214,7 @@ def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempt
 def test_a_retry_strategy_argo_would_refuse_is_refused(
     tmp_path: Path, strategy: dict[str, Any], error: str
 ) -> None:
-    failing = {
-        "name": "failing",
-        "retryStrategy": {"retryPolicy": "Always", **strategy},
-        "container": container("raise SystemExit(1)"),
-    }
+    failing = counting_failure(tmp_path / "attempts", {"retryPolicy": "Always", **strategy})
     with pytest.raises(WorkflowError, match=error):
         LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
 
@@ -226,17 +222,8 @@ def test_a_retry_strategy_argo_would_refuse_is_refused(
 def test_no_retry_whose_backoff_would_pass_the_max_duration(tmp_path: Path) -> None:
     """As Argo, a retry that could start only after ``maxDuration`` is not made."""
     counter = tmp_path / "attempts"
-    failing = {
-        "name": "failing",
-        "retryStrategy": {
-            "limit": "5",
-            "retryPolicy": "Always",
-            "backoff": {"duration": "10s", "maxDuration": "3s"},
-        },
-        "container": container(
-            "import sys; open(sys.argv[1], 'a').write('x'); raise SystemExit(1)", str(counter)
-        ),
-    }
+    backoff = {"duration": "10s", "maxDuration": "3s"}
+    failing = counting_failure(counter, {"limit": "5", "retryPolicy": "Always", "backoff": backoff})
     run = LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
     assert counter.read_text() == "x"
     assert run.nodes["f"].message.endswith("; Backoff would exceed max duration limit")
@@ -247,13 +234,7 @@ def test_transient_error_pattern_makes_a_failure_retryable(
 ) -> None:
     monkeypatch.setenv("TRANSIENT_ERROR_PATTERN", r"exit code 75")
     counter = tmp_path / "attempts"
-    failing = {
-        "name": "failing",
-        "retryStrategy": {"limit": "1", "retryPolicy": "OnTransientError"},
-        "container": container(
-            "import sys; open(sys.argv[1], 'a').write('x'); raise SystemExit(75)", str(counter)
-        ),
-    }
+    failing = counting_failure(counter, {"limit": "1", "retryPolicy": "OnTransientError"}, 75)
     LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
     assert counter.read_text() == "xx"
 

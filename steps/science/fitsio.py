@@ -59,32 +59,15 @@ def make_header(
     return hdr
 
 
-def write_image(
-    path: str | os.PathLike[str],
-    data: np.ndarray,
-    ra_deg: float,
-    dec_deg: float,
-    cell_rad: float,
-    freqs_hz: Sequence[float] | np.ndarray,
-    channel_width_hz: float,
-    bunit: str = "JY/BEAM",
-    beam: Beam | None = None,
-    extra: Mapping[str, Any] | None = None,
-    history: Sequence[str] = (),
-    date_obs: str | None = None,
-    beams: Sequence[Beam] | None = None,
-) -> None:
-    """Write ``data`` ((nchan, npix, npix) or (npix, npix), indexed [y, x]) as 4-D FITS
-    (``image_writer``'s file, with the same arguments)."""
+def write_image(path: str | os.PathLike[str], data: np.ndarray, *header: Any, **cards: Any) -> None:
+    """Write ``data`` ((nchan, npix, npix) or (npix, npix), indexed [y, x]) as 4-D FITS:
+    ``image_writer``'s file, ``header`` and ``cards`` its arguments after ``npix``."""
     cube = np.asarray(data)
     if cube.ndim == 2:
         cube = cube[np.newaxis]
     if cube.shape[1] != cube.shape[2]:
         raise ValueError("data must be square")
-    with image_writer(
-        path, cube.shape[2], ra_deg, dec_deg, cell_rad, freqs_hz, channel_width_hz, bunit,
-        beam, extra, history, date_obs, beams,
-    ) as write:  # fmt: skip
+    with image_writer(path, cube.shape[2], *header, **cards) as write:
         for plane in cube:
             write(plane)
 

@@ -270,6 +270,11 @@ def joint_calls(coeff: np.ndarray) -> bool:
     return coeff.shape[0] > coeff.shape[1]
 
 
+def window_model(images: np.ndarray, coeff: np.ndarray, c: int) -> np.ndarray:
+    """Window ``c``'s model image ``sum_j coeff[c, j] images[j]`` (Jy/pixel)."""
+    return np.tensordot(coeff[c], images, axes=1)
+
+
 def predict_band(
     band: Sequence[Window], images: np.ndarray, coeff: np.ndarray, settings: Settings
 ) -> list[np.ndarray]:
@@ -281,7 +286,7 @@ def predict_band(
     grid = (settings.cell_rad, settings.epsilon, settings.nthreads)
     if not joint_calls(coeff):
         for c, win in enumerate(band):
-            image = np.tensordot(coeff[c], images, axes=1)
+            image = window_model(images, coeff, c)
             if np.any(image):
                 vis = imaging.predict(image, win.uvw, freqs[c : c + 1], *grid)
                 out[c] = vis.reshape(out[c].shape)
@@ -359,10 +364,6 @@ class Model(NamedTuple):
     images: np.ndarray | None
     coeff: np.ndarray
     version: int
-
-    def window_image(self, c: int) -> np.ndarray:
-        """Window ``c``'s model image (Jy/pixel, float64; the model must not be empty)."""
-        return np.tensordot(self.coeff[c], self.images, axes=1)
 
 
 def band_prediction(
