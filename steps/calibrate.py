@@ -332,12 +332,21 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             truth,
             cycle_done,
         )
-        last = result.convergence[-1]["cycle"]
-        if last < settings.nmajor:
+        last = result.convergence[-1]
+        if result.stopped == "converged":
             LOG.info(
                 "ICAL converged at cycle %d of %d: the cycles left would repeat it",
-                last, settings.nmajor,
+                last["cycle"], settings.nmajor,
             )  # fmt: skip
+        elif result.stopped == "diverged":
+            LOG.warning(
+                "ICAL diverged at cycle %d of %d: residual visibilities' rms %.3g Jy, over %g "
+                "times the lowest before it; keeping the gains of cycle %d and the model they "
+                "were solved against",
+                last["cycle"], settings.nmajor, last["residual_vis_rms_jy"], ical.DIVERGENCE,
+                last["cycle"] - 1,
+            )  # fmt: skip
+        if result.stopped != "nmajor":
             cycles.finish()
         cubes = model_store(buffers.ical_model, result, sumwt, obs.frequencies, params)
         args = [
@@ -365,7 +374,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "algorithm": params.algorithm,
         "calibration_context": params.calibration_context,
         "terms": [vars(t) for t in settings.terms],
-        "nmajor": settings.nmajor,  # at most: the cycles stop once converged
+        "nmajor": settings.nmajor,  # at most: the cycles stop once converged or diverged
+        "stopped": result.stopped,
         "cycles": result.convergence,
         "phase_rms_rad": rms,
         "phase_rms_shift_removed_rad": shifted["rms_rad"],

@@ -50,7 +50,7 @@ class Progress:
             LOG.info("%s: %d/%d done (%.1f s)", self.what, self.done, self.total, elapsed)
 
     def finish(self) -> None:
-        """The items left are not needed (the work converged early): report all done."""
+        """The items left are not needed (the work stopped early): report all done."""
         self.advance(self.total - self.done)
 
     def __enter__(self) -> Progress:

@@ -218,11 +218,16 @@ def convergence_series(data: object) -> dict[str, list[float]]:
 
 
 def convergence_title(data: dict) -> str:
-    """The convergence preview's title: says so when ICAL stopped before ``nmajor``."""
+    """The convergence preview's title: says so when ICAL stopped before ``nmajor``
+    (converged or diverged)."""
     rows = [row for row in data["cycles"] if isinstance(row, dict)]
     last, nmajor = rows[-1].get("cycle") if rows else None, data.get("nmajor")
-    if type(last) is int and type(nmajor) is int and last < nmajor:
+    if type(last) is not int or type(nmajor) is not int:
+        return "ICAL convergence"
+    if data.get("stopped") == "converged":
         return f"ICAL convergence (converged at cycle {last} of {nmajor})"
+    if data.get("stopped") == "diverged":
+        return f"ICAL convergence (diverged at cycle {last} of {nmajor})"
     return "ICAL convergence"
 
 

@@ -164,14 +164,15 @@ def test_global_solution_shares_one_gain_across_windows() -> None:
     assert figures[True][1] < 0.01 and figures[False][1] < 0.01
 
 
-def _run_tiny(tiny, settings: ical.Settings) -> tuple[list, list, ical.IcalResult]:
-    """ICAL on the tiny case's 3 windows, in this process: bands, members and result."""
-    windows = [case_window(tiny, c, settings) for c in range(3)]
-    members = ical.band_members(3, windows[0].vis.size, settings)
+def _run(case, settings: ical.Settings) -> tuple[list, list, ical.IcalResult]:
+    """ICAL on a case's windows, in this process: bands, members and result."""
+    nwin, ntimes = case.vis.shape[:2]
+    windows = [case_window(case, c, settings) for c in range(nwin)]
+    members = ical.band_members(nwin, windows[0].vis.size, settings)
     bands = [[windows[i] for i in m] for m in members]
     result = ical.run_ical(
-        bands, members, tiny.freqs, np.stack([w.psf for w in windows]),
-        np.array([w.sumwt for w in windows]), 3, tiny.nstations, settings,
+        bands, members, case.freqs, np.stack([w.psf for w in windows]),
+        np.array([w.sumwt for w in windows]), ntimes, case.nstations, settings,
         ical.serial_mapper(bands),
     )  # fmt: skip
     return bands, members, result
@@ -182,7 +183,7 @@ def test_ical_stops_when_the_cycles_left_would_repeat_the_last(tiny) -> None:
     stops: solving again against the final model gives the same gains, and the final
     residuals are those kept."""
     settings = settings_for(tiny, nmajor=9, niter=300, psf_support=64)
-    bands, members, result = _run_tiny(tiny, settings)
+    bands, members, result = _run(tiny, settings)
     last = result.convergence[-1]
     assert 4 <= last["cycle"] < settings.nmajor  # B, the last term, starts at cycle 4
     assert last["components"] == 0 and last["solved_terms"] == ["T", "G", "B"]
@@ -202,10 +203,46 @@ def test_ical_stops_when_the_cycles_left_would_repeat_the_last(tiny) -> None:
 def test_ical_goes_on_while_a_solve_has_not_converged(tiny) -> None:
     """Solves stopped by ``solver_niter`` would move on in the next cycle: no early stop."""
     settings = settings_for(tiny, nmajor=6, niter=300, psf_support=64, solver_niter=2)
-    _, _, result = _run_tiny(tiny, settings)
+    _, _, result = _run(tiny, settings)
     cycles = result.convergence
     assert cycles[-1]["cycle"] == settings.nmajor
     assert cycles[-1]["components"] == 0 and cycles[-1]["solver_iterations"] == 2
+
+
+def test_diverging_is_a_residual_visibility_rms_past_twice_the_lowest_before() -> None:
+    record = [{"residual_vis_rms_jy": r} for r in (1.0, 0.5, 0.8)]
+    assert not ical.diverging(1e9, [])  # cycle 0 has nothing to compare with
+    assert not ical.diverging(1.0, record)
+    assert ical.diverging(1.01, record)
+
+
+@pytest.mark.parametrize("algorithm", ["mmclean", "hogbom"])
+def test_diverging_ical_keeps_the_last_cycles_gains_and_their_model(algorithm: str) -> None:
+    """Five stations (LOWBD2 within 80 m): cycle 0 cleans its components into the PSF's
+    sidelobes, and cycle 1's residual grows past twice cycle 0's.  ICAL stops there and keeps
+    the state whose residual cycle 0 measured: cycle 0's gains (unit) and the model before its
+    deconvolution (empty), dropping cycle 1's gains and cycle 0's components."""
+    case = lowbd2_case(rmax=80.0, nwin=4, ntimes=3, npixel=64, cell_rad=0.004, nsrc=6)
+    assert case.nstations == 5
+    settings = settings_for(case, algorithm=algorithm)
+    bands, members, result = _run(case, settings)
+    assert result.stopped == "diverged"
+    first, last = result.convergence
+    assert last == {**last, "cycle": 1, "diverged": True, "solved_terms": ["T"]}
+    assert last["residual_vis_rms_jy"] > ical.DIVERGENCE * first["residual_vis_rms_jy"]
+    assert first["components"] > 0 and first["model_flux_jy"] != 0.0
+    assert last["model_flux_jy"] == 0.0 and not np.any(result.taylor)
+    np.testing.assert_array_equal(result.gains, 1.0)
+    mfs = np.zeros((case.npixel, case.npixel))
+    for band, model, m in zip(bands, result.models, members, strict=True):
+        assert not np.any(ical.window_model(model.images, model.coeff, 0))
+        corrected = [ical.corrected_vis(w, result.tables[i]) for w, i in zip(band, m, strict=True)]
+        for win, image in zip(
+            band, ical.final_residuals(band, corrected, model, settings), strict=True
+        ):
+            mfs += win.sumwt * image
+    mfs /= sum(win.sumwt for band in bands for win in band)
+    assert np.sqrt(np.mean(mfs**2)) == pytest.approx(first["residual_rms_jy"], rel=1e-4)
 
 
 def test_final_residuals_are_the_last_cycles_while_the_model_is_unchanged(tiny) -> None:
@@ -213,7 +250,7 @@ def test_final_residuals_are_the_last_cycles_while_the_model_is_unchanged(tiny) 
     the model is that cycle's, the final residuals are those (bit for bit what gridding them
     anew gives); a changed model has its residuals made anew."""
     settings = settings_for(tiny, nmajor=4, niter=300, psf_support=64)
-    bands, members, result = _run_tiny(tiny, settings)
+    bands, members, result = _run(tiny, settings)
     assert result.convergence[-1]["components"] == 0  # the last cycle left the model as it was
     for band, model, m in zip(bands, result.models, members, strict=True):
         corrected = [ical.corrected_vis(w, result.tables[i]) for w, i in zip(band, m, strict=True)]

@@ -142,6 +142,29 @@ def test_weights_schemes() -> None:
     # duplicated samples share a cell: uniform weighting halves each of them
     dup = np.concatenate([uvw[:1], uvw[:1]])
     np.testing.assert_allclose(weights(dup, FREQS[:1], np.ones((2, 1)), NPIX, CELL, "uniform"), 0.5)
+    # a baseline longer than the image's grid holds (|u| > NPIX / 2 cells) has a cell of its
+    # own: not folded onto the one NPIX cells away
+    cell = C / FREQS[0] / (NPIX * CELL)  # metres per uv cell at FREQS[0]
+    far = np.array([[10 * cell, 0.0, 0.0], [(10 - NPIX) * cell, 0.0, 0.0]])
+    np.testing.assert_array_equal(
+        weights(far, FREQS[:1], np.ones((2, 1)), NPIX, CELL, "uniform"), 1
+    )
+    # Briggs against the formula, cell by cell
+    r = 0.5
+    cells = np.rint(uvw[:, None, :2] * FREQS[None, :, None] / C * NPIX * CELL).astype(int)
+    density: dict[tuple[int, int], float] = {}
+    for (u, v), w in zip(cells.reshape(-1, 2), wgt.ravel(), strict=True):
+        for key in ((u, v), (-u, -v)):
+            density[key] = density.get(key, 0.0) + w
+    sums = np.array(list(density.values()))
+    f2 = (5 * 10**-r) ** 2 / (np.sum(sums**2) / np.sum(sums))
+    expected = [
+        w / (1 + f2 * density[(u, v)])
+        for (u, v), w in zip(cells.reshape(-1, 2), wgt.ravel(), strict=True)
+    ]
+    np.testing.assert_allclose(
+        weights(uvw, FREQS, wgt, NPIX, CELL, "robust", robust=r).ravel(), expected, rtol=1e-12
+    )
     # Briggs limits: large R -> natural (up to a constant), small R -> uniform
     for r, ref in ((6.0, natural), (-6.0, uniform)):
         robust = weights(uvw, FREQS, wgt, NPIX, CELL, "robust", robust=r)

@@ -167,4 +167,4 @@ def test_the_step_process_estimate_follows_what_it_holds() -> None:
 
     plane = 2048**2 * 8
     assert coordinator(nfreqwin=32) == coordinator(nfreqwin=8) == 16 * plane
-    assert coordinator(nfreqwin=32, algorithm="hogbom") == (16 + 64) * plane
+    assert coordinator(nfreqwin=32, algorithm="hogbom") == (16 + 96) * plane

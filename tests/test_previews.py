@@ -54,11 +54,15 @@ def test_convergence_series_of_what_calibrate_writes() -> None:
 
 def test_convergence_title_says_when_ical_stopped_early() -> None:
     cycles = [{"cycle": c} for c in range(5)]
-    assert previews.convergence_title({"nmajor": 5, "cycles": cycles}) == (
+    assert previews.convergence_title({"nmajor": 5, "stopped": "converged", "cycles": cycles}) == (
         "ICAL convergence (converged at cycle 4 of 5)"
     )
-    assert previews.convergence_title({"nmajor": 4, "cycles": cycles}) == "ICAL convergence"
-    assert previews.convergence_title({"cycles": cycles}) == "ICAL convergence"  # older record
+    assert previews.convergence_title({"nmajor": 5, "stopped": "diverged", "cycles": cycles}) == (
+        "ICAL convergence (diverged at cycle 4 of 5)"
+    )
+    stopped = {"nmajor": 4, "stopped": "nmajor", "cycles": cycles}
+    assert previews.convergence_title(stopped) == "ICAL convergence"
+    assert previews.convergence_title({"cycles": cycles}) == "ICAL convergence"  # no nmajor
 
 
 def test_ical_convergence_preview(tmp_path: Path) -> None:

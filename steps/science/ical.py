@@ -21,7 +21,11 @@ algorithms (Hogbom, multi-scale) deconvolve each window in its band instead.
 
 ICAL stops before ``nmajor`` once a final cycle adds no component while no term starts
 later and every solve converged: the cycles left would solve the same terms against the same
-model and data from the same solutions, and repeat it (to the solver's tolerance).
+model and data from the same solutions, and repeat it (to the solver's tolerance).  It stops
+as well when a cycle diverges (the rms of its residual visibilities grows past
+``DIVERGENCE`` times the lowest so far, see ``diverging``): its gains and the last cycle's
+components are dropped, and the result is the last cycle's gains and the model they were
+solved against.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from steps.science import clean, deconvolve, gains, imaging
 Mapper = Callable[[Callable[..., Any], Sequence[tuple]], Iterable[Any]]
 # a band holds at most this many bytes of visibilities (complex128)
 BAND_BYTES = 64 * 2**20
+# a cycle whose residual visibilities' rms exceeds the lowest before it this many times diverges
+DIVERGENCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -435,10 +441,13 @@ def solve_global(
 @dataclass(frozen=True, eq=False)
 class CycleResult:
     """What one band returns from a major cycle: its residual images (``image_band`` of the
-    residual visibilities, not normalised), its windows' tables, gains and reports, and (per
-    window algorithms) their model increments."""
+    residual visibilities, not normalised), the weighted sum of the residual visibilities'
+    squared moduli and the sum of their weights, its windows' tables, gains and reports, and
+    (per window algorithms) their model increments."""
 
     residual: np.ndarray
+    misfit: float
+    weight: float
     tables: list[dict[str, np.ndarray]]
     gains: list[np.ndarray]
     reports: list[SolveReport]
@@ -475,6 +484,18 @@ def converged(entry: dict[str, Any], cycle: int, settings: Settings) -> bool:
         and entry["solver_iterations"] < settings.solver_niter
         and schedule_complete(settings.terms, cycle, settings.nmajor)
     )
+
+
+def diverging(vis_rms: float, record: Sequence[dict[str, Any]]) -> bool:
+    """Whether a cycle whose residual visibilities (calibrated data less the model's
+    prediction) have the weighted rms ``vis_rms`` diverges: more than ``DIVERGENCE`` times the
+    lowest of the cycles before it.  ICAL that converges lowers that misfit: each solve
+    minimises it for the model, and each component CLEAN adds lowers it as far as its PSF is
+    right.  It grows when CLEAN's components follow a PSF patch too small for the array's
+    sidelobes, or when amplitude gains, solved against a model too poor to constrain them (an
+    array of a few stations), shrink towards zero and scale the calibrated data up."""
+    lowest = min((e["residual_vis_rms_jy"] for e in record), default=float("inf"))
+    return vis_rms > DIVERGENCE * lowest
 
 
 def band_cycle(
@@ -526,8 +547,12 @@ def band_cycle(
             )
             increments.append(found)
             ncomp += n
+    misfit = sum(
+        float(np.sum(w.weight * np.abs(r) ** 2)) for w, r in zip(band, residual_vis, strict=True)
+    )
+    weight = sum(float(np.sum(w.weight)) for w in band)
     return CycleResult(
-        residual, new_tables, gain_list, reports, increments, ncomp, gridder,
+        residual, misfit, weight, new_tables, gain_list, reports, increments, ncomp, gridder,
         time.perf_counter() - t_start,
     )  # fmt: skip
 
@@ -621,6 +646,7 @@ class IcalResult:
     gains: np.ndarray
     models: list[Model]
     convergence: list[dict[str, Any]]
+    stopped: str  # "nmajor", "converged" or "diverged" (see ``diverging``)
     gridder_s: float
     minor_s: float
     busy_s: float
@@ -680,9 +706,13 @@ def run_ical(
             return [Model(None if empty else taylor, taylor_w[:nt, m].T, version) for m in members]
         return [Model(None if empty else model[m], np.eye(len(m)), version) for m in members]
 
+    stopped = "nmajor"
+    # the last deconvolution's undo: the Taylor images before it (MS-MFS) or its increments
+    undo: Any = taylor.copy() if joint else []
     for cycle in range(settings.nmajor + 1):
         t_cycle = time.perf_counter()
         current = models(cycle == 0)
+        kept = tables, gain_all  # the last cycle's gains, what a diverging cycle falls back to
         solved: list[SolveReport] = []
         if settings.global_solution and version > 0:  # a model to solve against
             tables, solved, seconds = solve_global(current, tables, cycle, settings, mapper)
@@ -691,9 +721,11 @@ def run_ical(
         args = [(*m, t, cycle, final, settings) for m, t in zip(current, tables, strict=True)]
         # the bands' residual images, summed: the moments (MS-MFS) or the MFS image
         residual = np.zeros((nt, npix, npix))
-        tables, gain_list, reports, ncomp = [], [], list(solved), 0
+        tables, gain_list, reports, increments = [], [], list(solved), []
+        misfit = weight = 0.0
         r: CycleResult
         for m, r in zip(members, mapper(band_cycle, args), strict=True):
+            misfit, weight = misfit + r.misfit, weight + r.weight
             tables.append(r.tables)
             gain_list += r.gains
             reports += r.reports
@@ -701,25 +733,42 @@ def run_ical(
             gridder += r.gridder_s
             busy += r.busy_s
             if not joint:
-                model[m] += r.increments
-                ncomp += r.ncomponents
+                increments.append((m, r.increments, r.ncomponents))
         gain_all = np.stack(gain_list)
         residual /= sumwt.sum()
+        mfs_residual = residual[0]
+        vis_rms = float(np.sqrt(misfit / weight)) if weight > 0 else 0.0
+        diverged = diverging(vis_rms, record)
         t0 = time.perf_counter()
-        if couplings is not None:  # MS-MFS
+        ncomp = 0
+        if diverged:  # back to the last cycle's gains and the model they were solved against
+            tables, gain_all = kept
+            if joint:
+                taylor = undo
+            else:
+                for m, added, _ in undo:
+                    model[m] -= added
+                taylor = deconvolve.moments(model, taylor_w[:nt], sumwt)
+            version += 1  # the final residuals of the model kept are made anew
+        elif joint:  # MS-MFS
             found = deconvolve_joint(residual, couplings, settings)
+            undo = taylor.copy()
             taylor += found.model
             ncomp = found.ncomponents
         else:
+            undo = increments
+            for m, added, n in increments:
+                model[m] += added
+                ncomp += n
             taylor = deconvolve.moments(model, taylor_w[:nt], sumwt)
         minor += time.perf_counter() - t0
         version += ncomp > 0
-        mfs_residual = residual[0]
         solved_now = {rep.term for rep in reports}
         entry: dict[str, Any] = {
             "cycle": cycle,
             "solved_terms": [t.name for t in settings.terms if t.name in solved_now],
             "residual_rms_jy": float(np.sqrt(np.mean(mfs_residual**2))),
+            "residual_vis_rms_jy": vis_rms,
             "residual_peak_jy": float(np.max(np.abs(mfs_residual))),
             "model_flux_jy": float(taylor[0].sum()),
             "components": int(ncomp),
@@ -728,6 +777,8 @@ def run_ical(
         }
         if true_gains is not None:
             entry["phase_rms_rad"] = phase_rms(true_gains, gain_all)
+        if diverged:
+            entry["diverged"] = True
         record.append(entry)
         if log is not None:
             log(
@@ -739,7 +790,11 @@ def run_ical(
                 entry["components"],
                 f", phase error {entry['phase_rms_rad']:.3g} rad" if true_gains is not None else "",
             )
+        if diverged:
+            stopped = "diverged"
+            break
         if final and cycle < settings.nmajor and converged(entry, cycle, settings):
+            stopped = "converged"
             break
     window_tables = [t for band in tables for t in band]
     return IcalResult(
@@ -748,6 +803,7 @@ def run_ical(
         gain_all,
         models(False),
         record,
+        stopped,
         gridder,
         minor,
         busy,

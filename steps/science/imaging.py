@@ -146,8 +146,9 @@ def weights(
     """Imaging weights ``(nrow, nchan)`` from the input weights.
 
     The weight density ``W_k`` is the sum of input weights falling in uv cell ``k`` of the
-    image's FFT grid (cell ``1/(npixel cell_rad)`` wavelengths, nearest cell, indices
-    wrapped modulo ``npixel``); every sample is gridded at ``(u, v)`` and ``(-u, -v)`` since the
+    image's FFT grid (cell ``1/(npixel cell_rad)`` wavelengths, nearest cell), extended as far
+    as the samples reach: the baselines an undersampled image cannot hold are not folded
+    onto others' cells.  Every sample is gridded at ``(u, v)`` and ``(-u, -v)`` since the
     image is real.  Schemes:
 
     - ``natural``: ``w_i`` unchanged;
@@ -164,11 +165,13 @@ def weights(
     scale = np.asarray(freqs_hz, dtype=np.float64)[None, :] / C_M_S * npixel * cell_rad
     iu = np.rint(np.asarray(uvw)[:, 0:1] * scale).astype(np.int64)
     iv = np.rint(np.asarray(uvw)[:, 1:2] * scale).astype(np.int64)
-    cells = (iv % npixel) * npixel + iu % npixel
-    mirror = (-iv % npixel) * npixel + (-iu) % npixel
-    density = np.bincount(cells.ravel(), wgt.ravel(), npixel * npixel)
-    density += np.bincount(mirror.ravel(), wgt.ravel(), npixel * npixel)
-    w_cell = density[cells]
+    half = int(max(np.abs(iu).max(initial=0), np.abs(iv).max(initial=0)))
+    width = 2 * half + 1  # every sample's cell and its mirror's, none folded onto another
+    cells = np.concatenate([(iv + half) * width + iu + half, (half - iv) * width + half - iu])
+    occupied, index = np.unique(cells, return_inverse=True)
+    index = index.reshape(cells.shape)
+    density = np.bincount(index.ravel(), np.tile(wgt, (2, 1)).ravel(), occupied.size)
+    w_cell = density[index[: len(wgt)]]
     out = np.zeros_like(wgt)
     good = wgt > 0.0
     if scheme == "uniform":
