@@ -58,6 +58,7 @@ def write_ms(out: Path, data: Path, corrected: Path | None = None) -> Path:
     chunk), under a temporary name, and renamed into place.
     """
     out = Path(out)
+    _replaceable(out, [Path(data)] + ([Path(corrected)] if corrected is not None else []))
     ds = store.open_store(data)
     obs = store.layout_of(ds)
     sources = {"DATA": Path(data)}
@@ -81,6 +82,22 @@ def write_ms(out: Path, data: Path, corrected: Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return atomic.replace_dir(tmp, out)
+
+
+def _replaceable(out: Path, stores: list[Path]) -> None:
+    """Refuse an ``out`` that replacing would lose data: a path that exists and is not a
+    Measurement Set (a casacore table has ``table.dat``), or one that is, holds or lies
+    inside a store being read."""
+    where = out.resolve()
+    for source in (s.resolve() for s in stores):
+        if where == source or source in where.parents or where in source.parents:
+            raise store.StoreError(
+                f"out = {out}: would overwrite {source}, which it is written from"
+            )
+    if out.exists() and not (out / "table.dat").is_file():
+        raise store.StoreError(
+            f"out = {out}: exists and is not a Measurement Set (no table.dat); not replaced"
+        )
 
 
 def _rows(array: np.ndarray, nspw: int, nchan: int) -> np.ndarray:

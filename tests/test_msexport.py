@@ -170,6 +170,25 @@ def test_cli_export_ms(run: SmallRun, tmp_path: Path) -> None:
         assert ms.nrows() > 0 and "CORRECTED_DATA" not in ms.colnames()
 
 
+def test_cli_export_ms_replaces_only_a_measurement_set(run: SmallRun, tmp_path: Path) -> None:
+    """An existing MS is replaced; anything else named as OUT (a directory of other files,
+    the store itself or a directory holding it) is refused with exit 2 and left as it was."""
+    out = tmp_path / "again.ms"
+    for _ in range(2):
+        assert main(["export-ms", str(run.buffers.model), str(out)]) == 0
+    other = tmp_path / "precious"
+    (other / "sub").mkdir(parents=True)
+    (other / "sub" / "notes.txt").write_text("important")
+    store = run.buffers.model
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    for target in (other, store, store.parent, store / "inside.ms"):
+        assert main(["export-ms", str(store), str(target)]) == 2, target
+    assert (other / "sub" / "notes.txt").read_text() == "important"
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    corrected = run.buffers.calibrated
+    assert main(["export-ms", str(store), str(corrected), "--corrected", str(corrected)]) == 2
+
+
 def _brightest(path: Path, plane: int) -> tuple[float, float, float]:
     """Peak (Jy/beam) and sub-pixel position of the brightest pixel of one plane."""
     data, _ = fitsio.read_image(path)
