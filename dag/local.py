@@ -4,7 +4,8 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
 
 - DAG tasks in ``depends``/``dependencies`` order (independent tasks concurrently), ``when``
   (``A == B``, ``A != B``), and the task phases Succeeded, Failed, Error, Skipped, Omitted;
-- ``{{...}}`` substitution of workflow, input and task output parameters (unknown: an error);
+- ``{{...}}`` substitution of workflow (name, uid, namespace, parameters), input and task
+  output parameters (unknown: an error);
 - container templates as subprocesses, each in its own process group as a container has its
   own PID namespace (``batch-imaging`` is this installation's console script; a terminal's
   Ctrl-C reaches the engine, not the steps; what a step started ends with it),
@@ -255,6 +256,7 @@ class LocalEngine:
             raise WorkflowError(f"spec.arguments.{missing[0]}.value is required")
         scope = {f"workflow.parameters.{k}": str(v) for k, v in {**declared, **parameters}.items()}
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
+        scope["workflow.uid"] = str(uuid.uuid4())  # one run's, as a Workflow object's uid
         scope["workflow.namespace"] = "local"
         self.buffer_root.mkdir(parents=True, exist_ok=True)
         with self._stop_on_signals(), self._mutexes(scope), _scratch(self.buffer_root) as scratch:

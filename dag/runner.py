@@ -189,13 +189,24 @@ def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
     (the file's with the command line's); as the processing controller, mark its resources
     available (a local run has no dependencies) and record this process as the run's
     follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
-    timeline and clears the previous reason."""
+    timeline and clears the previous reason; a block another run has claimed (on Argo,
+    another host) is refused and left as it is."""
     me = this_process()
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
     state = PBState(
-        status=PBStatus.STARTING, resources_available=True, run={**run, "submitted": now()}
+        status=PBStatus.STARTING,
+        resources_available=True,
+        run={**run, "submitted": now()},
+        workflow_uid=None,  # no run has claimed it yet
     )
     for txn in db.txn():
+        owner = txn.get_owner(params.pb_id)
+        if owner is not None:
+            raise RuntimeError(
+                f"processing block {params.pb_id} is claimed by process {owner.pid} on "
+                f"{owner.hostname} ({' '.join(owner.command)}): wait for its run to end, or "
+                "stop it (a claim whose holder died expires within seconds)"
+            )
         pb = txn.get_pb(params.pb_id)  # an existing block keeps its SBI and dependencies
         pb = (
             pb.model_copy(update={"parameters": requested})

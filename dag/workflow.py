@@ -129,6 +129,7 @@ def _env(step: str) -> list[m.EnvVar]:
     env = [
         m.EnvVar(name="BATCH_IMAGING_OUTPUTS", value=OUTPUTS_DIR),
         m.EnvVar(name="WORKFLOW_NAME", value="{{workflow.name}}"),
+        m.EnvVar(name="WORKFLOW_UID", value="{{workflow.uid}}"),  # one run of that name
     ]
     if step == EXIT_STEP:
         env.append(m.EnvVar(name="WORKFLOW_STATUS", value="{{workflow.status}}"))

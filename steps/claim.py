@@ -30,13 +30,16 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     run_name = os.environ.get("WORKFLOW_NAME", "")
+    run_uid = os.environ.get("WORKFLOW_UID", "")
 
     def take(txn, lease: Lease) -> bool:
         if txn.get_pb(params.pb_id) is None:
             raise ClaimError(f"processing block {params.pb_id} does not exist")
         if not txn.take_pb(params.pb_id, lease):
             return False
-        txn.update_state(params.pb_id, status=PBStatus.WAITING, workflow_run=run_name)
+        txn.update_state(
+            params.pb_id, status=PBStatus.WAITING, workflow_run=run_name, workflow_uid=run_uid
+        )
         return True
 
     with ConfigDB(connect(params.config_db or None)) as db:  # closed however the claim ends

@@ -33,12 +33,15 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     del buffers
     workflow_status = os.environ.get("WORKFLOW_STATUS", "")
     run_name = os.environ.get("WORKFLOW_NAME", "")
+    run_uid = os.environ.get("WORKFLOW_UID", "")
     status = PBStatus.FINISHED if workflow_status == "Succeeded" else PBStatus.FAILED
 
     def release(txn) -> bool:
         state = txn.get_state(params.pb_id)
         if state is None or getattr(state, "workflow_run", run_name) != run_name:
             return False  # not ours: another run holds this block
+        if getattr(state, "workflow_uid", None) not in (None, run_uid):
+            return False  # claimed by another run of the same name (this one's claim failed)
         fields: dict[str, Any] = {"status": status}
         if status is PBStatus.FAILED:
             steps = {

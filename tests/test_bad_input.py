@@ -6,6 +6,7 @@ names the problem, no traceback is shown, and no buffer or database entry is lef
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,39 @@ def test_run_rejects_bad_parameters_before_writing(tmp_path, contents, argv, cod
     result = batch_imaging("run", str(path), "--buffer-root", "buffers", *argv, cwd=tmp_path)
     assert_clean_failure(result, code, fragment)
     assert not (tmp_path / "buffers").exists(), "something was written"
+
+
+def test_run_refuses_a_pb_another_run_has_claimed(tmp_path):
+    """A block whose claim another run holds (on Argo, on another host: no local process to
+    see) is refused before anything is written, and its state is left as that run keeps it."""
+    from dag.runner import embedded_db, register
+    from steps.configdb import ConfigDB, open_backend
+    from steps.params import parse
+
+    root = tmp_path / "buffers"
+    root.mkdir()
+    pb_id = "pb-held-20260101-00000"
+    with ConfigDB(open_backend(embedded_db(root))) as db:
+        register(db, parse({"pb_id": pb_id}), {})
+        lease = db.lease(60)
+
+        elsewhere = {"name": "elsewhere", "engine": "argo"}
+
+        def take(txn) -> None:
+            assert txn.take_pb(pb_id, lease)
+            txn.update_state(pb_id, status="RUNNING", run=elsewhere)
+
+        db.run(take)
+        try:
+            path = tmp_path / "params.json"
+            path.write_text(params(pb_id=pb_id))
+            result = batch_imaging("run", str(path), "--buffer-root", "buffers", cwd=tmp_path)
+            assert_clean_failure(result, 1, f"is claimed by process {os.getpid()}")
+            state = db.run(lambda txn: txn.get_state(pb_id))
+            assert state.status == "RUNNING" and state.run == elsewhere
+            assert not (root / f"buff-{pb_id}-vis").exists()
+        finally:
+            lease.revoke()
 
 
 def test_run_refuses_a_pb_another_process_is_running(tmp_path):

@@ -13,6 +13,7 @@ from dag.runner import WORKFLOW, embedded_db, register
 from steps import params as parameters
 from steps import runner
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
+from steps.claim import ClaimError
 from steps.configdb import ConfigDB, open_backend
 from steps.configdb.entities import ProcessingBlock
 from steps.metrics import step_timings
@@ -157,6 +158,38 @@ def test_a_failed_workflow_marks_steps_that_never_ended_as_failed(block, monkeyp
     assert state.steps["calibrate"]["phase"] == "Failed"
     assert state.steps["claim"]["phase"] == "Running"  # the daemon: stopped by the engine
     assert "step calibrate failed: ended without recording its end (killed)" in state.reason
+
+
+def test_a_run_whose_claim_failed_leaves_the_block_to_the_run_holding_it(block, monkeypatch):
+    """Two runs of one block have the same workflow name (on Argo and here): the one whose
+    claim is refused ends, and its exit handler leaves the block to the run that holds the
+    claim, told apart by the workflow's uid; that run's own exit handler then ends it."""
+    params, _ = block
+    name = f"batch-imaging-{params.pb_id}"
+    with ConfigDB(open_backend(params.config_db)) as db:
+        lease = db.lease(30)
+
+        def take(txn) -> None:
+            assert txn.take_pb(params.pb_id, lease)
+            txn.update_state(
+                params.pb_id, status="RUNNING", workflow_run=name, workflow_uid="holder"
+            )
+
+        db.run(take)
+        monkeypatch.setenv("WORKFLOW_NAME", name)
+        monkeypatch.setenv("WORKFLOW_UID", "second")
+        with pytest.raises(ClaimError, match="already claimed"):
+            runner.run_step("claim", params.as_strings())
+        monkeypatch.setenv("WORKFLOW_STATUS", "Failed")
+        assert runner.run_step("release", params.as_strings()) == 0
+        state = db.run(lambda txn: txn.get_state(params.pb_id))
+        assert state.status == "RUNNING" and state.workflow_uid == "holder"
+        assert db.run(lambda txn: txn.get_owner(params.pb_id)) is not None
+        monkeypatch.setenv("WORKFLOW_UID", "holder")
+        monkeypatch.setenv("WORKFLOW_STATUS", "Succeeded")
+        assert runner.run_step("release", params.as_strings()) == 0
+        assert db.run(lambda txn: txn.get_state(params.pb_id)).status == "FINISHED"
+        lease.revoke()
 
 
 def test_a_local_run_of_an_assigned_block_keeps_its_sbi(tmp_path):
