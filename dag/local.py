@@ -3,7 +3,8 @@
 It reads the manifest (not a copy of the step list) and honours, as Argo does:
 
 - DAG tasks in ``depends``/``dependencies`` order (independent tasks concurrently), ``when``
-  (``A == B``, ``A != B``), and the task phases Succeeded, Failed, Error, Skipped, Omitted;
+  (``A == B``, ``A != B``), ``failFast`` (by default no task starts once one failed), and
+  the task phases Succeeded, Failed, Error, Skipped, Omitted;
 - ``{{...}}`` substitution of workflow (name, uid, namespace, parameters), input and task
   output parameters (unknown: an error);
 - container templates as subprocesses, each in its own process group as a container has its
@@ -69,9 +70,11 @@ from steps.processes import cores, process_alive
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a govaluate number
 MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
+FAIL_FAST = "not scheduled: a task of the DAG failed (failFast)"
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 STOPPED = "Stopped with strategy 'Stop'"  # Argo's message of `argo stop`
 GRACE_S = 30.0  # a pod's terminationGracePeriodSeconds (Kubernetes' default)
@@ -91,6 +94,8 @@ CLUSTER_SPEC_KEYS = {
 TEMPLATE_KEYS = {"name", "container", "resource", "dag", "inputs", "outputs", "retryStrategy"}
 TEMPLATE_KEYS |= {"activeDeadlineSeconds", "daemon"}
 CLUSTER_TEMPLATE_KEYS = {"metadata", "nodeSelector", "tolerations", "affinity", "podSpecPatch"}
+DAG_KEYS = {"tasks", "failFast"}
+TASK_KEYS = {"name", "template", "depends", "dependencies", "when", "arguments"}
 CONTAINER_KEYS = {"name", "image", "command", "args", "env", "volumeMounts", "resources"}
 CONTAINER_KEYS |= {"readinessProbe", "securityContext", "imagePullPolicy", "workingDir"}
 
@@ -145,9 +150,10 @@ class _Pod:
 
 
 def _depends(task: dict[str, Any]) -> list[tuple[str, bool]]:
-    """(task, only Succeeded) pairs a task waits for (``depends: "a && b.Succeeded"``)."""
+    """(task, only Succeeded) pairs a task waits for (``depends: "a && b.Succeeded"``, or
+    ``dependencies: [a, b]``, which Argo reads as ``depends: "a && b"``)."""
     if "dependencies" in task:
-        return [(name, True) for name in task["dependencies"]]
+        return [(name, False) for name in task["dependencies"]]
     text = task.get("depends", "")
     if not text:
         return []
@@ -163,8 +169,9 @@ def _depends(task: dict[str, Any]) -> list[tuple[str, bool]]:
 def _dependency(phase: str, succeeded_only: bool) -> str:
     """'go', 'wait' or 'omit' for one dependency term, as Argo's ``depends`` evaluates it.
 
-    A bare name means ``Succeeded || Skipped || Daemoned``; ``dependencies`` and
-    ``.Succeeded`` mean Succeeded only. A term that can no longer hold omits the task.
+    A bare name (and every name of ``dependencies``) means ``Succeeded || Skipped ||
+    Daemoned`` (a ready daemon is Succeeded here); ``.Succeeded`` means Succeeded only. A
+    term that can no longer hold omits the task.
     """
     allowed = {"Succeeded"} if succeeded_only else {"Succeeded", "Skipped"}
     if phase in allowed:
@@ -173,12 +180,20 @@ def _dependency(phase: str, succeeded_only: bool) -> str:
 
 
 def _when(text: str) -> bool:
-    """Evaluate a substituted ``when`` of the form ``A == B`` or ``A != B``."""
+    """Evaluate a substituted ``when`` of the form ``A == B`` or ``A != B``: numbers compare
+    as numbers (``1.0 == 1``), anything else as strings, as Argo's govaluate does."""
     match = re.fullmatch(r"\s*(\S+)\s*(==|!=)\s*(\S+)\s*", text)
     if match is None:
         raise WorkflowError(f"unsupported when expression {text!r} (A == B or A != B)")
-    left, op, right = (part.strip("'\"") for part in match.groups())
-    return (left == right) == (op == "==")
+    left, op, right = match.groups()
+    return (_operand(left) == _operand(right)) == (op == "==")
+
+
+def _operand(token: str) -> float | str:
+    """A ``when`` operand: a number unless quoted or not one, else its text unquoted."""
+    if token[:1] in "'\"" and token[-1:] == token[:1] and len(token) > 1:
+        return token[1:-1]
+    return float(token) if NUMBER.fullmatch(token) else token
 
 
 def seconds(text: str | int | float) -> float:
@@ -237,6 +252,10 @@ class LocalEngine:
                 _check_keys(
                     f"container of {template['name']}", template["container"], CONTAINER_KEYS
                 )
+            if "dag" in template:
+                _check_keys(f"dag of {template['name']}", template["dag"], DAG_KEYS)
+                for task in template["dag"]["tasks"]:
+                    _check_keys(f"task {task.get('name')}", task, TASK_KEYS)
         self.volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
         self.buffer_root = Path(buffer_root).resolve()
         self.env = env or {}
@@ -345,6 +364,7 @@ class LocalEngine:
         if "dag" not in template:
             raise WorkflowError(f"template {template['name']!r} is not a DAG template")
         tasks = {t["name"]: t for t in template["dag"]["tasks"]}
+        fail_fast = template["dag"].get("failFast", True) is not False
         self._ended: list[str] = []  # attempts that ended as they started (resource, PodError)
         waits = {name: _depends(task) for name, task in tasks.items()}
         nodes = {name: Node(name=name) for name in tasks}
@@ -367,8 +387,13 @@ class LocalEngine:
                     why = STOPPED if self._stopping else "a daemon step failed"
                     self._expire(why, nodes, pods, retry_at)
                     return nodes, why
+                failed = any(node.phase in ("Failed", "Error") for node in nodes.values())
                 for name, task in tasks.items():
-                    if nodes[name].phase == "Pending":
+                    if nodes[name].phase != "Pending":
+                        continue
+                    if failed and fail_fast:  # Argo schedules nothing new once a task failed
+                        nodes[name].phase, nodes[name].message = "Omitted", FAIL_FAST
+                    else:
                         self._schedule(name, task, waits[name], scope, nodes, pods)
                 for name, when in list(retry_at.items()):
                     if time.time() >= when:
@@ -600,15 +625,20 @@ class LocalEngine:
         return subprocess.run(command, check=False).returncode == 0
 
     def _collect(self, node: Node, pod: _Pod) -> None:
-        """Output parameters (``valueFrom.path``, else its default), the progress file and
-        the output artifacts."""
+        """Output parameters (``valueFrom.path``, else its default; a missing file without
+        one makes the node an Error, as in Argo's wait container), the progress file and the
+        output artifacts."""
         template, outputs = pod.template, pod.outputs
         for parameter in template.get("outputs", {}).get("parameters", []):
             source = parameter["valueFrom"]
             path = Path(_local_path(source["path"], outputs))
-            node.outputs[parameter["name"]] = (
-                path.read_text().strip() if path.is_file() else source.get("default", "")
-            )
+            if path.is_file():
+                node.outputs[parameter["name"]] = path.read_text().strip()
+            elif "default" in source:
+                node.outputs[parameter["name"]] = source["default"]
+            elif node.phase == "Succeeded":  # a failed step keeps its own reason
+                node.phase = "Error"
+                node.message = f"open {source['path']}: no such file or directory"
         progress = outputs / "progress"
         if progress.is_file():
             node.progress = progress.read_text().strip()

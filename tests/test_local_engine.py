@@ -310,6 +310,68 @@ def test_when_skips_and_depends_treats_skipped_as_done(tmp_path: Path) -> None:
     assert LocalEngine(manifest, tmp_path).run({"on": "true"}).nodes["strict"].phase == "Succeeded"
 
 
+def test_dependencies_read_as_depends_and_when_compares_numbers(tmp_path: Path) -> None:
+    """``dependencies: [a]`` is ``depends: "a"`` (a Skipped task is done), and ``when``
+    compares numbers as numbers, quoted text as text, as Argo does."""
+    echo = {"parameters": [{"name": "text", "value": "x"}]}
+    manifest = workflow(
+        [ECHO],
+        [
+            task("maybe", "echo", when="{{workflow.parameters.x}} == 2", arguments=echo),
+            {"name": "listed", "template": "echo", "dependencies": ["maybe"], "arguments": echo},
+            task("number", "echo", when="{{workflow.parameters.x}} == 1", arguments=echo),
+            task("text", "echo", when="'{{workflow.parameters.x}}' == '1'", arguments=echo),
+        ],
+        arguments={"parameters": [{"name": "x", "value": "1.0"}]},
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    phases = [run.nodes[n].phase for n in ("maybe", "listed", "number", "text")]
+    assert phases == ["Skipped", "Succeeded", "Succeeded", "Skipped"]
+
+
+@pytest.mark.parametrize("fail_fast", [None, False])
+def test_fail_fast_starts_nothing_once_a_task_failed(
+    tmp_path: Path, fail_fast: bool | None
+) -> None:
+    """As Argo's DAG (``failFast`` true by default): once ``a`` failed, ``c``, which waits
+    only for ``b`` (still running then), is not started; with ``failFast: false`` it is."""
+    slow = {"name": "slow", "container": container("import time; time.sleep(1)")}
+    manifest = workflow(
+        [FAIL, slow],
+        [task("a", "fail"), task("b", "slow"), task("c", "slow", "b")],
+    )
+    if fail_fast is not None:
+        manifest["spec"]["templates"][0]["dag"]["failFast"] = fail_fast
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.phase == "Failed"
+    assert [run.nodes[n].phase for n in "ab"] == ["Failed", "Succeeded"]
+    if fail_fast is None:
+        assert (run.nodes["c"].phase, run.nodes["c"].message) == ("Omitted", local.FAIL_FAST)
+    else:
+        assert run.nodes["c"].phase == "Succeeded"
+
+
+def test_a_missing_output_parameter_without_default_is_an_error(tmp_path: Path) -> None:
+    silent = {
+        "name": "silent",
+        "outputs": {"parameters": [output("out")]},
+        "container": container("pass"),
+    }
+    run = LocalEngine(workflow([silent], [task("s", "silent")]), tmp_path).run({})
+    node = run.nodes["s"]
+    assert (node.phase, node.message) == (
+        "Error",
+        "open /tmp/outputs/out: no such file or directory",
+    )
+    assert run.phase == "Error"
+
+
+def test_dag_fields_it_cannot_honour_are_refused(tmp_path: Path) -> None:
+    on = {"continueOn": {"failed": True}}
+    with pytest.raises(WorkflowError, match=r"task a: unsupported field.*continueOn"):
+        LocalEngine(workflow([FAIL], [task("a", "fail", **on)]), tmp_path)
+
+
 PVC = """apiVersion: v1
 kind: PersistentVolumeClaim
 metadata:
