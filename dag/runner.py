@@ -81,6 +81,7 @@ def run_local(
     raw = parameters.read(params_file)
     requested = {**raw, **parameters.decode_strings(overrides)} if isinstance(raw, dict) else raw
     checked = parameters.parse(requested)
+    runs_here(checked)
     artifacts = artifact_repository(artifacts)
     if checked.artifacts and artifacts is None:
         raise parameters.ParamsError(
@@ -108,6 +109,17 @@ def run_local(
     return execute(params, buffer_root, run_name(params.pb_id), artifacts)
 
 
+def runs_here(params: parameters.Params) -> None:
+    """Refuse (ParamsError) what only a cluster can run: the DaskCluster resource needs the
+    dask-kubernetes operator."""
+    if params.dask_cluster:
+        raise parameters.ParamsError(
+            "dask_cluster = true: a DaskCluster needs Kubernetes with the dask-kubernetes "
+            "operator; the local engine starts a Dask cluster in each heavy step (leave it "
+            "false, or give dask_scheduler = tcp://HOST:PORT)"
+        )
+
+
 def engine_arguments(params: parameters.Params) -> dict[str, str]:
     """The workflow's arguments for the local engine: the block's parameters, with this
     machine's cores as the CPU request and limit the block does not give (a local "pod" is
@@ -131,6 +143,7 @@ def execute(
         template_manifest(), buffer_root, artifact_repository=artifact_repository(artifacts)
     )
     try:
+        runs_here(params)  # a block the bridge runs here was not checked by `run`
         run = engine.run(engine_arguments(params), name=name)
     except Exception as exc:
         with ConfigDB(connect(params.config_db)) as db:

@@ -80,6 +80,7 @@ PARAMS_CASES = [
     ("override-no-equals", params(), ["-p", "nfreqwin"], 2, "expected NAME=VALUE"),
     ("override-unknown", params(), ["-p", "colour=blue"], 2, "colour: unknown key"),
     ("artifacts-nowhere", params(), ["-p", "artifacts=true"], 2, "--artifact-repository DIR"),
+    ("dask-cluster-here", params(), ["-p", "dask_cluster=true"], 2, "dask_cluster = true"),
 ]
 
 
