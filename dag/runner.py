@@ -200,10 +200,10 @@ def gone_run(state: PBState | None) -> str | None:
 def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
     """Create (or reset, on a re-run) the processing block with the ``requested`` parameters
     (the file's with the command line's); as the processing controller, mark its resources
-    available (a local run has no dependencies) and record this process as the run's
+    available (its dependencies, if any, have FINISHED) and record this process as the run's
     follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
     timeline and clears the previous reason; a block another run has claimed (on Argo,
-    another host) is refused and left as it is."""
+    another host), or whose dependencies have not FINISHED, is refused and left as it is."""
     me = this_process()
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
     state = PBState(
@@ -221,6 +221,17 @@ def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
                 "stop it (a claim whose holder died expires within seconds)"
             )
         pb = txn.get_pb(params.pb_id)  # an existing block keeps its SBI and dependencies
+        pending = []
+        for dependency in pb.dependencies if pb is not None else []:
+            other = txn.get_state(dependency.pb_id)
+            if other is None or other.status != PBStatus.FINISHED:
+                status = other.status.value if other is not None else "no state"
+                pending.append(f"{dependency.pb_id} ({status})")
+        if pending:
+            raise RuntimeError(
+                f"processing block {params.pb_id} depends on {', '.join(pending)}, not "
+                "FINISHED: run it once they are (the bridge waits for them)"
+            )
         pb = (
             pb.model_copy(update={"parameters": requested})
             if pb is not None

@@ -26,7 +26,7 @@ from steps.configdb import (
     PBStatus,
     ProcessingBlock,
     Transaction,
-    open_backend,
+    connect,
 )
 from steps.params import ParamsError, decode_strings, describe_errors, pairs
 
@@ -168,7 +168,8 @@ def _join(items: list[str]) -> str:
 
 
 def _open(args: argparse.Namespace) -> ConfigDB:
-    return ConfigDB(open_backend(config_db_url(args.config_db)))
+    """The configuration database, tried three times in 1.5 s (a server's blip is no error)."""
+    return ConfigDB(connect(config_db_url(args.config_db), retries=2))
 
 
 def cmd_assign(args: argparse.Namespace) -> int:

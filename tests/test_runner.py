@@ -15,7 +15,7 @@ from steps import runner
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
 from steps.claim import ClaimError
 from steps.configdb import ConfigDB, open_backend
-from steps.configdb.entities import ProcessingBlock
+from steps.configdb.entities import Dependency, PBState, ProcessingBlock
 from steps.metrics import step_timings
 
 
@@ -202,6 +202,29 @@ def test_a_local_run_of_an_assigned_block_keeps_its_sbi(tmp_path):
     stored = db.run(lambda txn: txn.get_pb(pb_id))
     db.close()
     assert (stored.sbi_id, stored.parameters) == ("sbi-a-20261201-00000", {"niter": 7})
+
+
+def test_a_local_run_refuses_a_block_whose_dependencies_have_not_finished(tmp_path):
+    """A block that depends on another (a batch block on its real-time one) runs here only
+    once that one has FINISHED; until then ``run`` refuses it and leaves it as it was."""
+    db = ConfigDB(open_backend(embedded_db(tmp_path)))
+    realtime, batch = "pb-realtime-20261201-00000", "pb-batch-20261201-00000"
+    pb = ProcessingBlock(
+        id=batch,
+        workflow=WORKFLOW,
+        dependencies=[Dependency(pb_id=realtime, type=["visibilities"])],
+    )
+    db.run(lambda txn: txn.create_pb(pb))
+    with pytest.raises(RuntimeError, match=f"depends on {realtime} \\(no state\\), not FINISHED"):
+        register(db, parameters.parse({"pb_id": batch}), {})
+    db.run(lambda txn: txn.create_state(realtime, PBState(status="RUNNING")))
+    with pytest.raises(RuntimeError, match=f"depends on {realtime} \\(RUNNING\\)"):
+        register(db, parameters.parse({"pb_id": batch}), {})
+    assert db.run(lambda txn: txn.get_state(batch)) is None  # left as it was
+    db.run(lambda txn: txn.update_state(realtime, status="FINISHED"))
+    register(db, parameters.parse({"pb_id": batch}), {})
+    assert db.run(lambda txn: txn.get_state(batch)).status == "STARTING"
+    db.close()
 
 
 def test_step_timings_count_the_running_step_from_its_start(block):
