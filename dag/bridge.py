@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from dag.runner import (
     HOSTNAME,
+    config_db_url,
     find_run_process,
     given_or_embedded,
     now,
@@ -51,7 +52,6 @@ from steps.configdb import (
     ProcessingBlock,
     Transaction,
     open_backend,
-    url_from_env,
 )
 from steps.log import LOG
 from steps.params import Params, ParamsError
@@ -526,15 +526,6 @@ def engine_for(name: str, buffer_root: Path) -> Engine:
     if name == "argo":
         return ArgoRuns()
     return LocalRuns(buffer_root)
-
-
-def config_db_url(value: str | None) -> str:
-    """``--config-db``, or the SDP_CONFIG_* environment (SDP_CONFIG_HOST/PORT) as the SDP."""
-    if not value:
-        return url_from_env()
-    if "://" in value:
-        return value
-    return str(Path(value).resolve())
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:

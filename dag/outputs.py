@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dag.runner import given_or_embedded
+from dag.runner import config_db_url, given_or_embedded
 from steps import manifest
 from steps.buffers import Buffers
-from steps.configdb import ConfigDB, open_backend, url_from_env
+from steps.configdb import ConfigDB, check_pb_id, open_backend, url_from_env
 from steps.log import LOG
 from steps.manifest import NAME as MANIFEST
 from steps.params import Params, ParamsError, parse
@@ -157,8 +157,13 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
     ``config_db``, else the local runs' store under ``buffer_root``, else the SDP_CONFIG_*
     environment's; with none of them, a block gets the default parameters (and buffer
     names), as a warning says."""
+    if pb_id is not None:
+        try:
+            check_pb_id(pb_id)
+        except ValueError as exc:
+            raise ParamsError(f"PB_ID: {exc}") from None
     local = buffer_root / ".sdp-config"
-    config_db = given_or_embedded(config_db, buffer_root)
+    config_db = given_or_embedded(config_db_url(config_db) if config_db else None, buffer_root)
     if config_db is None and os.environ.get("SDP_CONFIG_HOST"):
         config_db = url_from_env()
     elif config_db is None:

@@ -17,13 +17,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dag.local import LocalEngine
 from dag.render import template_manifest
 from dag.workflow import NAME
 from steps import params as parameters
 from steps import resources
-from steps.configdb import ConfigDB, connect, open_backend
+from steps.configdb import ConfigDB, connect, open_backend, url_from_env
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
 from steps.processes import cores, process_alive, started_at
@@ -39,6 +40,27 @@ def artifact_repository(given: Path | None = None) -> Path | None:
     if given is None and os.environ.get(ARTIFACT_REPOSITORY_ENV):
         given = Path(os.environ[ARTIFACT_REPOSITORY_ENV])
     return given.resolve() if given is not None else None
+
+
+def config_db_url(value: str | None) -> str:
+    """``--config-db`` (``etcd://HOST:PORT``, ``file://PATH`` or a path), or the SDP_CONFIG_*
+    environment (SDP_CONFIG_HOST/PORT) as the SDP; ParamsError for a malformed URL."""
+    if not value:
+        return url_from_env()
+    if "://" not in value:
+        return str(Path(value).resolve())
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme == "file" or (
+        parts.scheme == "etcd" and parts.hostname and port and parts.path in ("", "/")
+    ):
+        return value
+    raise parameters.ParamsError(
+        f"config_db = {value!r}: must be etcd://HOST:PORT (PORT 1-65535), file://PATH or a path"
+    )
 
 
 def embedded_db(buffer_root: Path) -> str:
@@ -89,6 +111,8 @@ def run_local(
             f"(or set ${ARTIFACT_REPOSITORY_ENV})"
         )
     resources.check(checked, buffer_root, buffer_root)
+    given = config_db or requested.get("config_db")  # --config-db, else the parameters'
+    config_db = config_db_url(given) if given else None
     buffer_root.mkdir(parents=True, exist_ok=True)
     config_db = config_db or embedded_db(buffer_root)
     db = ConfigDB(open_backend(config_db))

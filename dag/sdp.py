@@ -15,8 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dag.bridge import config_db_url
-from dag.runner import gone_run
+from dag.runner import config_db_url, gone_run
 from steps.configdb import (
     SBI,
     ConfigCollision,

@@ -155,7 +155,10 @@ def verify(buffer: Path) -> list[str]:
     """Every problem found in a buffer: missing, changed or unrecorded files."""
     if not (buffer / NAME).is_file():
         return [f"{buffer}: no {NAME} (not a buffer written by batch-imaging)"]
-    files = load(buffer)["files"]
+    try:
+        files = dict(load(buffer)["files"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return [f"{NAME}: unreadable ({type(exc).__name__}: {exc})"]
     problems = [p for name, entry in files.items() if (p := problem(buffer, name, entry))]
     problems += [
         f"{path.relative_to(buffer)}: not in the manifest"

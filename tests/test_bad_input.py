@@ -81,6 +81,13 @@ PARAMS_CASES = [
     ("override-unknown", params(), ["-p", "colour=blue"], 2, "colour: unknown key"),
     ("artifacts-nowhere", params(), ["-p", "artifacts=true"], 2, "--artifact-repository DIR"),
     ("dask-cluster-here", params(), ["-p", "dask_cluster=true"], 2, "dask_cluster = true"),
+    (
+        "config-db-malformed",
+        params(),
+        ["-p", "config_db=etcd://h:x"],
+        2,
+        "config_db = 'etcd://h:x'",
+    ),
 ]
 
 
@@ -105,6 +112,25 @@ def test_run_rejects_bad_parameters_before_writing(tmp_path, contents, argv, cod
     result = batch_imaging("run", str(path), "--buffer-root", "buffers", *argv, cwd=tmp_path)
     assert_clean_failure(result, code, fragment)
     assert not (tmp_path / "buffers").exists(), "something was written"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["outputs", "BAD ID"], "PB_ID: Processing block id 'BAD ID' does not match"),
+        (["sdp", "status", "--config-db", "etcd://h:x"], "config_db = 'etcd://h:x': must be"),
+        (["bridge", "--config-db", "etcd://h:99999"], "config_db = 'etcd://h:99999': must be"),
+        (["outputs", "--config-db", "http://h:1"], "config_db = 'http://h:1': must be"),
+    ],
+)
+def test_commands_refuse_a_bad_id_or_url_in_one_line(tmp_path, argv, fragment):
+    assert_clean_failure(batch_imaging(*argv, cwd=tmp_path), 2, fragment)
+
+
+def test_verify_names_an_unreadable_manifest(tmp_path):
+    (tmp_path / "manifest.json").write_text("{bad")
+    result = batch_imaging("verify", str(tmp_path), cwd=tmp_path)
+    assert_clean_failure(result, 1, "manifest.json: unreadable (JSONDecodeError")
 
 
 def test_run_refuses_a_pb_another_run_has_claimed(tmp_path):
