@@ -50,8 +50,19 @@ def test_chain_recovers_true_phases_with_true_model(tiny) -> None:
     np.testing.assert_allclose(ical.corrected_vis(win, tables), true_model, atol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["hogbom", "msclean", "mmclean"])
-def test_ical_loop_converges(tiny, algorithm: str) -> None:
+@pytest.mark.parametrize(
+    ("algorithm", "phase_rad", "dynamic_range", "offset_px"),
+    [  # measured: 0.059 rad, 893, 0.146 px; 0.058 rad, 924, 0.146 px; 0.00067 rad, 1474, 0.01 px
+        ("hogbom", 0.1, 600, 0.2),
+        ("msclean", 0.1, 600, 0.2),
+        ("mmclean", 0.002, 1000, 0.03),
+    ],
+)
+def test_ical_loop_converges(
+    tiny, algorithm: str, phase_rad: float, dynamic_range: float, offset_px: float
+) -> None:
+    """Three cycles on the tiny case reach the figures measured, with margins that a sign or
+    scale error, or a tenfold regression of MS-MFS, would not pass."""
     settings = settings_for(tiny, algorithm=algorithm, nmajor=3, niter=300, psf_support=64)
     figures = run_case(tiny, settings)
     cycles = figures["cycles"]
@@ -59,8 +70,10 @@ def test_ical_loop_converges(tiny, algorithm: str) -> None:
     assert cycles[0]["solved_terms"] == [] and cycles[1]["solved_terms"] == ["T"]
     assert cycles[3]["solved_terms"] == ["T", "G"]  # in the chain's order
     assert cycles[-1]["phase_rms_rad"] < 0.2 * cycles[0]["phase_rms_rad"]
-    assert figures["phase_rms_shift_removed_rad"] < 0.1
-    assert figures["dynamic_range"] > 100
+    assert figures["phase_rms_shift_removed_rad"] < phase_rad
+    assert figures["dynamic_range"] > dynamic_range
+    for source in figures["sources"][:5]:
+        assert abs(source["flux_ratio"] - 1) < 0.003 and source["offset_px"] < offset_px
 
 
 def test_band_prediction_is_each_windows_model_and_its_adjoint(tiny) -> None:
