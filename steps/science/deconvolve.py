@@ -324,8 +324,10 @@ def msmfs(
 
     ``chan_weights`` are the channels' sums of weights (default equal); the reference
     frequency defaults to the mean of ``freqs_hz``.  ``psf_support`` limits the PSF patch to
-    that many pixels either side of a component (None: twice the image).  ``nmoment`` is
-    reduced to the number of channels if larger.  A scale's components keep their whole kernel
+    that many pixels either side of a component (None: the image's size); a PSF smaller
+    than the patch is zero-padded, so that its sidelobes beyond are left to a major cycle
+    (a PSF twice the image covers every component).  ``nmoment`` is reduced to the number
+    of channels if larger.  A scale's components keep their whole kernel
     inside the image (otherwise model and residual updates would disagree at the edges).
     """
     cube = [dirty] if np.ndim(dirty) == 2 else dirty
@@ -371,7 +373,8 @@ def couplings_of(
 ) -> Couplings:
     """The ``Couplings`` of the PSF moments ``P_k`` (2 nt - 1, any size, centred on its
     (ny//2, nx//2) pixel) for images of ``shape``; ``psf_support`` limits the patch to that
-    many pixels either side of a component (None: twice the image)."""
+    many pixels either side of a component (None: the image's size; moments smaller than
+    the patch are zero-padded)."""
     kernels = tuple(scale_kernel(s) for s in scales)
     ns, nt = len(kernels), (len(pmom) + 1) // 2
     margin = max(k.shape[0] for k in kernels)
