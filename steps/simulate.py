@@ -21,7 +21,7 @@ from steps.buffers import Buffers, resolve
 from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
 from steps.params import Params
-from steps.science import beam, catalogue, layout, predict, sky, synthetic
+from steps.science import C_M_S, beam, catalogue, layout, predict, sky, synthetic
 from steps.skyfile import write_sky
 
 
@@ -124,6 +124,21 @@ def predict_window(
     )
 
 
+def undersampled(cell_rad: float, uvw: np.ndarray, freqs_hz: np.ndarray) -> str | None:
+    """Why ``cell_rad`` is too coarse for the longest projected baseline at the highest
+    frequency (more than its Nyquist cell ``1 / (2 u_max)``), or None."""
+    u_max = float(np.max(np.hypot(uvw[..., 0], uvw[..., 1]))) * float(np.max(freqs_hz)) / C_M_S
+    nyquist = 1.0 / (2.0 * u_max) if u_max > 0 else math.inf
+    if cell_rad <= nyquist:
+        return None
+    return (
+        f"cellsize = {cell_rad:g} rad is coarser than the longest baseline's Nyquist cell "
+        f"({nyquist:.2g} rad: {u_max:.0f} wavelengths at {np.max(freqs_hz) / 1e6:.0f} MHz): "
+        f"the PSF is undersampled and sources off pixel centres are modelled poorly, which "
+        f"self-calibration then absorbs; {nyquist / 1.5:.2g} rad gives 3 pixels per beam"
+    )
+
+
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
     stations, obs = observation(params)
     components, apparent, sky_provenance = field_components(params)
@@ -136,6 +151,9 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         len(components.names),
         params.sky_model,
     )
+    coarse = undersampled(params.cellsize, obs.uvw, obs.frequencies)
+    if coarse:
+        LOG.warning("%s", coarse)
     attrs = {
         "antenna_names": list(stations.names),
         "antenna_itrf_m": stations.itrf.round(4).tolist(),

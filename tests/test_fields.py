@@ -112,3 +112,15 @@ def test_synthetic_field_and_a_layout_file(tmp_path: Path) -> None:
     shipped, ref = simulate.observation(parse(synthetic))
     assert user.names == shipped.names
     np.testing.assert_allclose(obs.uvw, ref.uvw, atol=1e-3)
+
+
+def test_a_cell_coarser_than_the_longest_baselines_nyquist_cell_is_named() -> None:
+    """One 1 km baseline at 100 MHz: 333.6 wavelengths, a Nyquist cell of 1.5 mrad."""
+    uvw = np.array([[[600.0, -800.0, 5.0]]])
+    freqs = np.array([90e6, 100e6])
+    assert simulate.undersampled(0.0014, uvw, freqs) is None
+    message = simulate.undersampled(0.002, uvw, freqs)
+    assert message is not None
+    assert (
+        "cellsize = 0.002 rad" in message and "(0.0015 rad: 334 wavelengths at 100 MHz)" in message
+    )
