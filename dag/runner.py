@@ -112,9 +112,8 @@ def run_local(
         )
     resources.check(checked, buffer_root, buffer_root)
     given = config_db or requested.get("config_db")  # --config-db, else the parameters'
-    config_db = config_db_url(given) if given else None
+    config_db = config_db_url(given) if given else embedded_db(buffer_root)
     buffer_root.mkdir(parents=True, exist_ok=True)
-    config_db = config_db or embedded_db(buffer_root)
     db = ConfigDB(open_backend(config_db))
     try:
         pb_id = requested.get("pb_id") or new_pb_id(

@@ -489,11 +489,13 @@ def converged(entry: dict[str, Any], cycle: int, settings: Settings) -> bool:
 def diverging(vis_rms: float, record: Sequence[dict[str, Any]]) -> bool:
     """Whether a cycle whose residual visibilities (calibrated data less the model's
     prediction) have the weighted rms ``vis_rms`` diverges: more than ``DIVERGENCE`` times the
-    lowest of the cycles before it.  ICAL that converges lowers that misfit: each solve
-    minimises it for the model, and each component CLEAN adds lowers it as far as its PSF is
-    right.  It grows when CLEAN's components follow a PSF patch too small for the array's
-    sidelobes, or when amplitude gains, solved against a model too poor to constrain them (an
-    array of a few stations), shrink towards zero and scale the calibrated data up."""
+    lowest of the cycles before it.  ICAL that converges lowers that misfit: a phase solve
+    minimises it for the model (an amplitude solve the misfit of the uncalibrated data, much
+    the same while the gains stay near unity), and each component CLEAN adds lowers it as
+    far as its PSF is right.  It grows when CLEAN's components follow a PSF patch too small
+    for the array's sidelobes, or when amplitude gains, solved against a model too poor to
+    constrain them (an array of a few stations), shrink towards zero and scale the
+    calibrated data up."""
     lowest = min((e["residual_vis_rms_jy"] for e in record), default=float("inf"))
     return vis_rms > DIVERGENCE * lowest
 
