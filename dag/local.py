@@ -3,8 +3,9 @@
 It reads the manifest (not a copy of the step list) and honours, as Argo does:
 
 - DAG tasks in ``depends``/``dependencies`` order (independent tasks concurrently), ``when``
-  (``A == B``, ``A != B``), ``failFast`` (by default no task starts once one failed), and
-  the task phases Succeeded, Failed, Error, Skipped, Omitted;
+  (``A == B``, ``A != B``), ``failFast`` (by default, once a task failed and none runs, no
+  task starts: Argo's controller, which still starts tasks while one runs), and the task
+  phases Succeeded, Failed, Error, Skipped, Omitted;
 - ``{{...}}`` substitution of workflow (name, uid, namespace, parameters), input and task
   output parameters (unknown: an error);
 - container templates as subprocesses, each in its own process group as a container has its
@@ -70,7 +71,7 @@ from steps.processes import cores, process_alive
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a govaluate number
+NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)")  # govaluate reads digits and a point
 MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
@@ -180,8 +181,9 @@ def _dependency(phase: str, succeeded_only: bool) -> str:
 
 
 def _when(text: str) -> bool:
-    """Evaluate a substituted ``when`` of the form ``A == B`` or ``A != B``: numbers compare
-    as numbers (``1.0 == 1``), anything else as strings, as Argo's govaluate does."""
+    """Evaluate a substituted ``when`` of the form ``A == B`` or ``A != B`` as Argo's
+    govaluate does: numbers compare as numbers (``1.0 == 1``), ``true``/``false`` as
+    booleans, quoted text as text, and operands of different kinds are unequal."""
     match = re.fullmatch(r"\s*(\S+)\s*(==|!=)\s*(\S+)\s*", text)
     if match is None:
         raise WorkflowError(f"unsupported when expression {text!r} (A == B or A != B)")
@@ -189,11 +191,15 @@ def _when(text: str) -> bool:
     return (_operand(left) == _operand(right)) == (op == "==")
 
 
-def _operand(token: str) -> float | str:
-    """A ``when`` operand: a number unless quoted or not one, else its text unquoted."""
+def _operand(token: str) -> tuple[str, float | bool | str]:
+    """A ``when`` operand with its kind: a number, a boolean, or text (quoted or bare)."""
     if token[:1] in "'\"" and token[-1:] == token[:1] and len(token) > 1:
-        return token[1:-1]
-    return float(token) if NUMBER.fullmatch(token) else token
+        return "text", token[1:-1]
+    if NUMBER.fullmatch(token):
+        return "number", float(token)
+    if token in ("true", "false"):
+        return "boolean", token == "true"
+    return "text", token
 
 
 def seconds(text: str | int | float) -> float:
@@ -262,7 +268,9 @@ class LocalEngine:
         self.artifact_repository = artifact_repository
         self._scratch_dir: Path | None = None  # the running run's pod outputs
 
-    def run(self, parameters: dict[str, str], name: str | None = None) -> Run:
+    def run(
+        self, parameters: dict[str, str], name: str | None = None, uid: str | None = None
+    ) -> Run:
         """Run the entrypoint DAG then the exit handler; return the phases."""
         declared = {
             p["name"]: p.get("value") for p in self.spec.get("arguments", {}).get("parameters", [])
@@ -275,7 +283,7 @@ class LocalEngine:
             raise WorkflowError(f"spec.arguments.{missing[0]}.value is required")
         scope = {f"workflow.parameters.{k}": str(v) for k, v in {**declared, **parameters}.items()}
         scope["workflow.name"] = name or f"batch-imaging-{uuid.uuid4().hex[:5]}"
-        scope["workflow.uid"] = str(uuid.uuid4())  # one run's, as a Workflow object's uid
+        scope["workflow.uid"] = uid or str(uuid.uuid4())  # one run's, as a Workflow's uid
         scope["workflow.namespace"] = "local"
         self.buffer_root.mkdir(parents=True, exist_ok=True)
         with self._stop_on_signals(), self._mutexes(scope), _scratch(self.buffer_root) as scratch:
@@ -388,10 +396,13 @@ class LocalEngine:
                     self._expire(why, nodes, pods, retry_at)
                     return nodes, why
                 failed = any(node.phase in ("Failed", "Error") for node in nodes.values())
+                # Argo's controller: a failFast DAG with a failed task and nothing running
+                # has failed, and starts nothing more (while a task runs, it still does)
+                halted = fail_fast and failed and not pods and not retry_at
                 for name, task in tasks.items():
                     if nodes[name].phase != "Pending":
                         continue
-                    if failed and fail_fast:  # Argo schedules nothing new once a task failed
+                    if halted:
                         nodes[name].phase, nodes[name].message = "Omitted", FAIL_FAST
                     else:
                         self._schedule(name, task, waits[name], scope, nodes, pods)

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,11 @@ def run_local(
                 f"processing block {pb_id} is already being run by process {running} on "
                 f"{HOSTNAME}: wait for it to end, or stop it"
             )
-        register(db, params, requested)
+        uid = str(uuid.uuid4())  # the run's: its exit handler, and no other's, may end the block
+        register(db, params, requested, uid)
     finally:
         db.close()
-    return execute(params, buffer_root, run_name(params.pb_id), artifacts)
+    return execute(params, buffer_root, run_name(params.pb_id), artifacts, uid)
 
 
 def runs_here(params: parameters.Params) -> None:
@@ -156,7 +158,11 @@ def engine_arguments(params: parameters.Params) -> dict[str, str]:
 
 
 def execute(
-    params: parameters.Params, buffer_root: Path, name: str, artifacts: Path | None = None
+    params: parameters.Params,
+    buffer_root: Path,
+    name: str,
+    artifacts: Path | None = None,
+    uid: str | None = None,
 ) -> str:
     """Run the rendered workflow template with the local engine; return its phase.
 
@@ -167,7 +173,7 @@ def execute(
     )
     try:
         runs_here(params)  # a block the bridge runs here was not checked by `run`
-        run = engine.run(engine_arguments(params), name=name)
+        run = engine.run(engine_arguments(params), name=name, uid=uid)
     except Exception as exc:
         with ConfigDB(connect(params.config_db)) as db:
             reason = f"workflow {name} could not run: {exc}"
@@ -220,20 +226,24 @@ def gone_run(state: PBState | None) -> str | None:
     return f"its run (process {pid} on {HOSTNAME}) is gone"
 
 
-def register(db: ConfigDB, params: parameters.Params, requested: dict) -> None:
+def register(
+    db: ConfigDB, params: parameters.Params, requested: dict, uid: str | None = None
+) -> None:
     """Create (or reset, on a re-run) the processing block with the ``requested`` parameters
     (the file's with the command line's); as the processing controller, mark its resources
     available (its dependencies, if any, have FINISHED) and record this process as the run's
     follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
     timeline and clears the previous reason; a block another run has claimed (on Argo,
-    another host), or whose dependencies have not FINISHED, is refused and left as it is."""
+    another host), or whose dependencies have not FINISHED, is refused and left as it is.
+    ``uid`` is the workflow uid of the run to come: the exit handler of an earlier run of the
+    same name then leaves the block to it."""
     me = this_process()
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
     state = PBState(
         status=PBStatus.STARTING,
         resources_available=True,
         run={**run, "submitted": now()},
-        workflow_uid=None,  # no run has claimed it yet
+        workflow_uid=uid,
     )
     for txn in db.txn():
         owner = txn.get_owner(params.pb_id)

@@ -339,12 +339,17 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
                 last["cycle"], settings.nmajor,
             )  # fmt: skip
         elif result.stopped == "diverged":
+            kept = (
+                f"keeping the gains of cycle {last['cycle'] - 1} and the model they were "
+                "solved against"
+                if last["cycle"] > 1
+                else "the products are those of the uncalibrated data, with no model"
+            )
             LOG.warning(
                 "ICAL diverged at cycle %d of %d: residual visibilities' rms %.3g Jy, over %g "
-                "times the lowest before it; keeping the gains of cycle %d and the model they "
-                "were solved against",
+                "times the lowest before it; %s",
                 last["cycle"], settings.nmajor, last["residual_vis_rms_jy"], ical.DIVERGENCE,
-                last["cycle"] - 1,
+                kept,
             )  # fmt: skip
         if result.stopped != "nmajor":
             cycles.finish()

@@ -224,9 +224,10 @@ def convergence_title(data: dict) -> str:
     last, nmajor = rows[-1].get("cycle") if rows else None, data.get("nmajor")
     if type(last) is not int or type(nmajor) is not int:
         return "ICAL convergence"
-    if data.get("stopped") == "converged":
+    stopped = data.get("stopped", "converged" if last < nmajor else "nmajor")  # older records
+    if stopped == "converged":
         return f"ICAL convergence (converged at cycle {last} of {nmajor})"
-    if data.get("stopped") == "diverged":
+    if stopped == "diverged":
         return f"ICAL convergence (diverged at cycle {last} of {nmajor})"
     return "ICAL convergence"
 

@@ -41,10 +41,10 @@ def estimate(params: Params, root: Path | None = None) -> Estimate:
     pixels = params.npixel**2
     grid = (GRID_OVERSAMPLING * params.npixel) ** 2 * 16
     worker = samples * 16 * WORKING_COPIES + pixels * 8 * IMAGE_ARRAYS + grid
-    # MS-MFS's Taylor terms, moments and couplings on the step process (the cubes stream
-    # through the store); per-window algorithms also keep each window's model, a cycle's
-    # increments and the last cycle's (undone if the cycle diverges)
-    planes = 8 * params.nmoment + (3 * params.nfreqwin if params.algorithm != "mmclean" else 0)
+    # MS-MFS's Taylor terms (and the last cycle's, undone if a cycle diverges), moments and
+    # couplings on the step process (the cubes stream through the store); per-window
+    # algorithms also keep each window's model, a cycle's increments and the last cycle's
+    planes = 9 * params.nmoment + (3 * params.nfreqwin if params.algorithm != "mmclean" else 0)
     coordinator = pixels * 8 * planes
     disk = 3 * samples * params.nfreqwin * VIS_BYTES + 3 * params.nfreqwin * pixels * 8
     return Estimate(worker=worker, coordinator=coordinator, disk=disk)

@@ -244,7 +244,10 @@ def test_diverging_ical_keeps_the_last_cycles_gains_and_their_model(algorithm: s
     assert last == {**last, "cycle": 1, "diverged": True, "solved_terms": ["T"]}
     assert last["residual_vis_rms_jy"] > ical.DIVERGENCE * first["residual_vis_rms_jy"]
     assert first["components"] > 0 and first["model_flux_jy"] != 0.0
-    assert last["model_flux_jy"] == 0.0 and not np.any(result.taylor)
+    assert (
+        last["components"] == 0 and last["model_flux_jy"] == first["model_flux_jy"]
+    )  # as measured
+    assert not np.any(result.taylor)
     np.testing.assert_array_equal(result.gains, 1.0)
     mfs = np.zeros((case.npixel, case.npixel))
     for band, model, m in zip(bands, result.models, members, strict=True):
@@ -256,6 +259,34 @@ def test_diverging_ical_keeps_the_last_cycles_gains_and_their_model(algorithm: s
             mfs += win.sumwt * image
     mfs /= sum(win.sumwt for band in bands for win in band)
     assert np.sqrt(np.mean(mfs**2)) == pytest.approx(first["residual_rms_jy"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "global_solution"), [("mmclean", False), ("mmclean", True), ("hogbom", False)]
+)
+def test_a_later_diverging_cycle_keeps_the_cycle_before_it(
+    monkeypatch: pytest.MonkeyPatch, algorithm: str, global_solution: bool
+) -> None:
+    """Made to diverge at cycle 3, ICAL's result is cycle 2's gain tables (those a run of
+    two cycles ends with) and the model they were solved against (that of a run of one)."""
+    case = lowbd2_case(rmax=300.0, nwin=3, ntimes=3, npixel=64, cell_rad=0.002, nsrc=6)
+    kw = {"algorithm": algorithm, "niter": 100, "psf_support": 32}
+    settings = {
+        n: settings_for(case, nmajor=n, global_solution=global_solution, **kw) for n in (1, 2, 5)
+    }
+    _, _, one = _run(case, settings[1])
+    _, _, two = _run(case, settings[2])
+    assert one.stopped == two.stopped == "nmajor"
+    monkeypatch.setattr(ical, "diverging", lambda vis_rms, record: len(record) == 3)
+    bands, _, forced = _run(case, settings[5])
+    assert forced.stopped == "diverged" and forced.convergence[-1]["cycle"] == 3
+    for got, want in zip(forced.tables, two.tables, strict=True):
+        for name, table in want.items():
+            np.testing.assert_allclose(got[name], table, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(forced.gains, two.gains, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(forced.taylor, one.taylor, atol=1e-6 * np.abs(one.taylor).max())
+    for band, model in zip(bands, forced.models, strict=True):  # its residuals made anew
+        assert all(win.final.load(model.version) is None for win in band)
 
 
 def test_final_residuals_are_the_last_cycles_while_the_model_is_unchanged(tiny) -> None:

@@ -312,7 +312,7 @@ def test_when_skips_and_depends_treats_skipped_as_done(tmp_path: Path) -> None:
 
 def test_dependencies_read_as_depends_and_when_compares_numbers(tmp_path: Path) -> None:
     """``dependencies: [a]`` is ``depends: "a"`` (a Skipped task is done), and ``when``
-    compares numbers as numbers, quoted text as text, as Argo does."""
+    compares numbers as numbers, booleans as booleans, quoted text as text, as govaluate."""
     echo = {"parameters": [{"name": "text", "value": "x"}]}
     manifest = workflow(
         [ECHO],
@@ -321,34 +321,48 @@ def test_dependencies_read_as_depends_and_when_compares_numbers(tmp_path: Path) 
             {"name": "listed", "template": "echo", "dependencies": ["maybe"], "arguments": echo},
             task("number", "echo", when="{{workflow.parameters.x}} == 1", arguments=echo),
             task("text", "echo", when="'{{workflow.parameters.x}}' == '1'", arguments=echo),
+            task("boolean", "echo", when="true == 'true'", arguments=echo),  # kinds differ
+            task("exponent", "echo", when="1e0 == 1", arguments=echo),  # not a number there
         ],
         arguments={"parameters": [{"name": "x", "value": "1.0"}]},
     )
     run = LocalEngine(manifest, tmp_path).run({})
-    phases = [run.nodes[n].phase for n in ("maybe", "listed", "number", "text")]
-    assert phases == ["Skipped", "Succeeded", "Succeeded", "Skipped"]
+    phases = [run.nodes[n].phase for n in ("maybe", "listed", "number", "text", "boolean")]
+    assert phases == ["Skipped", "Succeeded", "Succeeded", "Skipped", "Skipped"]
+    assert run.nodes["exponent"].phase == "Skipped"
 
 
 @pytest.mark.parametrize("fail_fast", [None, False])
-def test_fail_fast_starts_nothing_once_a_task_failed(
+def test_fail_fast_starts_nothing_once_a_task_failed_and_none_runs(
     tmp_path: Path, fail_fast: bool | None
 ) -> None:
-    """As Argo's DAG (``failFast`` true by default): once ``a`` failed, ``c``, which waits
-    only for ``b`` (still running then), is not started; with ``failFast: false`` it is."""
-    slow = {"name": "slow", "container": container("import time; time.sleep(1)")}
+    """As Argo's controller (``failFast`` true by default): ``a`` fails at once; ``c`` starts
+    when ``b`` ends, since ``d`` still runs; ``e`` would start when ``d`` ends, with nothing
+    running, and does not.  With ``failFast: false`` every task runs."""
+
+    def sleeping(name: str, seconds: float) -> dict[str, Any]:
+        return {"name": name, "container": container(f"import time; time.sleep({seconds})")}
+
     manifest = workflow(
-        [FAIL, slow],
-        [task("a", "fail"), task("b", "slow"), task("c", "slow", "b")],
+        [FAIL, sleeping("short", 1), sleeping("long", 4)],
+        [
+            task("a", "fail"),
+            task("b", "short"),
+            task("c", "short", "b"),
+            task("d", "long"),
+            task("e", "short", "d"),
+        ],
     )
     if fail_fast is not None:
         manifest["spec"]["templates"][0]["dag"]["failFast"] = fail_fast
     run = LocalEngine(manifest, tmp_path).run({})
     assert run.phase == "Failed"
-    assert [run.nodes[n].phase for n in "ab"] == ["Failed", "Succeeded"]
+    phases = [run.nodes[n].phase for n in "abcde"]
     if fail_fast is None:
-        assert (run.nodes["c"].phase, run.nodes["c"].message) == ("Omitted", local.FAIL_FAST)
+        assert phases == ["Failed", "Succeeded", "Succeeded", "Succeeded", "Omitted"]
+        assert run.nodes["e"].message == local.FAIL_FAST
     else:
-        assert run.nodes["c"].phase == "Succeeded"
+        assert phases == ["Failed", "Succeeded", "Succeeded", "Succeeded", "Succeeded"]
 
 
 def test_a_missing_output_parameter_without_default_is_an_error(tmp_path: Path) -> None:

@@ -166,5 +166,5 @@ def test_the_step_process_estimate_follows_what_it_holds() -> None:
         return estimate(Params(npixel=2048, **overrides)).coordinator
 
     plane = 2048**2 * 8
-    assert coordinator(nfreqwin=32) == coordinator(nfreqwin=8) == 16 * plane
-    assert coordinator(nfreqwin=32, algorithm="hogbom") == (16 + 96) * plane
+    assert coordinator(nfreqwin=32) == coordinator(nfreqwin=8) == 18 * plane
+    assert coordinator(nfreqwin=32, algorithm="hogbom") == (18 + 96) * plane

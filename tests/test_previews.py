@@ -63,6 +63,8 @@ def test_convergence_title_says_when_ical_stopped_early() -> None:
     stopped = {"nmajor": 4, "stopped": "nmajor", "cycles": cycles}
     assert previews.convergence_title(stopped) == "ICAL convergence"
     assert previews.convergence_title({"cycles": cycles}) == "ICAL convergence"  # no nmajor
+    older = {"nmajor": 5, "cycles": cycles}  # written before ICAL recorded why it stopped
+    assert previews.convergence_title(older) == "ICAL convergence (converged at cycle 4 of 5)"
 
 
 def test_ical_convergence_preview(tmp_path: Path) -> None:

@@ -192,6 +192,28 @@ def test_a_run_whose_claim_failed_leaves_the_block_to_the_run_holding_it(block, 
         lease.revoke()
 
 
+def test_an_earlier_runs_exit_handler_leaves_a_block_run_again_alone(block, monkeypatch):
+    """A run ends (its claim released) and the block is run again before the earlier run's
+    exit handler has reported: that handler, of a run of the same name, must leave the
+    block to the new run, which ``register`` named by its uid."""
+    params, _ = block
+    name = f"batch-imaging-{params.pb_id}"
+    with ConfigDB(open_backend(params.config_db)) as db:
+        db.run(
+            lambda txn: txn.update_state(
+                params.pb_id, status="RUNNING", workflow_run=name, workflow_uid="earlier"
+            )
+        )
+        register(db, params, {"pb_id": params.pb_id}, uid="again")
+    monkeypatch.setenv("WORKFLOW_NAME", name)
+    monkeypatch.setenv("WORKFLOW_UID", "earlier")
+    monkeypatch.setenv("WORKFLOW_STATUS", "Failed")
+    assert runner.run_step("release", params.as_strings()) == 0
+    with ConfigDB(open_backend(params.config_db)) as db:
+        state = db.run(lambda txn: txn.get_state(params.pb_id))
+    assert (state.status, state.workflow_uid) == ("STARTING", "again")
+
+
 def test_a_local_run_of_an_assigned_block_keeps_its_sbi(tmp_path):
     """``run`` records the parameters that ran; a block an SBI assigned stays that SBI's."""
     db = ConfigDB(open_backend(embedded_db(tmp_path)))

@@ -495,9 +495,12 @@ def diverging(vis_rms: float, record: Sequence[dict[str, Any]]) -> bool:
     far as its PSF is right.  It grows when CLEAN's components follow a PSF patch too small
     for the array's sidelobes, or when amplitude gains, solved against a model too poor to
     constrain them (an array of a few stations), shrink towards zero and scale the
-    calibrated data up."""
-    lowest = min((e["residual_vis_rms_jy"] for e in record), default=float("inf"))
-    return vis_rms > DIVERGENCE * lowest
+    calibrated data up.  A diverging cycle's record is the cycle as it measured: its gains'
+    phase error, the model it predicted, no component."""
+    if not record:
+        return False
+    lowest = min(e["residual_vis_rms_jy"] for e in record)
+    return not vis_rms <= DIVERGENCE * lowest  # a NaN misfit diverges too
 
 
 def band_cycle(
@@ -743,15 +746,8 @@ def run_ical(
         diverged = diverging(vis_rms, record)
         t0 = time.perf_counter()
         ncomp = 0
-        if diverged:  # back to the last cycle's gains and the model they were solved against
-            tables, gain_all = kept
-            if joint:
-                taylor = undo
-            else:
-                for m, added, _ in undo:
-                    model[m] -= added
-                taylor = deconvolve.moments(model, taylor_w[:nt], sumwt)
-            version += 1  # the final residuals of the model kept are made anew
+        if diverged:
+            pass  # nothing deconvolved: the cycle is recorded as measured, then undone below
         elif joint:  # MS-MFS
             found = deconvolve_joint(residual, couplings, settings)
             undo = taylor.copy()
@@ -792,7 +788,15 @@ def run_ical(
                 entry["components"],
                 f", phase error {entry['phase_rms_rad']:.3g} rad" if true_gains is not None else "",
             )
-        if diverged:
+        if diverged:  # back to the last cycle's gains and the model they were solved against
+            tables, gain_all = kept
+            if joint:
+                taylor = undo
+            else:
+                for m, added, _ in undo:
+                    model[m] -= added
+                taylor = deconvolve.moments(model, taylor_w[:nt], sumwt)
+            version += 1  # the final residuals of the model kept are made anew
             stopped = "diverged"
             break
         if final and cycle < settings.nmajor and converged(entry, cycle, settings):
