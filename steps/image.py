@@ -102,7 +102,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     if alpha is not None:
         fitsio.write_image(
             buffers.image("mfs_alpha"), alpha, bunit="", beam=mfs_beam, history=ALPHA_HISTORY,
-            **{**mfs, "extra": {**mfs["extra"], "BTYPE": "spectral index"}},
+            **{**mfs, "extra": {
+                **mfs["extra"], "BTYPE": "spectral index",
+                "ALPHASNR": (ALPHA_SNR, "index where I0 > this many residual rms"),
+            }},
         )  # fmt: skip
     fitsio.write_image(
         buffers.psf,

@@ -9,7 +9,10 @@ preview whose inputs are missing, with a warning).  Every PNG is
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from steps import atomic, store
 from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
 from steps.params import Params
+from steps.processes import cores
 from steps.science import C_M_S, fitsio, imaging
 
 FIGSIZE = (7.0, 6.0)  # inches
@@ -94,8 +98,6 @@ def residual(buffers: Buffers, out: Path) -> Path:
 
 def spectral_index(buffers: Buffers, out: Path) -> Path:
     """The MFS apparent spectral index where the signal allows it (NaN elsewhere)."""
-    from steps.image import ALPHA_SNR
-
     data, header = fitsio.read_image(buffers.image("mfs_alpha"))
     alpha = data.reshape(data.shape[-2], data.shape[-1])
     finite = alpha[np.isfinite(alpha)]
@@ -104,7 +106,8 @@ def spectral_index(buffers: Buffers, out: Path) -> Path:
     limit = max(abs(float(low)), abs(float(high)), 0.1)
     shown = ax.imshow(alpha, origin="lower", cmap="coolwarm", vmin=-limit, vmax=limit)
     ax.set_facecolor("0.85")  # where the signal does not allow an index
-    ax.set_title(f"Apparent spectral index ({finite.size} pixels above {ALPHA_SNR:g} rms)")
+    above = f" above {header['ALPHASNR']:g} rms" if "ALPHASNR" in header else ""
+    ax.set_title(f"Apparent spectral index ({finite.size} pixels{above})")
     fig.colorbar(shown, ax=ax, label="alpha (S ~ nu^alpha)", fraction=0.046, pad=0.04)
     return _save(fig, out)
 
@@ -253,28 +256,28 @@ def ical_convergence(buffers: Buffers, out: Path) -> Path:
 
 
 def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
-    """Write every preview whose input products exist (a failed run may lack some); return
-    name -> path of those written. A product that exists but is damaged is an error."""
+    """Write every preview whose input products exist (a failed run may lack some), drawn
+    side by side in forked processes, one per core; return name -> path of those written.
+    A product that exists but is damaged is an error."""
     makers: dict[str, tuple[Path, Callable[[Path], Path]]] = {
-        "restored": (buffers.image("mfs_restored"), lambda path: restored(buffers, path)),
-        "residual": (buffers.image("mfs_residual"), lambda path: residual(buffers, path)),
-        "spectral_index": (
-            buffers.image("mfs_alpha"),
-            lambda path: spectral_index(buffers, path),
-        ),
-        "psf": (buffers.calibrated, lambda path: psf(params, buffers, path)),
-        "uv_coverage": (buffers.model, lambda path: uv_coverage(buffers, path)),
-        "gain_phases": (buffers.solved_gains, lambda path: gain_phases(buffers, path)),
-        "ical_convergence": (
-            buffers.convergence,
-            lambda path: ical_convergence(buffers, path),
-        ),
+        "restored": (buffers.image("mfs_restored"), partial(restored, buffers)),
+        "residual": (buffers.image("mfs_residual"), partial(residual, buffers)),
+        "spectral_index": (buffers.image("mfs_alpha"), partial(spectral_index, buffers)),
+        "psf": (buffers.calibrated, partial(psf, params, buffers)),
+        "uv_coverage": (buffers.model, partial(uv_coverage, buffers)),
+        "gain_phases": (buffers.solved_gains, partial(gain_phases, buffers)),
+        "ical_convergence": (buffers.convergence, partial(ical_convergence, buffers)),
     }
-    written = {}
+    todo = {}
     for name in PREVIEWS:
         source, make = makers[name]
         if source.exists():
-            written[name] = make(buffers.preview(name))
+            todo[name] = make
         else:
             LOG.warning("preview %s skipped: %s does not exist", name, source.name)
-    return written
+    if not todo:
+        return {}
+    fork = multiprocessing.get_context("fork")  # matplotlib is imported here already
+    with ProcessPoolExecutor(min(cores(), len(todo)), mp_context=fork) as pool:
+        drawn = {name: pool.submit(make, buffers.preview(name)) for name, make in todo.items()}
+        return {name: future.result() for name, future in drawn.items()}

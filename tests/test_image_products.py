@@ -10,7 +10,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from steps import store
+from steps import image, store
 from steps.science import fitsio, restore
 from steps.skyfile import read_sky
 from tests.small_run import SmallRun, small_run
@@ -57,7 +57,7 @@ def test_images_carry_the_observation_start_and_site(run: SmallRun) -> None:
 
 def test_spectral_index_is_labelled_apparent(run: SmallRun) -> None:
     header = fits.getheader(run.buffers.image("mfs_alpha"))
-    assert header["BTYPE"] == "spectral index"
+    assert header["BTYPE"] == "spectral index" and header["ALPHASNR"] == image.ALPHA_SNR
     assert "station beam" in str(header["HISTORY"])
 
 

@@ -80,6 +80,15 @@ def test_ical_convergence_preview(tmp_path: Path) -> None:
     _check_png(written["ical_convergence"])
 
 
+def test_a_damaged_product_is_an_error_from_the_process_drawing_it(tmp_path: Path) -> None:
+    buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
+    buffers.img.mkdir()
+    buffers.convergence.write_text(json.dumps({"cycles": "damaged"}))
+    with pytest.raises(ValueError, match="holds no per-cycle series"):
+        previews.write_all(parse({}), buffers)
+    assert not buffers.preview("ical_convergence").exists()
+
+
 def test_missing_products_write_nothing(tmp_path: Path) -> None:
     buffers = Buffers(vis=tmp_path / "vis", img=tmp_path / "img")
     assert previews.write_all(parse({}), buffers) == {}
