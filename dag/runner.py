@@ -33,6 +33,7 @@ from steps.processes import cores, process_alive, started_at
 WORKFLOW = Workflow(type="batch", id="batch_imaging", version="0.2.0")
 HOSTNAME = socket.gethostname()
 ARTIFACT_REPOSITORY_ENV = "BATCH_IMAGING_ARTIFACT_REPOSITORY"
+UNFINISHED = (PBStatus.STARTING, PBStatus.WAITING, PBStatus.RUNNING)
 
 
 def artifact_repository(given: Path | None = None) -> Path | None:
@@ -219,7 +220,7 @@ def gone_run(state: PBState | None) -> str | None:
     is gone (killed outright: it could not record its end); None if not known to be."""
     run = getattr(state, "run", None) or {}
     pid = run.get("pid")
-    if state is None or state.status not in (PBStatus.STARTING, PBStatus.WAITING, PBStatus.RUNNING):
+    if state is None or state.status not in UNFINISHED:
         return None
     if run.get("hostname") != HOSTNAME or not pid or _alive(run):
         return None
@@ -234,7 +235,8 @@ def register(
     available (its dependencies, if any, have FINISHED) and record this process as the run's
     follower, so that a bridge on the same database leaves it alone. A re-run starts a fresh
     timeline and clears the previous reason; a block another run has claimed (on Argo,
-    another host), or whose dependencies have not FINISHED, is refused and left as it is.
+    another host), that an Argo workflow runs (its claim step may not have started yet), or
+    whose dependencies have not FINISHED, is refused and left as it is.
     ``uid`` is the workflow uid of the run to come: the exit handler of an earlier run of the
     same name then leaves the block to it."""
     me = this_process()
@@ -252,6 +254,13 @@ def register(
                 f"processing block {params.pb_id} is claimed by process {owner.pid} on "
                 f"{owner.hostname} ({' '.join(owner.command)}): wait for its run to end, or "
                 "stop it (a claim whose holder died expires within seconds)"
+            )
+        current = txn.get_state(params.pb_id)
+        elsewhere = dict(getattr(current, "run", None) or {})
+        if elsewhere.get("engine") == "argo" and current.status in UNFINISHED:
+            raise RuntimeError(
+                f"processing block {params.pb_id} is {current.status.value} as Argo workflow "
+                f"{elsewhere.get('name')}: wait for it to end, or stop it (argo stop)"
             )
         pb = txn.get_pb(params.pb_id)  # an existing block keeps its SBI and dependencies
         pending = []

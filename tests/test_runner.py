@@ -214,6 +214,20 @@ def test_an_earlier_runs_exit_handler_leaves_a_block_run_again_alone(block, monk
     assert (state.status, state.workflow_uid) == ("STARTING", "again")
 
 
+def test_a_local_run_refuses_a_block_an_argo_workflow_runs(block):
+    """The bridge submitted the block to Argo, whose claim step has not started yet (a pod
+    pulling its image): ``run`` refuses it rather than run it twice."""
+    params, _ = block
+    argo = {"name": f"batch-imaging-{params.pb_id}", "engine": "argo"}
+    with ConfigDB(open_backend(params.config_db)) as db:
+        db.run(lambda txn: txn.update_state(params.pb_id, status="WAITING", run=argo))
+        with pytest.raises(RuntimeError, match="is WAITING as Argo workflow batch-imaging-pb"):
+            register(db, params, {})
+        assert db.run(lambda txn: txn.get_state(params.pb_id)).run == argo
+        db.run(lambda txn: txn.update_state(params.pb_id, status="FAILED"))
+        register(db, params, {})  # an ended one may be run again here
+
+
 def test_a_local_run_of_an_assigned_block_keeps_its_sbi(tmp_path):
     """``run`` records the parameters that ran; a block an SBI assigned stays that SBI's."""
     db = ConfigDB(open_backend(embedded_db(tmp_path)))
