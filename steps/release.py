@@ -41,7 +41,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         if state is None or getattr(state, "workflow_run", run_name) != run_name:
             return False  # not ours: another run holds this block
         if getattr(state, "workflow_uid", None) not in (None, run_uid):
-            return False  # claimed by another run of the same name (this one's claim failed)
+            return False  # another run's of the same name: it claimed or was registered since
         fields: dict[str, Any] = {"status": status}
         if status is PBStatus.FAILED:
             steps = {
