@@ -191,15 +191,15 @@ def _when(text: str) -> bool:
     return (_operand(left) == _operand(right)) == (op == "==")
 
 
-def _operand(token: str) -> tuple[str, float | bool | str]:
+def _operand(word: str) -> tuple[str, float | bool | str]:
     """A ``when`` operand with its kind: a number, a boolean, or text (quoted or bare)."""
-    if token[:1] in "'\"" and token[-1:] == token[:1] and len(token) > 1:
-        return "text", token[1:-1]
-    if NUMBER.fullmatch(token):
-        return "number", float(token)
-    if token in ("true", "false"):
-        return "boolean", token == "true"
-    return "text", token
+    if word[:1] in "'\"" and word[-1:] == word[:1] and len(word) > 1:
+        return "text", word[1:-1]
+    if NUMBER.fullmatch(word):
+        return "number", float(word)
+    if word in ("true", "false"):
+        return "boolean", word == "true"
+    return "text", word
 
 
 def seconds(text: str | int | float) -> float:
