@@ -51,12 +51,18 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     freqs = calibrated["frequency"].values
     ref = float(freqs.mean())
     centre = len(freqs) // 2
-    beams = [restore.fit_clean_beam(p, params.cellsize) for p in planes(products["PSF"])]
-    beam = beams[centre]  # the primary header's: the window the metrics are of
-
     nt = taylor.shape[0]
     weights = deconvolve.taylor_weights(freqs, ref, 2 * nt - 1)
-    psf_mom = deconvolve.moments(planes(products["PSF"]), weights, sumwt)
+    beams: list[restore.Beam] = []
+
+    def fitted(psfs: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The PSFs, read once: each window's clean beam is fitted on the way."""
+        for psf in psfs:
+            beams.append(restore.fit_clean_beam(psf, params.cellsize))
+            yield psf
+
+    psf_mom = deconvolve.moments(fitted(planes(products["PSF"])), weights, sumwt)
+    beam = beams[centre]  # the primary header's: the window the metrics are of
     mfs_beam = restore.fit_clean_beam(psf_mom[0], params.cellsize)
     res_mom = deconvolve.moments(planes(products["RESIDUAL"]), weights[:nt], sumwt)
     # residual Taylor coefficients: the moment residuals through the PSF-peak Hessian
