@@ -5,10 +5,14 @@ Conventions (checked in tests/test_msexport.py, WSClean included):
 
 - One row per (time, spectral window, baseline), cross-correlations only, ANTENNA1 < ANTENNA2.
 - UVW is the store's uvw unchanged: ANTENNA2 - ANTENNA1 in metres, u east, v north, w toward
-  the phase centre, with V = sum S exp(-2 pi i (u l + v m + w (n - 1)) nu / c), which is the
-  MS v2 / CASA convention (WSClean images the exported data at the catalogue positions).
-- Stokes I is one correlation of type I (casacore Stokes code 1): DATA equals the store's
-  visibilities bit for bit (complex64), and WSClean images it with ``-pol i``.
+  the phase centre, in the J2000 frame of the phase centre (``layout.celestial_uvw``; casacore
+  measures recompute them from TIME, ANTENNA POSITION and PHASE_DIR to 1e-4 of the baseline,
+  the annual aberration casacore applies and the simulation does not).
+- The store holds V = sum S exp(-2 pi i (u l + v m + w (n - 1)) nu / c); the MS's phase sign
+  for the same UVW is the opposite, so DATA is the store's visibilities conjugated (exact in
+  complex64), and WSClean images the exported data at the catalogue positions.
+- Stokes I is one correlation of type I (casacore Stokes code 1); WSClean images it with
+  ``-pol i``.
 - TIME and TIME_CENTROID are the store's sample times (MJD seconds, UTC), the centre of each
   integration; INTERVAL and EXPOSURE the integration time.
 - Evenly spaced windows are the channels of one spectral window; otherwise each window is

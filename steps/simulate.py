@@ -33,7 +33,7 @@ def observation(params: Params) -> tuple[layout.Stations, store.Layout]:
     stations = layout.select_within(stations, params.rmax)
     hour_angles = np.radians(params.hour_angles_deg())
     ant1, ant2 = layout.baselines(len(stations.names))
-    times = layout.observation_times(params.ra, hour_angles, stations.lon_deg)
+    times = layout.observation_times(params.ra, params.dec, hour_angles, stations.lon_deg)
     return stations, store.Layout(
         times=times,
         frequencies=np.asarray(params.frequencies()),
@@ -41,7 +41,7 @@ def observation(params: Params) -> tuple[layout.Stations, store.Layout]:
         antenna1=ant1,
         antenna2=ant2,
         antenna_names=list(stations.names),
-        uvw=layout.uvw(stations, hour_angles, math.radians(params.dec)),
+        uvw=layout.celestial_uvw(stations, times, params.ra, params.dec),
         integration_time=layout.integration_time(hour_angles),
     )
 
@@ -87,7 +87,7 @@ def field_components(params: Params) -> tuple[sky.Components, np.ndarray, str]:
     components, provenance = sky_components(params)
     l, m, _ = sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec)  # noqa: E741
     half = params.npixel * params.cellsize / 2
-    inside = (np.abs(np.arcsin(l)) < half) & (np.abs(np.arcsin(m)) < half)
+    inside = (np.abs(l) < half) & (np.abs(m) < half)  # direction cosines, as the pixels
     if not inside.any():
         raise ValueError(
             f"sky_model = {params.sky_model!r}: none of its {len(components.names)} "

@@ -3,7 +3,7 @@
 import astropy.units as u
 import numpy as np
 import pytest
-from astropy.coordinates import ITRS, EarthLocation, HADec
+from astropy.coordinates import ITRS, TETE, EarthLocation, HADec, SkyCoord
 from astropy.time import Time
 
 from steps.science import layout
@@ -133,21 +133,45 @@ def test_uvw_zenith_is_enu() -> None:
     np.testing.assert_allclose(uvw, enu, atol=0.5)
 
 
-@pytest.mark.parametrize("ra_deg", [0.0, 150.0, 359.0])
-def test_observation_times(ra_deg: float) -> None:
-    """Against astropy's apparent sidereal time (with its IERS tables and polar motion): the
-    hour angles are reached to 1 ms of time (a sign error in UT1 - UTC would be 0.35 s)."""
+@pytest.mark.parametrize(("ra_deg", "dec_deg"), [(0.0, -30.0), (150.0, -70.0), (359.0, 10.0)])
+def test_observation_times(ra_deg: float, dec_deg: float) -> None:
+    """Against astropy's apparent sidereal time (with its IERS tables and polar motion) and
+    apparent right ascension (TETE): transit to 1 ms of time, the other hour angles to 10 ms
+    (a sign error in UT1 - UTC would be 0.35 s; the J2000 RA taken as apparent, ≈ 60 s)."""
     ha = np.linspace(-np.pi / 6, np.pi / 6, 5)
     lon = layout.SKA1_LOW_REF[0]
-    times = layout.observation_times(ra_deg, ha, lon)
-    lst = Time(times / 86400.0, format="mjd", scale="utc").sidereal_time("apparent", longitude=lon)
-    hour_angle_h = lst.hour - ra_deg / 15.0
-    np.testing.assert_allclose(
-        ((hour_angle_h - np.degrees(ha) / 15.0 + 12.0) % 24.0) - 12.0, 0.0, atol=1e-3 / 3600
-    )
+    times = layout.observation_times(ra_deg, dec_deg, ha, lon)
+    when = Time(times / 86400.0, format="mjd", scale="utc")
+    lst = when.sidereal_time("apparent", longitude=lon)
+    ra = SkyCoord(ra_deg * u.deg, dec_deg * u.deg).transform_to(TETE(obstime=when)).ra
+    error_s = ((lst.hour - ra.hour - np.degrees(ha) / 15.0 + 12.0) % 24.0 - 12.0) * 3600
+    assert abs(error_s[2]) < 1e-3  # transit
+    np.testing.assert_allclose(error_s, 0.0, atol=1e-2)  # the apparent RA drifts meanwhile
     assert Time(times[2] / 86400.0, format="mjd").iso.startswith("2020-01-01")
     assert Time("2020-01-01T12:00:00").delta_ut1_utc == pytest.approx(
         layout.DUT1_2020_01_01_S, abs=1e-3
     )
     assert layout.integration_time(ha) == pytest.approx(3590.17, abs=0.01)
     assert layout.integration_time(ha[:1]) == layout.SINGLE_INTEGRATION_S
+
+
+@pytest.mark.parametrize(("ra_deg", "dec_deg"), [(30.0, -50.0), (200.0, 5.0)])
+def test_celestial_uvw_against_astropy(ra_deg: float, dec_deg: float) -> None:
+    """J2000 uvw against astropy's GCRS positions of the stations (its own precession-
+    nutation, IERS UT1 and polar motion) projected on the phase centre's axes: to 2e-6 of the
+    baseline (polar motion, neglected here, is 1.5e-6; the hour angle and declination of date
+    used for J2000 ones, 2e-3; a transposed rotation, far more)."""
+    stations = layout.select_within(layout.load_stations(), 300.0)
+    times = layout.observation_times(ra_deg, dec_deg, np.radians([-30.0, 0.0, 30.0]), 116.76)
+    ours = layout.celestial_uvw(stations, times, ra_deg, dec_deg)
+    ant1, ant2 = layout.baselines(len(stations.names))
+    location = EarthLocation.from_geocentric(*stations.itrf.T, unit=u.m)
+    w = SkyCoord(ra_deg * u.deg, dec_deg * u.deg).cartesian.xyz.value
+    east = np.cross([0.0, 0.0, 1.0], w)
+    east /= np.linalg.norm(east)
+    axes = np.array([east, np.cross(w, east), w])  # u east, v north, w to the phase centre
+    for t, when in enumerate(Time(times / 86400.0, format="mjd", scale="utc")):
+        gcrs = location.get_gcrs_posvel(when)[0].xyz.to_value(u.m).T
+        expected = (gcrs[ant2] - gcrs[ant1]) @ axes.T
+        error = np.linalg.norm(ours[t] - expected, axis=1)
+        assert np.max(error / np.linalg.norm(expected, axis=1)) < 2e-6

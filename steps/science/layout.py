@@ -8,6 +8,9 @@ Frames
   ``-lon_ref``. Z lies along Earth's rotation axis (north), X points to hour
   angle 0 (the reference meridian) in the equatorial plane and Y to hour angle
   -6 h (east). uvw then follow Thompson, Moran & Swenson eq. 4.1.
+* celestial (J2000): the GCRS, to which ITRF baselines are rotated by the IAU 2006/2000A
+  precession-nutation and the Earth's rotation (``celestial_uvw``): the frame of a
+  Measurement Set's ``UVW`` for a J2000 phase centre.
 """
 
 from dataclasses import dataclass, replace
@@ -335,8 +338,9 @@ def baselines(n: int) -> tuple[np.ndarray, np.ndarray]:
 def uvw(stations: Stations, hour_angles_rad: np.ndarray, dec_rad: float) -> np.ndarray:
     """Baseline uvw (ntimes, nbaselines, 3) metres; baseline (p, q) = station q - station p.
 
-    u east, v north, w toward the source (TMS eq. 4.1), hour angle at the
-    reference longitude.
+    u east, v north, w toward the source (TMS eq. 4.1), for the hour angle (at the reference
+    longitude) and declination of date: the geometry without precession, as RASCIL's
+    simulations take it.  An observation of a J2000 phase centre uses ``celestial_uvw``.
     """
     ant1, ant2 = baselines(len(stations.names))
     bxyz = stations.xyz[ant2] - stations.xyz[ant1]
@@ -355,28 +359,74 @@ def uvw(stations: Stations, hour_angles_rad: np.ndarray, dec_rad: float) -> np.n
     return np.einsum("tij,bj->tbi", rot, bxyz)
 
 
-def observation_times(ra_deg: float, hour_angles_rad: np.ndarray, lon_deg: float) -> np.ndarray:
-    """UTC times (MJD seconds) at which the phase centre has the given hour angles.
+def celestial_uvw(
+    stations: Stations, times_s: np.ndarray, ra_deg: float, dec_deg: float
+) -> np.ndarray:
+    """Baseline uvw (ntimes, nbaselines, 3) metres at UTC ``times_s`` (MJD seconds) for the
+    J2000 (ICRS) phase centre ``ra_deg``, ``dec_deg``, in its frame, as a Measurement Set
+    holds them: each ITRF baseline (station q - station p) rotated to the GCRS (ERFA's
+    ``c2t06a``: IAU 2006/2000A precession-nutation and Earth rotation, polar motion
+    neglected) and projected on the phase centre's u (east), v (north) and w axes.
+    """
+    ant1, ant2 = baselines(len(stations.names))
+    b_itrf = stations.itrf[ant2] - stations.itrf[ant1]
+    ut1, tt = _ut1_tt(np.atleast_1d(np.asarray(times_s, dtype=float)) / SOLAR_DAY_S)
+    c2t = erfa.c2t06a(*tt, *ut1, 0.0, 0.0)  # (ntimes, 3, 3), celestial -> terrestrial
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    sr, cr, sd, cd = np.sin(ra), np.cos(ra), np.sin(dec), np.cos(dec)
+    axes = np.array([[-sr, cr, 0.0], [-sd * cr, -sd * sr, cd], [cd * cr, cd * sr, sd]])
+    # terrestrial b = C b_cel, so b_cel = C^T b and uvw = axes C^T b
+    return np.einsum("ij,tkj,bk->tbi", axes, c2t, b_itrf)
 
-    Transit is the first time on 2020-01-01 UTC when the apparent local
-    sidereal time at ``lon_deg`` equals ``ra_deg`` (the J2000 RA is used
-    as is); hour angle H is reached H * 86164.0905 / (2 pi) s later.
+
+def observation_times(
+    ra_deg: float, dec_deg: float, hour_angles_rad: np.ndarray, lon_deg: float
+) -> np.ndarray:
+    """UTC times (MJD seconds) at which the J2000 phase centre has the given hour angles.
+
+    Transit is the first time on 2020-01-01 UTC when the apparent local sidereal time at
+    ``lon_deg`` equals the phase centre's apparent right ascension of date (``apparent_ra``);
+    hour angle H is reached H * 86164.0905 / (2 pi) s later (the times are evenly spaced, so
+    the apparent RA's drift, < 0.1 s of time a day, moves the other hour angles by < 10 ms).
     """
     sidereal_day = SIDEREAL_DAY_S / SOLAR_DAY_S
     mjd = TRANSIT_SEARCH_MJD
-    mjd += (ra_deg - apparent_lst_deg(mjd, lon_deg)) % 360.0 / 360.0 * sidereal_day
-    offset = (ra_deg - apparent_lst_deg(mjd, lon_deg) + 180.0) % 360.0 - 180.0
-    mjd += offset / 360.0 * sidereal_day
+    mjd += (
+        (apparent_ra_deg(ra_deg, dec_deg, mjd) - apparent_lst_deg(mjd, lon_deg))
+        % 360.0
+        / 360.0
+        * sidereal_day
+    )
+    for _ in range(2):  # the apparent RA at transit
+        ra = apparent_ra_deg(ra_deg, dec_deg, mjd)
+        mjd += (
+            ((ra - apparent_lst_deg(mjd, lon_deg) + 180.0) % 360.0 - 180.0) / 360.0 * sidereal_day
+        )
     h = np.asarray(hour_angles_rad, dtype=float)
     return mjd * SOLAR_DAY_S + h * SIDEREAL_DAY_S / (2.0 * np.pi)
+
+
+def _ut1_tt(mjd_utc: np.ndarray | float) -> tuple[tuple, tuple]:
+    """UT1 and TT (two-part Julian dates) of UTC ``mjd_utc`` near 2020-01-01."""
+    ut1 = erfa.utcut1(MJD_JD, mjd_utc, DUT1_2020_01_01_S)
+    tt = erfa.taitt(*erfa.utctai(MJD_JD, mjd_utc))
+    return ut1, tt
 
 
 def apparent_lst_deg(mjd_utc: float, lon_deg: float) -> float:
     """Apparent local sidereal time (deg, IAU 2006/2000A, ERFA's ``gst06a``) at UTC
     ``mjd_utc`` near 2020-01-01, polar motion neglected (< 1 ms of time)."""
-    ut1 = erfa.utcut1(MJD_JD, mjd_utc, DUT1_2020_01_01_S)
-    tt = erfa.taitt(*erfa.utctai(MJD_JD, mjd_utc))
+    ut1, tt = _ut1_tt(mjd_utc)
     return float((np.degrees(erfa.gst06a(*ut1, *tt)) + lon_deg) % 360.0)
+
+
+def apparent_ra_deg(ra_deg: float, dec_deg: float, mjd_utc: float) -> float:
+    """The geocentric apparent right ascension (deg, true equinox of date) of the ICRS
+    direction ``ra_deg``, ``dec_deg`` at UTC ``mjd_utc``: ERFA's ``atci13`` (precession,
+    nutation, aberration, light deflection) to the CIRS, less the equation of the origins."""
+    _, tt = _ut1_tt(mjd_utc)
+    ri, _, eo = erfa.atci13(np.radians(ra_deg), np.radians(dec_deg), 0.0, 0.0, 0.0, 0.0, *tt)
+    return float(np.degrees(erfa.anp(ri - eo)))
 
 
 def integration_time(hour_angles_rad: np.ndarray) -> float:
