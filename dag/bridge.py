@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from dag.runner import (
     HOSTNAME,
+    check_buffer_root,
     config_db_url,
     find_run_process,
     given_or_embedded,
@@ -104,7 +105,12 @@ class LocalRuns:
         self._offsets[name] = log.stat().st_size if log.exists() else 0
         process = start_detached(params.config_db, pb_id, self.buffer_root, name, log)
         self._children[name] = process
-        return {"pid": process.pid, "hostname": HOSTNAME, "log": str(log)}
+        return {
+            "pid": process.pid,
+            "hostname": HOSTNAME,
+            "log": str(log),
+            "buffer_root": str(self.buffer_root),
+        }
 
     def check(self, run: dict[str, Any], ours: bool) -> Outcome | None:
         name = run["name"]
@@ -545,6 +551,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 def cmd_run_pb(args: argparse.Namespace) -> int:
     root = Path(args.buffer_root)
     url = config_db_url(given_or_embedded(args.config_db, root))
+    check_buffer_root(root)
     phase = run_pb(url, args.pb_id, root, args.name or run_name(args.pb_id))
     return 0 if phase == "Succeeded" else 1
 

@@ -66,7 +66,7 @@ from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
 from steps.params import RFC1123_LABEL, quantity
-from steps.processes import cores, process_alive
+from steps.processes import ENGINE_PID_ENV, cores, process_alive
 
 EXPRESSION = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 BUFFER_MOUNT = re.compile(r"^/buffer/([^/]+)$")
@@ -94,7 +94,7 @@ CLUSTER_SPEC_KEYS = {
 }  # fmt: skip
 TEMPLATE_KEYS = {"name", "container", "resource", "dag", "inputs", "outputs", "retryStrategy"}
 TEMPLATE_KEYS |= {"activeDeadlineSeconds", "daemon"}
-CLUSTER_TEMPLATE_KEYS = {"metadata", "nodeSelector", "tolerations", "affinity", "podSpecPatch"}
+CLUSTER_TEMPLATE_KEYS = {"metadata", "nodeSelector", "tolerations", "affinity"}
 DAG_KEYS = {"tasks", "failFast"}
 TASK_KEYS = {"name", "template", "depends", "dependencies", "when", "arguments"}
 CONTAINER_KEYS = {"name", "image", "command", "args", "env", "volumeMounts", "resources"}
@@ -294,6 +294,7 @@ class LocalEngine:
             phase = _phase(nodes.values(), early)
             self._stopping = False  # as `argo stop`: the exit handler still runs
             if "onExit" in self.spec:
+                self._exiting = True  # and no stop stops it
                 exit_scope = {**scope, "workflow.status": phase}
                 handler = self.templates[self.spec["onExit"]]
                 if "dag" not in handler:  # a single template: a DAG of one task
@@ -308,13 +309,21 @@ class LocalEngine:
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
         """SIGINT/SIGTERM stop the run as ``argo stop`` does: running steps are terminated,
-        the rest omitted, and the exit handler runs with the workflow Failed."""
-        self._stopping = False
+        the rest omitted, and the exit handler runs with the workflow Failed, to its end (a
+        stop does not stop Argo's exit handler nodes: they record how the run ended)."""
+        self._stopping = self._exiting = False
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def stop(signum: int, _frame: object) -> None:
+            if self._exiting:
+                LOG.warning(
+                    "Ignoring %s: the exit handler records how the run ended (SIGKILL ends it "
+                    "without that)",
+                    signal.Signals(signum).name,
+                )
+                return
             LOG.warning("Stopping the workflow (%s)", signal.Signals(signum).name)
             self._stopping = True
 
@@ -846,6 +855,7 @@ class LocalEngine:
             BUFFER_ROOT_ENV: str(self.buffer_root),
             "BATCH_IMAGING_OUTPUTS": str(outputs),
             "ARGO_PROGRESS_FILE": str(outputs / "progress"),
+            ENGINE_PID_ENV: str(os.getpid()),
         }
         limit = template.get("activeDeadlineSeconds")
         deadline = time.time() + seconds(substitute(str(limit), scope)) if limit else None

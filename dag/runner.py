@@ -8,7 +8,6 @@ bridge that started it (a restarted bridge adopts it from the PB state).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import socket
@@ -28,7 +27,7 @@ from steps import resources
 from steps.configdb import ConfigDB, connect, open_backend, url_from_env
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
-from steps.processes import cores, process_alive, started_at
+from steps.processes import ENGINE_PID_ENV, cores, process_alive, started_at
 
 WORKFLOW = Workflow(type="batch", id="batch_imaging", version="0.2.0")
 HOSTNAME = socket.gethostname()
@@ -80,6 +79,17 @@ def given_or_embedded(config_db: str | None, buffer_root: Path) -> str | None:
     return config_db
 
 
+def check_buffer_root(path: Path) -> None:
+    """ParamsError naming ``--buffer-root`` if ``path`` is, or lies under, something other
+    than a directory (nothing is written; a read-only one fails the run that writes to it)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        subject = "" if existing == path else f": {existing}"
+        raise parameters.ParamsError(
+            f"--buffer-root {path}{subject} is not a directory: give a directory"
+        )
+
+
 def run_name(pb_id: str) -> str:
     """The deterministic workflow name of a processing block's run."""
     return f"{NAME}-{pb_id}"
@@ -106,6 +116,7 @@ def run_local(
     requested = {**raw, **parameters.decode_strings(overrides)} if isinstance(raw, dict) else raw
     checked = parameters.parse(requested)
     runs_here(checked)
+    check_buffer_root(buffer_root)
     artifacts = artifact_repository(artifacts)
     if checked.artifacts and artifacts is None:
         raise parameters.ParamsError(
@@ -129,7 +140,7 @@ def run_local(
                 f"{HOSTNAME}: wait for it to end, or stop it"
             )
         uid = str(uuid.uuid4())  # the run's: its exit handler, and no other's, may end the block
-        register(db, params, requested, uid)
+        register(db, params, requested, uid, buffer_root)
     finally:
         db.close()
     return execute(params, buffer_root, run_name(params.pb_id), artifacts, uid)
@@ -228,7 +239,11 @@ def gone_run(state: PBState | None) -> str | None:
 
 
 def register(
-    db: ConfigDB, params: parameters.Params, requested: dict, uid: str | None = None
+    db: ConfigDB,
+    params: parameters.Params,
+    requested: dict,
+    uid: str | None = None,
+    buffer_root: Path | None = None,
 ) -> None:
     """Create (or reset, on a re-run) the processing block with the ``requested`` parameters
     (the file's with the command line's); as the processing controller, mark its resources
@@ -238,14 +253,18 @@ def register(
     another host), that an Argo workflow runs (its claim step may not have started yet), or
     whose dependencies have not FINISHED, is refused and left as it is.
     ``uid`` is the workflow uid of the run to come: the exit handler of an earlier run of the
-    same name then leaves the block to it."""
+    same name then leaves the block to it; ``buffer_root``, where its buffers are, goes into
+    the run's record."""
     me = this_process()
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
+    if buffer_root is not None:
+        run["buffer_root"] = str(buffer_root.resolve())
     state = PBState(
         status=PBStatus.STARTING,
         resources_available=True,
         run={**run, "submitted": now()},
         workflow_uid=uid,
+        steps={},
     )
     for txn in db.txn():
         owner = txn.get_owner(params.pb_id)
@@ -263,12 +282,7 @@ def register(
                 f"{elsewhere.get('name')}: wait for it to end, or stop it (argo stop)"
             )
         pb = txn.get_pb(params.pb_id)  # an existing block keeps its SBI and dependencies
-        pending = []
-        for dependency in pb.dependencies if pb is not None else []:
-            other = txn.get_state(dependency.pb_id)
-            if other is None or other.status != PBStatus.FINISHED:
-                status = other.status.value if other is not None else "no state"
-                pending.append(f"{dependency.pb_id} ({status})")
+        pending = txn.unfinished_dependencies(pb) if pb is not None else []
         if pending:
             raise RuntimeError(
                 f"processing block {params.pb_id} depends on {', '.join(pending)}, not "
@@ -320,8 +334,8 @@ def now() -> str:
 def start_detached(
     config_db: str, pb_id: str, buffer_root: Path, name: str, log: Path
 ) -> subprocess.Popen[bytes]:
-    """Start ``batch-imaging run-pb`` in a new session, logging to ``log``; it survives its
-    parent (a bridge restart) and leads its own process group (its steps)."""
+    """Start ``batch-imaging run-pb`` in a new session, logging to ``log``: it survives its
+    parent (a bridge restart)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [
         *(sys.executable, "-m", "dag", "run-pb", pb_id),
@@ -346,18 +360,16 @@ def _processes(entry: str) -> Iterator[tuple[int, list[str]]]:
             continue
 
 
-def run_leftovers(pgid: int, name: str) -> list[int]:
-    """Live processes of process group ``pgid`` that belong to workflow ``name`` (their
-    environment says so): the steps a killed run left behind, never the processes of an
-    unrelated group that reused the id."""
-    found = []
-    for pid, environ in _processes("environ"):
-        if f"WORKFLOW_NAME={name}" not in environ:
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(pid) == pgid and process_alive(pid):
-                found.append(pid)
-    return found
+def run_leftovers(engine: int, name: str) -> list[int]:
+    """Live processes that the local engine of pid ``engine`` started for workflow ``name``,
+    and theirs (their environment says so): the steps a killed run left behind, never those
+    of another run."""
+    marks = {f"WORKFLOW_NAME={name}", f"{ENGINE_PID_ENV}={engine}"}
+    return [
+        pid
+        for pid, environ in _processes("environ")
+        if marks <= set(environ) and process_alive(pid)
+    ]
 
 
 def find_run_process(name: str, buffer_root: str) -> int | None:

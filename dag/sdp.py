@@ -144,9 +144,11 @@ def status_rows(db: ConfigDB, url: str) -> tuple[list[list[str]], list[list[str]
             if state is not None and state.reason:
                 reasons.append(f"{pb_id}: {state.reason}")
             if state is not None and (gone := gone_run(state)):
+                root = (getattr(state, "run", None) or {}).get("buffer_root")
+                where = f" --buffer-root {root}" if root else ""
                 reasons.append(
                     f"{pb_id}: {state.status.value}, but {gone}: "
-                    f"`batch-imaging run-pb {pb_id} --config-db {url}` runs it again"
+                    f"`batch-imaging run-pb {pb_id} --config-db {url}{where}` runs it again"
                 )
         return sbis, pbs, reasons
 

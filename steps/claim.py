@@ -3,6 +3,13 @@
 The claim is an etcd-lease-bound owner key, so it must be held by a live process: this step
 runs as an Argo *daemon* that signals readiness (the ``claimed`` output file) once the block is
 RUNNING and keeps its lease alive until the DAG ends; if the run dies, the owner key expires.
+
+A controller (the SDP bridge, ``batch-imaging run``) records the run it submits in the
+block's state and marks its resources available.  A run no controller recorded (``argo
+submit`` of a block ``sdp assign`` created, whose state the step runner's first record
+creates) is its own controller: the claim marks the resources available once every
+dependency of the block has FINISHED.  A new run (another workflow uid) starts an empty step
+timeline and clears the previous reason.
 """
 
 from __future__ import annotations
@@ -37,9 +44,27 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             raise ClaimError(f"processing block {params.pb_id} does not exist")
         if not txn.take_pb(params.pb_id, lease):
             return False
-        txn.update_state(
-            params.pb_id, status=PBStatus.WAITING, workflow_run=run_name, workflow_uid=run_uid
-        )
+        fields = {"status": PBStatus.WAITING, "workflow_run": run_name, "workflow_uid": run_uid}
+        state = txn.get_state(params.pb_id)  # the runner's first record made it if need be
+        if getattr(state, "workflow_uid", None) != run_uid:  # a new run: its own timeline
+            steps = dict(getattr(state, "steps", None) or {})
+            fields |= {"reason": None, "steps": {k: v for k, v in steps.items() if k == "claim"}}
+        txn.update_state(params.pb_id, **fields)
+        return True
+
+    def available(txn) -> bool:
+        """Whether the resources are available; marked so here for a run no controller
+        recorded, once the block's dependencies have FINISHED."""
+        state, pb = txn.get_state(params.pb_id), txn.get_pb(params.pb_id)
+        if state is None or pb is None:  # removed meanwhile: wait for the stop
+            return False
+        if state.resources_available:
+            return True
+        if dict(getattr(state, "run", None) or {}).get("name") == run_name:
+            return False  # its controller decides
+        if txn.unfinished_dependencies(pb):
+            return False
+        txn.update_state(params.pb_id, resources_available=True)
         return True
 
     with ConfigDB(connect(params.config_db or None)) as db:  # closed however the claim ends
@@ -50,8 +75,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             LOG.info("Claimed processing block %s", params.pb_id)
             LOG.info("Waiting for resources to be available")
             while not stop.is_set():
-                state = db.run(lambda txn: txn.get_state(params.pb_id))
-                if state is not None and state.resources_available:
+                if db.run(available):
                     break
                 stop.wait(POLL_S)
             else:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import psutil
 
+ENGINE_PID_ENV = "BATCH_IMAGING_ENGINE_PID"  # set by the local engine in each pod it starts
+
 
 def process_alive(pid: int, marker: str = "", started: float | None = None) -> bool:
     """Whether process ``pid`` on this host is alive (not a zombie), its command line

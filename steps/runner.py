@@ -19,9 +19,10 @@ from typing import Any
 
 from steps import manifest, resources
 from steps.buffers import Buffers, resolve
-from steps.configdb import ConfigDB, connect
+from steps.configdb import ConfigDB, PBState, PBStatus, connect
 from steps.log import LOG
 from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
+from steps.processes import ENGINE_PID_ENV
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -72,7 +73,12 @@ def record(params: Params, step: str, entry: dict) -> None:
                     f"processing block {params.pb_id} does not exist in the configuration DB "
                     "(`batch-imaging sdp assign` creates it; `config_db` names the DB)"
                 )
-            steps = dict(getattr(state, "steps", None) or {}) if state else {}
+            if state is None:  # a block no controller has taken up (``argo submit``)
+                txn.create_state(
+                    params.pb_id, PBState(status=PBStatus.STARTING, steps={step: entry})
+                )
+                return
+            steps = dict(getattr(state, "steps", None) or {})
             steps[step] = entry
             txn.update_state(params.pb_id, steps=steps)
 
@@ -134,12 +140,18 @@ def take_signals() -> None:
     blocked across exec (an ignored one stays ignored, as its launcher asked), and make
     SIGTERM raise ``Stopped``; and have the kernel send SIGTERM when the process that
     started it dies (Linux's parent-death signal), as the local engine does when it stops a
-    workflow: an engine that is killed leaves no step writing into the buffers."""
+    workflow: an engine that is killed leaves no step writing into the buffers.  An engine
+    that died before the signal was set (``$BATCH_IMAGING_ENGINE_PID`` is no longer the
+    parent) ends the step at once."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _stop)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    engine = os.environ.get(ENGINE_PID_ENV)
+    if engine and os.getppid() != int(engine):
+        LOG.warning("The workflow engine (pid %s) that started this step is gone", engine)
+        raise Stopped
 
 
 def run_step(name: str, raw: dict[str, str]) -> int:

@@ -384,6 +384,9 @@ def test_dag_fields_it_cannot_honour_are_refused(tmp_path: Path) -> None:
     on = {"continueOn": {"failed": True}}
     with pytest.raises(WorkflowError, match=r"task a: unsupported field.*continueOn"):
         LocalEngine(workflow([FAIL], [task("a", "fail", **on)]), tmp_path)
+    patched = {**FAIL, "podSpecPatch": '{"activeDeadlineSeconds": 2}'}  # changes what runs
+    with pytest.raises(WorkflowError, match=r"template fail: unsupported field.*podSpecPatch"):
+        LocalEngine(workflow([patched], [task("a", "fail")]), tmp_path)
 
 
 PVC = """apiVersion: v1
@@ -819,6 +822,38 @@ def test_sigterm_stops_the_run_and_the_exit_handler_still_runs(tmp_path):
     assert run.nodes["sleep"].phase == "Failed" and run.nodes["sleep"].message == local.STOPPED
     assert run.nodes["after"].phase == "Omitted"
     assert run.nodes["record (onExit)"].outputs["status"] == "Failed"
+
+
+def test_a_second_stop_does_not_stop_the_exit_handler(tmp_path):
+    """As on Argo, where a stop does not stop exit handler nodes: a second SIGTERM (or
+    Ctrl-C) while the exit handler runs is ignored, and the handler records the end."""
+    began = tmp_path / "exit-handler-began"
+    slow_record = {
+        "name": "slow-record",
+        "outputs": {"parameters": [output("status")]},
+        "container": container(
+            f"import pathlib, time; pathlib.Path({str(began)!r}).touch(); time.sleep(2)\n"
+            + WRITE
+            + ".write(sys.argv[2])",
+            "status",
+            "{{workflow.status}}",
+        ),
+    }
+    manifest = workflow([SLEEP, slow_record], [task("sleep", "sleep")], onExit="slow-record")
+
+    def stop_twice() -> None:
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        while not began.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_twice, daemon=True).start()
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.nodes["sleep"].message == local.STOPPED
+    node = run.nodes["slow-record (onExit)"]
+    assert (node.phase, node.outputs) == ("Succeeded", {"status": "Failed"})
+    assert run.phase == "Failed"
 
 
 def test_a_daemon_that_dies_fails_the_dag(tmp_path):

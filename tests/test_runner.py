@@ -6,10 +6,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from dag.runner import WORKFLOW, embedded_db, register
+from dag.runner import WORKFLOW, embedded_db, register, run_leftovers
 from steps import params as parameters
 from steps import runner
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
@@ -17,6 +18,7 @@ from steps.claim import ClaimError
 from steps.configdb import ConfigDB, open_backend
 from steps.configdb.entities import Dependency, PBState, ProcessingBlock
 from steps.metrics import step_timings
+from steps.processes import ENGINE_PID_ENV
 
 
 @pytest.fixture
@@ -272,3 +274,112 @@ def test_step_timings_count_the_running_step_from_its_start(block):
     assert timings["simulate"] == 2.5 and 5.0 <= timings["image"] < 7.0
     runner.record(params, "image", {"started": "yesterday", "phase": "Running"})
     assert step_timings(params.config_db, params.pb_id, running="image") == {}  # never fails
+
+
+def test_a_step_whose_engine_is_gone_ends_at_once():
+    """The parent-death signal is set once a step runs: a step whose engine died before that
+    (its parent is no longer ``$BATCH_IMAGING_ENGINE_PID``) ends at once, 143, as stopped."""
+    code = "from steps.runner import take_signals; take_signals(); print('ran')"
+
+    def step(engine: int) -> subprocess.CompletedProcess:
+        env = {**os.environ, ENGINE_PID_ENV: str(engine)}
+        command = [sys.executable, "-c", code]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    assert step(os.getpid()).stdout == "ran\n"
+    gone = step(os.getpid() + 1)  # not this step's parent
+    assert gone.returncode == 143 and gone.stdout == ""
+    assert f"engine (pid {os.getpid() + 1}) that started this step is gone" in gone.stderr
+
+
+def test_leftovers_are_the_processes_their_engine_started():
+    """What a killed engine left is found by its pid and workflow name in their environment,
+    whatever their process group (each step has its own)."""
+    engine, name = 4_000_000, "batch-imaging-pb-left-20261202-00000"  # above any real pid
+    env = {**os.environ, "WORKFLOW_NAME": name, ENGINE_PID_ENV: str(engine)}
+    left = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True
+    )
+    try:
+        assert run_leftovers(engine, name) == [left.pid]
+        assert run_leftovers(engine + 1, name) == [] and run_leftovers(engine, "other") == []
+    finally:
+        left.kill()
+        left.wait()
+    assert run_leftovers(engine, name) == []
+
+
+def test_a_new_run_starts_an_empty_timeline(block, monkeypatch):
+    """A run's step timeline and reason are its own: ``register`` (``batch-imaging run``)
+    and the claim of a run of another uid (run-pb, Argo) start them empty, the claim keeping
+    its own entry."""
+    params, root = block
+    runner.record(params, "calibrate", {"phase": "Failed", "message": "earlier run"})
+    with ConfigDB(open_backend(params.config_db)) as db:
+        db.run(lambda txn: txn.update_state(params.pb_id, status="FAILED", reason="earlier"))
+        register(db, params, {"pb_id": params.pb_id}, uid="second", buffer_root=root)
+        state = db.run(lambda txn: txn.get_state(params.pb_id))
+        assert (state.steps, state.reason) == ({}, None)
+        assert state.run["buffer_root"] == str(root.resolve())  # for `sdp status`'s hint
+        runner.record(params, "calibrate", {"phase": "Failed", "message": "second run"})
+        db.run(lambda txn: txn.update_state(params.pb_id, status="FAILED", reason="second"))
+        monkeypatch.setenv("WORKFLOW_NAME", f"batch-imaging-{params.pb_id}")
+        monkeypatch.setenv("WORKFLOW_UID", "third")
+        stop = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))  # the DAG ends
+        stop.start()
+        assert runner.run_step("claim", params.as_strings()) == 0
+        state = db.run(lambda txn: txn.get_state(params.pb_id))
+    assert list(state.steps) == ["claim"] and state.reason is None
+    assert (state.status, state.workflow_uid) == ("RUNNING", "third")
+
+
+def test_a_run_no_controller_recorded_is_its_own_controller(tmp_path):
+    """``argo submit`` of a block ``sdp assign`` created (no state, no run recorded): the
+    claim creates the state and marks the resources available once the block's dependency
+    has FINISHED, then sets RUNNING."""
+    url = embedded_db(tmp_path)
+    pb_id, before = "pb-argo-20261202-00001", "pb-argo-20261202-00000"
+    with ConfigDB(open_backend(url)) as db:
+
+        def assign(txn) -> None:
+            txn.create_pb(ProcessingBlock(id=before, workflow=WORKFLOW, parameters={}))
+            txn.create_state(before, PBState(status="RUNNING"))
+            depends = [Dependency(pb_id=before, type=["visibilities"])]
+            txn.create_pb(
+                ProcessingBlock(id=pb_id, workflow=WORKFLOW, parameters={}, dependencies=depends)
+            )
+
+        db.run(assign)
+        env = {
+            **os.environ,
+            "WORKFLOW_NAME": "batch-imaging-x7k2p",
+            "WORKFLOW_UID": "argo-uid",
+            runner.OUTPUTS_ENV: str(tmp_path / "outputs"),
+            BUFFER_ROOT_ENV: str(tmp_path),
+        }
+        command = [sys.executable, "-m", "dag", "step", "claim", "-p", f"pb_id={pb_id}"]
+        step = subprocess.Popen([*command, "-p", f"config_db={url}"], env=env)
+        try:
+            state = _wait(db, pb_id, lambda s: s is not None and s.status == "WAITING")
+            time.sleep(1.5)  # its dependency runs: it waits
+            state = db.run(lambda txn: txn.get_state(pb_id))
+            assert state.status == "WAITING" and not state.resources_available
+            assert not (tmp_path / "outputs" / "claimed").exists()
+            db.run(lambda txn: txn.update_state(before, status="FINISHED"))
+            state = _wait(db, pb_id, lambda s: s.status == "RUNNING")
+            assert state.resources_available and state.workflow_uid == "argo-uid"
+            assert (tmp_path / "outputs" / "claimed").read_text() == pb_id
+            step.terminate()
+            assert step.wait(timeout=30) == 0
+        finally:
+            step.kill()
+
+
+def _wait(db: ConfigDB, pb_id: str, done, timeout: float = 30.0) -> PBState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = db.run(lambda txn: txn.get_state(pb_id))
+        if done(state):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"{pb_id}: still {state}")

@@ -104,7 +104,8 @@ def test_assign_status_release(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_status_says_when_a_local_run_is_gone(tmp_path: Path, capsys) -> None:
     """A run killed outright (SIGKILL) cannot record its end: status says its process is
-    gone instead of showing the block RUNNING as if nothing happened."""
+    gone instead of showing the block RUNNING as if nothing happened, and how to run it again
+    on the same buffers."""
     store = str(tmp_path / "config")
     assert sdp(capsys, "assign", str(SEED), "--config-db", store)[0] == 0
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -116,6 +117,7 @@ def test_status_says_when_a_local_run_is_gone(tmp_path: Path, capsys) -> None:
         for pid, pb in ((ended.pid, BATCH), (running.pid, REALTIME)):
             run = {"hostname": socket.gethostname(), "pid": pid, "name": "batch-imaging-x"}
             run["started_at"] = started_at(pid) or 1.0
+            run["buffer_root"] = str(tmp_path / "buffers")  # where its buffers are
             db.run(
                 lambda txn, pb=pb, run=run: txn.create_state(pb, PBState(status="RUNNING", run=run))
             )
@@ -127,7 +129,8 @@ def test_status_says_when_a_local_run_is_gone(tmp_path: Path, capsys) -> None:
     finally:
         running.kill()
     assert f"{BATCH}: RUNNING, but its run (process {ended.pid} on " in out
-    assert f"`batch-imaging run-pb {BATCH} --config-db {Path(store).resolve()}` runs" in out
+    again = f"run-pb {BATCH} --config-db {Path(store).resolve()} --buffer-root {tmp_path}/buffers`"
+    assert f"`batch-imaging {again} runs" in out
     assert f"{REALTIME}: RUNNING" not in out  # its run's process lives
 
 

@@ -30,6 +30,7 @@ from .entities import (
     Deployment,
     Owner,
     PBState,
+    PBStatus,
     ProcessingBlock,
     check_deployment_id,
     check_pb_id,
@@ -161,6 +162,16 @@ class Transaction:
     def get_state(self, pb_id: str) -> PBState | None:
         """Return the PB state, or None (still starting)."""
         return self._get_model(f"/pb/{check_pb_id(pb_id)}/state", PBState)
+
+    def unfinished_dependencies(self, pb: ProcessingBlock) -> list[str]:
+        """The dependencies of ``pb`` that have not FINISHED, as ``"<id> (<status>)"``."""
+        pending = []
+        for dependency in pb.dependencies:
+            state = self.get_state(dependency.pb_id)
+            if state is None or state.status != PBStatus.FINISHED:
+                status = state.status.value if state is not None else "no state"
+                pending.append(f"{dependency.pb_id} ({status})")
+        return pending
 
     def create_state(self, pb_id: str, state: PBState) -> None:
         """Create the PB state; ConfigCollision if it exists."""
