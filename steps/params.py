@@ -33,6 +33,7 @@ SUFFIX = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
 MIN_MEMORY = "512Mi"  # a step's interpreter, numpy, Dask and xarray alone take ~300 MiB
+MIN_BUFFER = "1Mi"  # Kubernetes refuses a PVC of 0 bytes; less holds no run's products
 HOUR_ANGLE_LIMIT_DEG = 30.0  # the seed observes HA -30 deg .. +30 deg
 
 
@@ -248,6 +249,8 @@ class Params(BaseModel):
             raise _field_error(
                 "cpu_request", self.cpu_request, f"must be <= cpu_limit ({self.cpu_limit})"
             )
+        if quantity(self.buffer_size) < quantity(MIN_BUFFER):
+            raise _field_error("buffer_size", self.buffer_size, f"must be >= {MIN_BUFFER}")
         if quantity(self.memory_limit) < quantity(MIN_MEMORY):
             raise _field_error("memory_limit", self.memory_limit, f"must be >= {MIN_MEMORY}")
         if quantity(self.memory_request) > quantity(self.memory_limit):

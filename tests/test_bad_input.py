@@ -65,6 +65,7 @@ PARAMS_CASES = [
     ("odd-npixel", params(npixel=1023), [], 2, "npixel = 1023: must be even"),
     ("cellsize-zero", params(cellsize=0), [], 2, "cellsize = 0"),
     ("phase-error-negative", params(phase_error=-1), [], 2, "phase_error = -1"),
+    ("buffer-size-zero", params(buffer_size="0"), [], 2, "buffer_size = '0': must be >= 1Mi"),
     ("absurd-size", params(npixel=16384, cellsize=0.00005, nfreqwin=512), [], 2, "GiB of memory"),
     ("absurd-visibilities", params(rmax=100000.0, ntimes=1440), [], 2, "GiB"),
     ("traversal-buffer", params(buffer_vis="../etc"), [], 2, "buffer_vis = '../etc'"),
