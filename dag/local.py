@@ -96,7 +96,8 @@ TEMPLATE_KEYS = {"name", "container", "resource", "dag", "inputs", "outputs", "r
 TEMPLATE_KEYS |= {"activeDeadlineSeconds", "daemon"}
 CLUSTER_TEMPLATE_KEYS = {"metadata", "nodeSelector", "tolerations", "affinity"}
 DAG_KEYS = {"tasks", "failFast"}
-TASK_KEYS = {"name", "template", "depends", "dependencies", "when", "arguments"}
+DEPENDENCY_KEYS = {"depends", "dependencies"}
+TASK_KEYS = {"name", "template", "when", "arguments"} | DEPENDENCY_KEYS
 CONTAINER_KEYS = {"name", "image", "command", "args", "env", "volumeMounts", "resources"}
 CONTAINER_KEYS |= {"readinessProbe", "securityContext", "imagePullPolicy", "workingDir"}
 
@@ -262,6 +263,12 @@ class LocalEngine:
                 _check_keys(f"dag of {template['name']}", template["dag"], DAG_KEYS)
                 for task in template["dag"]["tasks"]:
                     _check_keys(f"task {task.get('name')}", task, TASK_KEYS)
+                kinds = {k for task in template["dag"]["tasks"] for k in task} & DEPENDENCY_KEYS
+                if kinds == DEPENDENCY_KEYS:  # Argo's validation refuses the mix
+                    raise WorkflowError(
+                        f"templates.{template['name']} cannot use both 'depends' and "
+                        "'dependencies' in the same DAG template"
+                    )
         self.volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
         self.buffer_root = Path(buffer_root).resolve()
         self.env = env or {}

@@ -384,6 +384,13 @@ def test_dag_fields_it_cannot_honour_are_refused(tmp_path: Path) -> None:
     on = {"continueOn": {"failed": True}}
     with pytest.raises(WorkflowError, match=r"task a: unsupported field.*continueOn"):
         LocalEngine(workflow([FAIL], [task("a", "fail", **on)]), tmp_path)
+    mixed = [
+        task("a", "fail"),
+        task("b", "fail", "a"),
+        {**task("c", "fail"), "dependencies": ["a"]},
+    ]
+    with pytest.raises(WorkflowError, match="both 'depends' and 'dependencies'"):
+        LocalEngine(workflow([FAIL], mixed), tmp_path)
     patched = {**FAIL, "podSpecPatch": '{"activeDeadlineSeconds": 2}'}  # changes what runs
     with pytest.raises(WorkflowError, match=r"template fail: unsupported field.*podSpecPatch"):
         LocalEngine(workflow([patched], [task("a", "fail")]), tmp_path)
