@@ -321,7 +321,7 @@ class Bridge:
             params = pb_params(pb, self.url)
         except ParamsError as exc:
             reason = reason or f"invalid parameters: {_one_line(exc)}"
-        reason = reason or _dependency_problem(txn, pb)
+        reason = reason or txn.dependency_problem(pb)
         if reason:
             return self._fail(txn, pb_id, state, reason)
         if state is None:
@@ -468,39 +468,6 @@ def _missing_parameters(pb: ProcessingBlock) -> str:
         "parameters missing: a batch_imaging PB needs its parameters object (see "
         "examples/batch_imaging.json; `batch-imaging params schema` lists every field)"
     )
-
-
-def _dependency_problem(txn: Transaction, pb: ProcessingBlock) -> str:
-    for dependency in pb.dependencies:
-        if txn.get_pb(dependency.pb_id) is None:
-            return (
-                f"dependency {dependency.pb_id} does not exist: assign it first or remove it "
-                "from the PB's dependencies"
-            )
-    cycle = _cycle(txn, pb.id, [pb.id])
-    if cycle:
-        return f"cyclic dependency {' -> '.join(cycle)}: no PB on it can ever start"
-    for dependency in pb.dependencies:
-        status = _status(txn.get_state(dependency.pb_id))
-        if status in FINAL - {PBStatus.FINISHED}:
-            return f"dependency {dependency.pb_id} is {status}"
-    return ""
-
-
-def _cycle(txn: Transaction, start: str, path: list[str]) -> list[str]:
-    """A dependency path from ``path[-1]`` back to ``start``, or []."""
-    try:
-        pb = txn.get_pb(path[-1])
-    except ValueError:
-        return []
-    for dependency in pb.dependencies if pb else []:
-        if dependency.pb_id == start:
-            return [*path, start]
-        if dependency.pb_id not in path:
-            found = _cycle(txn, start, [*path, dependency.pb_id])
-            if found:
-                return found
-    return []
 
 
 def _bridge_alive(bridge: dict[str, Any]) -> bool:

@@ -299,9 +299,9 @@ class LocalEngine:
             deadline = time.time() + float(limit) if limit is not None else None
             nodes, early = self._run_dag(self.templates[self.spec["entrypoint"]], scope, deadline)
             phase = _phase(nodes.values(), early)
-            self._stopping = False  # as `argo stop`: the exit handler still runs
+            self._exiting = "onExit" in self.spec  # no stop stops the exit handler, which
+            self._stopping = False  # still runs, as after `argo stop`
             if "onExit" in self.spec:
-                self._exiting = True  # and no stop stops it
                 exit_scope = {**scope, "workflow.status": phase}
                 handler = self.templates[self.spec["onExit"]]
                 if "dag" not in handler:  # a single template: a DAG of one task

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +146,10 @@ def status_rows(db: ConfigDB, url: str) -> tuple[list[list[str]], list[list[str]
                 reasons.append(f"{pb_id}: {state.reason}")
             if state is not None and (gone := gone_run(state)):
                 root = (getattr(state, "run", None) or {}).get("buffer_root")
-                where = f" --buffer-root {root}" if root else ""
+                where = f" --buffer-root {shlex.quote(root)}" if root else ""
                 reasons.append(
-                    f"{pb_id}: {state.status.value}, but {gone}: "
-                    f"`batch-imaging run-pb {pb_id} --config-db {url}{where}` runs it again"
+                    f"{pb_id}: {state.status.value}, but {gone}: `batch-imaging run-pb {pb_id} "
+                    f"--config-db {shlex.quote(url)}{where}` runs it again"
                 )
         return sbis, pbs, reasons
 

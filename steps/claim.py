@@ -52,18 +52,23 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         txn.update_state(params.pb_id, **fields)
         return True
 
-    def available(txn) -> bool:
-        """Whether the resources are available; marked so here for a run no controller
-        recorded, once the block's dependencies have FINISHED."""
+    def available(txn) -> bool | list[str]:
+        """True if the resources are available, else the dependencies waited for; for a run
+        no controller recorded, they are marked available here once every dependency has
+        FINISHED, and a dependency that never will (see ``dependency_problem``) fails it."""
         state, pb = txn.get_state(params.pb_id), txn.get_pb(params.pb_id)
         if state is None or pb is None:  # removed meanwhile: wait for the stop
-            return False
+            return []
         if state.resources_available:
             return True
         if dict(getattr(state, "run", None) or {}).get("name") == run_name:
-            return False  # its controller decides
-        if txn.unfinished_dependencies(pb):
-            return False
+            return []  # its controller decides
+        problem = txn.dependency_problem(pb)
+        if problem:
+            raise ClaimError(f"processing block {params.pb_id} cannot start: {problem}")
+        pending = txn.unfinished_dependencies(pb)
+        if pending:
+            return pending
         txn.update_state(params.pb_id, resources_available=True)
         return True
 
@@ -74,9 +79,14 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
                 raise ClaimError(f"processing block {params.pb_id} is already claimed")
             LOG.info("Claimed processing block %s", params.pb_id)
             LOG.info("Waiting for resources to be available")
+            waited: list[str] = []
             while not stop.is_set():
-                if db.run(available):
+                pending = db.run(available)
+                if pending is True:
                     break
+                if pending and pending != waited:
+                    LOG.info("Waiting for the dependencies %s to finish", ", ".join(pending))
+                waited = pending
                 stop.wait(POLL_S)
             else:
                 return {}

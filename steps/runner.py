@@ -22,7 +22,7 @@ from steps.buffers import Buffers, resolve
 from steps.configdb import ConfigDB, PBState, PBStatus, connect
 from steps.log import LOG
 from steps.params import NAMED_FILES, OPERATIONAL, Params, parse_strings
-from steps.processes import ENGINE_PID_ENV
+from steps.processes import ENGINE_PID_ENV, process_alive
 
 OUTPUTS_ENV = "BATCH_IMAGING_OUTPUTS"
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -98,6 +98,10 @@ ICAL_PARAMETERS = frozenset(
 )  # fmt: skip
 # what each step does not read (so does not key it): the corruption only corrupt reads; the
 # MS exports are simulate's and calibrate's
+# bumped when a step's products change for the same parameters and inputs, so that products
+# an earlier version made are made anew (their successors follow, their inputs changed):
+# simulate 2, uvw in the J2000 frame
+PRODUCTS_VERSION = {"simulate": 2}
 NOT_READ = {
     "simulate": ICAL_PARAMETERS | {"phase_error"},
     "corrupt": ICAL_PARAMETERS | {"export_ms"},
@@ -107,9 +111,12 @@ NOT_READ = {
 
 def key_parameters(params: Params, step: str, root: Path | None = None) -> dict[str, Any]:
     """What a step's products depend on besides its inputs: the parameters it reads (not the
-    operational ones), and the content (sha256) of the files they name (a sky catalogue, a
-    layout; ``buffer:`` ones under the buffer root ``root``, else this pod's)."""
+    operational ones), the content (sha256) of the files they name (a sky catalogue, a
+    layout; ``buffer:`` ones under the buffer root ``root``, else this pod's), and the
+    version of its products (``PRODUCTS_VERSION``)."""
     values: dict[str, Any] = params.model_dump(exclude={*OPERATIONAL, *NOT_READ.get(step, ())})
+    if step in PRODUCTS_VERSION:
+        values["products_version"] = PRODUCTS_VERSION[step]
     for field, named in NAMED_FILES.items():
         reference = values[field]
         if reference not in named:
@@ -141,15 +148,15 @@ def take_signals() -> None:
     SIGTERM raise ``Stopped``; and have the kernel send SIGTERM when the process that
     started it dies (Linux's parent-death signal), as the local engine does when it stops a
     workflow: an engine that is killed leaves no step writing into the buffers.  An engine
-    that died before the signal was set (``$BATCH_IMAGING_ENGINE_PID`` is no longer the
-    parent) ends the step at once."""
+    that died before the signal was set (``$BATCH_IMAGING_ENGINE_PID``, no longer alive)
+    ends the step at once."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _stop)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     engine = os.environ.get(ENGINE_PID_ENV)
-    if engine and os.getppid() != int(engine):
+    if engine and os.getppid() != int(engine) and not process_alive(int(engine)):
         LOG.warning("The workflow engine (pid %s) that started this step is gone", engine)
         raise Stopped
 

@@ -16,7 +16,7 @@ from astropy.io import fits
 
 from dag import outputs
 from dag.outputs import run_params
-from steps import manifest, store
+from steps import manifest, runner, store
 from steps.configdb import ConfigDB, open_backend
 from steps.params import parse
 from steps.runner import PIPELINE, key_parameters
@@ -135,6 +135,18 @@ def test_only_science_parameters_key_a_steps_products():
         for step in PIPELINE:
             changed = key_parameters(parse(change), step) != key_parameters(base, step)
             assert changed == (step in ("calibrate", "image")), (change, step)
+
+
+def test_products_of_an_earlier_version_are_made_anew(monkeypatch):
+    """A step whose products changed for the same parameters (simulate's uvw frame) keys by
+    its products' version: what an earlier version made is not reused."""
+    params = parse({})
+    before = {step: key_parameters(params, step) for step in PIPELINE}
+    monkeypatch.setitem(
+        runner.PRODUCTS_VERSION, "simulate", runner.PRODUCTS_VERSION["simulate"] + 1
+    )
+    after = {step: key_parameters(params, step) for step in PIPELINE}
+    assert [step for step in PIPELINE if after[step] != before[step]] == ["simulate"]
 
 
 def test_a_file_in_a_buffer_keys_by_its_content_under_the_given_root(tmp_path, monkeypatch):

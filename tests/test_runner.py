@@ -278,7 +278,8 @@ def test_step_timings_count_the_running_step_from_its_start(block):
 
 def test_a_step_whose_engine_is_gone_ends_at_once():
     """The parent-death signal is set once a step runs: a step whose engine died before that
-    (its parent is no longer ``$BATCH_IMAGING_ENGINE_PID``) ends at once, 143, as stopped."""
+    (``$BATCH_IMAGING_ENGINE_PID`` is not alive) ends at once, 143, as stopped; one whose
+    engine lives runs, its parent or not (a shell the template wraps it in)."""
     code = "from steps.runner import take_signals; take_signals(); print('ran')"
 
     def step(engine: int) -> subprocess.CompletedProcess:
@@ -287,15 +288,18 @@ def test_a_step_whose_engine_is_gone_ends_at_once():
         return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
 
     assert step(os.getpid()).stdout == "ran\n"
-    gone = step(os.getpid() + 1)  # not this step's parent
+    assert step(1).stdout == "ran\n"  # alive, though not its parent
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    gone = step(ended.pid)
     assert gone.returncode == 143 and gone.stdout == ""
-    assert f"engine (pid {os.getpid() + 1}) that started this step is gone" in gone.stderr
+    assert f"engine (pid {ended.pid}) that started this step is gone" in gone.stderr
 
 
 def test_leftovers_are_the_processes_their_engine_started():
     """What a killed engine left is found by its pid and workflow name in their environment,
     whatever their process group (each step has its own)."""
-    engine, name = 4_000_000, "batch-imaging-pb-left-20261202-00000"  # above any real pid
+    engine, name = 4_000_000, "batch-imaging-pb-left-20261202-00000"  # a made-up engine
     env = {**os.environ, "WORKFLOW_NAME": name, ENGINE_PID_ENV: str(engine)}
     left = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True
@@ -350,15 +354,7 @@ def test_a_run_no_controller_recorded_is_its_own_controller(tmp_path):
             )
 
         db.run(assign)
-        env = {
-            **os.environ,
-            "WORKFLOW_NAME": "batch-imaging-x7k2p",
-            "WORKFLOW_UID": "argo-uid",
-            runner.OUTPUTS_ENV: str(tmp_path / "outputs"),
-            BUFFER_ROOT_ENV: str(tmp_path),
-        }
-        command = [sys.executable, "-m", "dag", "step", "claim", "-p", f"pb_id={pb_id}"]
-        step = subprocess.Popen([*command, "-p", f"config_db={url}"], env=env)
+        step = _argo_claim(tmp_path, url, pb_id)
         try:
             state = _wait(db, pb_id, lambda s: s is not None and s.status == "WAITING")
             time.sleep(1.5)  # its dependency runs: it waits
@@ -373,6 +369,44 @@ def test_a_run_no_controller_recorded_is_its_own_controller(tmp_path):
             assert step.wait(timeout=30) == 0
         finally:
             step.kill()
+
+
+def test_a_run_no_controller_recorded_fails_on_a_failed_dependency(tmp_path):
+    """... and when a dependency FAILED (it will never finish), the claim fails at once,
+    naming it, instead of waiting for the workflow's deadline."""
+    url = embedded_db(tmp_path)
+    pb_id, before = "pb-argo-20261202-00003", "pb-argo-20261202-00002"
+    with ConfigDB(open_backend(url)) as db:
+
+        def assign(txn) -> None:
+            txn.create_pb(ProcessingBlock(id=before, workflow=WORKFLOW, parameters={}))
+            txn.create_state(before, PBState(status="FAILED"))
+            depends = [Dependency(pb_id=before)]
+            txn.create_pb(
+                ProcessingBlock(id=pb_id, workflow=WORKFLOW, parameters={}, dependencies=depends)
+            )
+
+        db.run(assign)
+    step = _argo_claim(tmp_path, url, pb_id, stderr=subprocess.PIPE)
+    try:
+        _, log = step.communicate(timeout=60)
+    finally:
+        step.kill()
+    assert step.returncode == 1
+    assert f"{pb_id} cannot start: dependency {before} is FAILED" in log
+
+
+def _argo_claim(tmp_path, url: str, pb_id: str, **popen) -> subprocess.Popen:
+    """The claim step as an Argo pod of a directly submitted workflow runs it."""
+    env = {
+        **os.environ,
+        "WORKFLOW_NAME": "batch-imaging-x7k2p",
+        "WORKFLOW_UID": "argo-uid",
+        runner.OUTPUTS_ENV: str(tmp_path / "outputs"),
+        BUFFER_ROOT_ENV: str(tmp_path),
+    }
+    command = [sys.executable, "-m", "dag", "step", "claim", "-p", f"pb_id={pb_id}"]
+    return subprocess.Popen([*command, "-p", f"config_db={url}"], env=env, text=True, **popen)
 
 
 def _wait(db: ConfigDB, pb_id: str, done, timeout: float = 30.0) -> PBState:

@@ -163,6 +163,39 @@ class Transaction:
         """Return the PB state, or None (still starting)."""
         return self._get_model(f"/pb/{check_pb_id(pb_id)}/state", PBState)
 
+    def dependency_problem(self, pb: ProcessingBlock) -> str:
+        """Why ``pb`` can never start ("" if it can): a dependency that does not exist, a
+        cycle of dependencies, or a dependency that FAILED or was CANCELLED."""
+        for dependency in pb.dependencies:
+            if self.get_pb(dependency.pb_id) is None:
+                return (
+                    f"dependency {dependency.pb_id} does not exist: assign it first or remove it "
+                    "from the PB's dependencies"
+                )
+        cycle = self._cycle(pb.id, [pb.id])
+        if cycle:
+            return f"cyclic dependency {' -> '.join(cycle)}: no PB on it can ever start"
+        for dependency in pb.dependencies:
+            state = self.get_state(dependency.pb_id)
+            if state is not None and state.status in (PBStatus.FAILED, PBStatus.CANCELLED):
+                return f"dependency {dependency.pb_id} is {state.status.value}"
+        return ""
+
+    def _cycle(self, start: str, path: list[str]) -> list[str]:
+        """A dependency path from ``path[-1]`` back to ``start``, or []."""
+        try:
+            pb = self.get_pb(path[-1])
+        except ValueError:
+            return []
+        for dependency in pb.dependencies if pb else []:
+            if dependency.pb_id == start:
+                return [*path, start]
+            if dependency.pb_id not in path:
+                found = self._cycle(start, [*path, dependency.pb_id])
+                if found:
+                    return found
+        return []
+
     def unfinished_dependencies(self, pb: ProcessingBlock) -> list[str]:
         """The dependencies of ``pb`` that have not FINISHED, as ``"<id> (<status>)"``."""
         pending = []

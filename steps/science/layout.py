@@ -387,7 +387,8 @@ def observation_times(
     Transit is the first time on 2020-01-01 UTC when the apparent local sidereal time at
     ``lon_deg`` equals the phase centre's apparent right ascension of date (``apparent_ra``);
     hour angle H is reached H * 86164.0905 / (2 pi) s later (the times are evenly spaced, so
-    the apparent RA's drift, < 0.1 s of time a day, moves the other hour angles by < 10 ms).
+    the apparent RA's drift moves the other hour angles of -30..+30 deg by < 10 ms of time at
+    |dec| < 80 deg, more towards the poles, where the RA of date drifts fastest).
     """
     sidereal_day = SIDEREAL_DAY_S / SOLAR_DAY_S
     mjd = TRANSIT_SEARCH_MJD
