@@ -96,12 +96,12 @@ ICAL_PARAMETERS = frozenset(
         *(f"{t}_{name}" for t in "tgb" for name in ("first_selfcal", "phase_only", "interval_s")),
     }
 )  # fmt: skip
-# what each step does not read (so does not key it): the corruption only corrupt reads; the
-# MS exports are simulate's and calibrate's
 # bumped when a step's products change for the same parameters and inputs, so that products
 # an earlier version made are made anew (their successors follow, their inputs changed):
 # simulate 2, uvw in the J2000 frame
 PRODUCTS_VERSION = {"simulate": 2}
+# what each step does not read (so does not key it): the corruption only corrupt reads; the
+# MS exports are simulate's and calibrate's
 NOT_READ = {
     "simulate": ICAL_PARAMETERS | {"phase_error"},
     "corrupt": ICAL_PARAMETERS | {"export_ms"},

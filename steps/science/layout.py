@@ -385,24 +385,21 @@ def observation_times(
     """UTC times (MJD seconds) at which the J2000 phase centre has the given hour angles.
 
     Transit is the first time on 2020-01-01 UTC when the apparent local sidereal time at
-    ``lon_deg`` equals the phase centre's apparent right ascension of date (``apparent_ra``);
+    ``lon_deg`` equals the phase centre's apparent right ascension of date (``apparent_ra_deg``);
     hour angle H is reached H * 86164.0905 / (2 pi) s later (the times are evenly spaced, so
     the apparent RA's drift moves the other hour angles of -30..+30 deg by < 10 ms of time at
     |dec| < 80 deg, more towards the poles, where the RA of date drifts fastest).
     """
     sidereal_day = SIDEREAL_DAY_S / SOLAR_DAY_S
+
+    def to_transit(mjd: float) -> float:
+        """Degrees of the Earth's rotation from UTC ``mjd`` to the phase centre's transit."""
+        return apparent_ra_deg(ra_deg, dec_deg, mjd) - apparent_lst_deg(mjd, lon_deg)
+
     mjd = TRANSIT_SEARCH_MJD
-    mjd += (
-        (apparent_ra_deg(ra_deg, dec_deg, mjd) - apparent_lst_deg(mjd, lon_deg))
-        % 360.0
-        / 360.0
-        * sidereal_day
-    )
-    for _ in range(2):  # the apparent RA at transit
-        ra = apparent_ra_deg(ra_deg, dec_deg, mjd)
-        mjd += (
-            ((ra - apparent_lst_deg(mjd, lon_deg) + 180.0) % 360.0 - 180.0) / 360.0 * sidereal_day
-        )
+    mjd += to_transit(mjd) % 360.0 / 360.0 * sidereal_day  # the first transit that day
+    for _ in range(2):  # with the apparent RA at transit
+        mjd += ((to_transit(mjd) + 180.0) % 360.0 - 180.0) / 360.0 * sidereal_day
     h = np.asarray(hour_angles_rad, dtype=float)
     return mjd * SOLAR_DAY_S + h * SIDEREAL_DAY_S / (2.0 * np.pi)
 
