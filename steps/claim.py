@@ -73,7 +73,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         return True
 
     with ConfigDB(connect(params.config_db or None)) as db:  # closed however the claim ends
-        lease = db.lease(LEASE_TTL_S)
+        leases = [db.lease(LEASE_TTL_S)]  # the claim's, and any it took again
+        lease = leases[0]
         try:
             if not db.run(lambda txn: take(txn, lease)):
                 raise ClaimError(f"processing block {params.pb_id} is already claimed")
@@ -93,19 +94,31 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             LOG.info("Resources are available")
             db.run(lambda txn: txn.update_state(params.pb_id, status=PBStatus.RUNNING))
             write_outputs({"claimed": params.pb_id})
-            hold(stop, lease, params.pb_id)
+            hold(stop, db, leases, params.pb_id)
             return {}
         finally:
-            lease.revoke()
+            for lease in leases:
+                lease.revoke()
 
 
-def hold(stop: threading.Event, lease: Lease, pb_id: str) -> None:
-    """Hold the claim until the DAG ends (SIGTERM) or whoever started this step is gone;
-    fail if the claim was lost (the lease expired), which must stop the run."""
+def hold(stop: threading.Event, db: ConfigDB, leases: list[Lease], pb_id: str) -> None:
+    """Hold the claim until the DAG ends (SIGTERM) or whoever started this step is gone.
+
+    A lease that expired (its refresh stalled, or the database was out of reach, for a TTL)
+    is replaced by a new one if nobody took the block meanwhile: nothing else can have run
+    it.  A claim another process took fails the step, which must stop the run."""
     parent = os.getppid()
     while not stop.wait(1.0):
-        if lease.lost.is_set():
-            raise ClaimError(f"lost the claim on processing block {pb_id}: its lease expired")
+        if leases[-1].lost.is_set():
+            leases.append(db.lease(LEASE_TTL_S))
+            if not db.run(lambda txn: txn.take_pb(pb_id, leases[-1])):
+                raise ClaimError(
+                    f"lost the claim on processing block {pb_id}: its lease expired and "
+                    "another process claimed it"
+                )
+            LOG.warning(
+                "The claim's lease on %s expired; nobody took the block: claimed again", pb_id
+            )
         if os.getppid() != parent:  # the engine died: let the lease go with us
             LOG.warning("The workflow engine is gone; giving up the claim on %s", pb_id)
             return

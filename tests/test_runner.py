@@ -16,6 +16,7 @@ from steps import runner
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
 from steps.claim import ClaimError
 from steps.configdb import ConfigDB, open_backend
+from steps.configdb.backend import wire_key
 from steps.configdb.entities import Dependency, PBState, ProcessingBlock
 from steps.metrics import step_timings
 from steps.processes import ENGINE_PID_ENV
@@ -417,3 +418,36 @@ def _wait(db: ConfigDB, pb_id: str, done, timeout: float = 30.0) -> PBState:
             return state
         time.sleep(0.1)
     raise AssertionError(f"{pb_id}: still {state}")
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_a_claim_whose_lease_expired_claims_again_unless_taken(block, taken):
+    """A lease whose refresh stalled past its TTL is gone, and the block's owner key with it:
+    the claim takes the block again if nobody did meanwhile, and fails if somebody did."""
+    params, _ = block
+    step = _claim(params, _terminal)
+    try:
+        with ConfigDB(open_backend(params.config_db)) as db:
+            _wait(db, params.pb_id, lambda s: s.status == "RUNNING")
+            backend = open_backend(params.config_db)
+            owner = wire_key(f"/pb/{params.pb_id}/owner")
+            with backend._locked() as doc:  # the lease expires, as after a stalled refresh
+                doc["leases"].pop(doc["keys"][owner]["lease"])
+                backend._write(doc)
+            if taken:
+                lease = db.lease(30)
+                assert db.run(lambda txn: txn.take_pb(params.pb_id, lease))
+                assert step.wait(timeout=30) == 1
+                assert "its lease expired and another process claimed it" in step.stderr.read()
+                lease.revoke()
+                return
+            deadline = time.monotonic() + 30
+            while db.run(lambda txn: txn.get_owner(params.pb_id)) is None:
+                assert time.monotonic() < deadline, "the claim was not taken again"
+                time.sleep(0.2)
+            assert step.poll() is None  # still holding the block
+        step.terminate()
+        assert step.wait(timeout=30) == 0
+        assert "expired; nobody took the block: claimed again" in step.stderr.read()
+    finally:
+        step.kill()
