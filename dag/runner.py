@@ -24,7 +24,7 @@ from dag.render import template_manifest
 from dag.workflow import NAME
 from steps import params as parameters
 from steps import resources
-from steps.configdb import ConfigDB, connect, open_backend, url_from_env
+from steps.configdb import ConfigDB, Transaction, connect, open_backend, url_from_env
 from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
 from steps.log import LOG
 from steps.processes import ENGINE_PID_ENV, cores, process_alive, started_at
@@ -300,13 +300,24 @@ def register(
             txn.update_state(pb.id, **state.model_dump())
 
 
+def follow(txn: Transaction, pb_id: str, name: str, buffer_root: Path) -> None:
+    """Record this process as the one running workflow ``name`` of the block (where the run
+    record names that workflow), so that ``sdp status`` sees a run started again with
+    ``run-pb`` alive, and where its buffers are."""
+    run = dict(getattr(txn.get_state(pb_id), "run", None) or {})
+    if run.get("name") == name:
+        here = {**this_process(), "buffer_root": str(buffer_root.resolve())}
+        txn.update_state(pb_id, run={**run, **here})
+
+
 def run_pb(config_db: str, pb_id: str, buffer_root: Path, name: str) -> str:
     """Run an existing processing block as workflow ``name``; record the phase in its state
     (``run.phase``) and return it."""
     with ConfigDB(connect(config_db)) as db:
         pb = db.run(lambda txn: txn.get_pb(pb_id))
-    if pb is None:
-        raise ValueError(f"processing block {pb_id} does not exist in {config_db}")
+        if pb is None:
+            raise ValueError(f"processing block {pb_id} does not exist in {config_db}")
+        db.run(lambda txn: follow(txn, pb_id, name, buffer_root))
     LOG.info("Running processing block %s as workflow %s (pid %d)", pb_id, name, os.getpid())
     outcome = {"phase": "", "message": ""}
     try:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from dag.cli import main
-from dag.runner import gone_run
+from dag.runner import WORKFLOW, follow, gone_run
 from dag.sdp import read_sbi
 from steps.configdb import ConfigDB, EtcdBackend, PBState, PBStatus, open_backend
+from steps.configdb.entities import ProcessingBlock
 from steps.processes import started_at
 
 if TYPE_CHECKING:
@@ -197,3 +198,28 @@ def test_unreachable_config_db_is_a_clear_error(capsys, caplog: pytest.LogCaptur
         url = f"etcd://127.0.0.1:{sock.getsockname()[1]}"
     assert sdp(capsys, "status", "--config-db", url)[0] == 1
     assert f"Configuration database unavailable at {url}" in caplog.text
+
+
+def test_a_run_started_again_is_seen_running(tmp_path: Path) -> None:
+    """``run-pb`` records its own process in the run it runs again (the hint above), so that
+    status no longer calls that run gone while it runs; a run of another name is left as
+    it is."""
+    store = str(tmp_path / "config")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    run = {"hostname": socket.gethostname(), "pid": ended.pid, "name": "batch-imaging-x"}
+    with ConfigDB(open_backend(store)) as db:
+        for pb in (BATCH, REALTIME):
+            db.run(
+                lambda txn, pb=pb: txn.create_pb(
+                    ProcessingBlock(id=pb, workflow=WORKFLOW, parameters={})
+                )
+            )
+            db.run(lambda txn, pb=pb: txn.create_state(pb, PBState(status="FAILED", run=run)))
+        db.run(lambda txn: follow(txn, BATCH, "batch-imaging-x", tmp_path))
+        db.run(lambda txn: follow(txn, REALTIME, "batch-imaging-y", tmp_path))
+        again = db.run(lambda txn: txn.get_state(BATCH))
+        other = db.run(lambda txn: txn.get_state(REALTIME))
+    assert gone_run(again.model_copy(update={"status": "RUNNING"})) is None
+    assert (again.run["pid"], again.run["buffer_root"]) == (os.getpid(), str(tmp_path.resolve()))
+    assert other.run == run
