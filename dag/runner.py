@@ -218,6 +218,11 @@ def this_process() -> dict[str, Any]:
     return {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
 
 
+def running_here(buffer_root: Path) -> dict[str, Any]:
+    """A run's record of this process running it, and where its buffers are."""
+    return {**this_process(), "buffer_root": str(buffer_root.resolve())}
+
+
 def _alive(run: dict) -> bool:
     """Whether the local run recorded on this host still runs: its pid with its start time
     (a `batch-imaging run`), or with the workflow's name (a bridge's run-pb process)."""
@@ -258,7 +263,7 @@ def register(
     me = this_process()
     run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
     if buffer_root is not None:
-        run["buffer_root"] = str(buffer_root.resolve())
+        run |= running_here(buffer_root)
     state = PBState(
         status=PBStatus.STARTING,
         resources_available=True,
@@ -306,8 +311,7 @@ def follow(txn: Transaction, pb_id: str, name: str, buffer_root: Path) -> None:
     ``run-pb`` alive, and where its buffers are."""
     run = dict(getattr(txn.get_state(pb_id), "run", None) or {})
     if run.get("name") == name:
-        here = {**this_process(), "buffer_root": str(buffer_root.resolve())}
-        txn.update_state(pb_id, run={**run, **here})
+        txn.update_state(pb_id, run={**run, **running_here(buffer_root)})
 
 
 def run_pb(config_db: str, pb_id: str, buffer_root: Path, name: str) -> str:

@@ -97,8 +97,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             hold(stop, db, leases, params.pb_id)
             return {}
         finally:
-            for lease in leases:
-                lease.revoke()
+            for held in leases:
+                held.revoke()
 
 
 def hold(stop: threading.Event, db: ConfigDB, leases: list[Lease], pb_id: str) -> None:

@@ -345,16 +345,7 @@ def test_a_run_no_controller_recorded_is_its_own_controller(tmp_path):
     url = embedded_db(tmp_path)
     pb_id, before = "pb-argo-20261202-00001", "pb-argo-20261202-00000"
     with ConfigDB(open_backend(url)) as db:
-
-        def assign(txn) -> None:
-            txn.create_pb(ProcessingBlock(id=before, workflow=WORKFLOW, parameters={}))
-            txn.create_state(before, PBState(status="RUNNING"))
-            depends = [Dependency(pb_id=before, type=["visibilities"])]
-            txn.create_pb(
-                ProcessingBlock(id=pb_id, workflow=WORKFLOW, parameters={}, dependencies=depends)
-            )
-
-        db.run(assign)
+        db.run(lambda txn: _assign_after(txn, pb_id, before, "RUNNING"))
         step = _argo_claim(tmp_path, url, pb_id)
         try:
             state = _wait(db, pb_id, lambda s: s is not None and s.status == "WAITING")
@@ -378,16 +369,7 @@ def test_a_run_no_controller_recorded_fails_on_a_failed_dependency(tmp_path):
     url = embedded_db(tmp_path)
     pb_id, before = "pb-argo-20261202-00003", "pb-argo-20261202-00002"
     with ConfigDB(open_backend(url)) as db:
-
-        def assign(txn) -> None:
-            txn.create_pb(ProcessingBlock(id=before, workflow=WORKFLOW, parameters={}))
-            txn.create_state(before, PBState(status="FAILED"))
-            depends = [Dependency(pb_id=before)]
-            txn.create_pb(
-                ProcessingBlock(id=pb_id, workflow=WORKFLOW, parameters={}, dependencies=depends)
-            )
-
-        db.run(assign)
+        db.run(lambda txn: _assign_after(txn, pb_id, before, "FAILED"))
     step = _argo_claim(tmp_path, url, pb_id, stderr=subprocess.PIPE)
     try:
         _, log = step.communicate(timeout=60)
@@ -395,6 +377,15 @@ def test_a_run_no_controller_recorded_fails_on_a_failed_dependency(tmp_path):
         step.kill()
     assert step.returncode == 1
     assert f"{pb_id} cannot start: dependency {before} is FAILED" in log
+
+
+def _assign_after(txn, pb_id: str, before: str, status: str) -> None:
+    """Blocks as ``sdp assign`` creates them: ``pb_id`` (no state) depending on ``before``,
+    which is ``status``."""
+    txn.create_pb(ProcessingBlock(id=before, workflow=WORKFLOW, parameters={}))
+    txn.create_state(before, PBState(status=status))
+    depends = [Dependency(pb_id=before, type=["visibilities"])]
+    txn.create_pb(ProcessingBlock(id=pb_id, workflow=WORKFLOW, parameters={}, dependencies=depends))
 
 
 def _argo_claim(tmp_path, url: str, pb_id: str, **popen) -> subprocess.Popen:
