@@ -148,7 +148,7 @@ def run_case(case: Case, settings: ical.Settings) -> dict[str, Any]:
         case.nstations,
         settings,
         ical.serial_mapper(bands),
-        case.true_gains,
+        (case.true_gains, None),
     )
     ical_s = time.perf_counter() - started
     centre = len(windows) // 2

@@ -38,7 +38,7 @@ from steps.dask_ee import engine
 from steps.log import LOG, Progress
 from steps.metrics import phase_rms, shift_removed_phase_rms, station_uvw
 from steps.params import Params
-from steps.science import ical, imaging
+from steps.science import gains, ical, imaging
 
 RESUBMITS = 3  # times a band's task goes again after its scattered inputs were lost
 WORSE_FLOOR_RAD = 0.01  # a phase error below this never counts as calibration gone wrong
@@ -160,10 +160,14 @@ def on_band(fn: Callable[..., Any], band: Sequence[WindowSource], *args: Any) ->
     return fn([read_window(source) for source in band], *args)
 
 
-def make_psfs(band: Sequence[ical.Window]) -> list[tuple[float, float]]:
-    """Each window's sum of imaging weights and PSF gridder time (a Dask task: reading the
-    windows the first time made their PSFs and saved them in the scratch directory)."""
-    return [(win.sumwt, win.psf_s) for win in band]
+def make_psfs(band: Sequence[ical.Window]) -> list[tuple[float, float, np.ndarray]]:
+    """Each window's sum of imaging weights, PSF gridder time and stations without data
+    (ntimes, nstations) (a Dask task: reading the windows the first time made their PSFs and
+    saved them in the scratch directory)."""
+    return [
+        (win.sumwt, win.psf_s, gains.unobserved(win.weight, win.ant1, win.ant2, win.nstations))
+        for win in band
+    ]
 
 
 def finish_band(
@@ -316,9 +320,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
 
         mapper = dask_mapper(client, bands)
         sumwt, psf_s = np.empty(nwin), 0.0
+        flags = np.empty((nwin, ntimes, nstations), dtype=bool)  # stations without data
         for m, band in zip(members, mapper(make_psfs, [() for _ in bands]), strict=True):
-            for i, (weight, seconds) in zip(m, band, strict=True):
-                sumwt[i], psf_s = weight, psf_s + seconds
+            for i, (weight, seconds, unobserved) in zip(m, band, strict=True):
+                sumwt[i], psf_s, flags[i] = weight, psf_s + seconds, unobserved
         result = ical.run_ical(
             bands,
             members,
@@ -329,7 +334,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             nstations,
             settings,
             mapper,
-            truth,
+            (truth, flags),
             cycle_done,
         )
         last = result.convergence[-1]
@@ -368,12 +373,13 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             ("frequency", "time", "antenna_name"),
             np.stack([t[term.name] for t in result.tables]),
         )
+    table["FLAG"] = (("frequency", "time", "antenna_name"), flags)  # unsolved: no data
     table.attrs["calibration_context"] = params.calibration_context
     store.write_dataset(table, buffers.solved_gains)
     store.finalize(cubes, buffers.ical_model)
-    rms = phase_rms(truth, result.gains)
+    rms = phase_rms(truth, result.gains, flags)
     uvw0 = station_uvw(obs.uvw, obs.antenna1, obs.antenna2, nstations)
-    shifted = shift_removed_phase_rms(truth, result.gains, uvw0, obs.frequencies)
+    shifted = shift_removed_phase_rms(truth, result.gains, uvw0, obs.frequencies, flags)
     gridder_s = result.gridder_s + psf_s + final_s
     record = {
         "algorithm": params.algorithm,
@@ -400,7 +406,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         record["position_offset_px"],
     )
     unit = np.ones_like(result.gains)  # no calibration, measured the same way
-    uncalibrated = shift_removed_phase_rms(truth, unit, uvw0, obs.frequencies)["rms_rad"]
+    uncalibrated = shift_removed_phase_rms(truth, unit, uvw0, obs.frequencies, flags)["rms_rad"]
     if shifted["rms_rad"] > max(uncalibrated, WORSE_FLOOR_RAD):
         LOG.warning(
             "ICAL left the gains further from the truth than no calibration: %.3g rad rms "

@@ -205,7 +205,7 @@ def measure(
     mfs_peak = float(mfs_restored.max())
     mfs_rms = float(np.sqrt(np.mean(mfs_residual**2)))
     truth = store.open_dataset(buffers.true_gains)["GAIN"].values
-    solved = store.open_dataset(buffers.solved_gains)["GAIN"].values
+    solved = store.open_dataset(buffers.solved_gains)
     convergence_path = buffers.convergence
     convergence = json.loads(convergence_path.read_text()) if convergence_path.exists() else {}
     cycles = convergence.get("cycles", [])
@@ -225,7 +225,7 @@ def measure(
             "dynamic_range": mfs_peak / mfs_rms if mfs_rms > 0 else math.inf,
             "sources": source_table(mfs_restored, wcs, names, ra, dec, mfs_flux),
         },
-        "phase_rms_rad": phase_rms(truth, solved),
+        "phase_rms_rad": phase_rms(truth, solved["GAIN"].values, solved["FLAG"].values),
         "phase_rms_rad_per_cycle": [c.get("phase_rms_rad") for c in cycles],
         "phase_rms_shift_removed_rad": convergence.get("phase_rms_shift_removed_rad"),
         "position_offset_px": convergence.get("position_offset_px"),

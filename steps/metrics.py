@@ -15,14 +15,30 @@ if TYPE_CHECKING:  # annotation only: calibrate imports this module without astr
     from astropy.wcs import WCS
 
 
-def _referenced(gains: np.ndarray) -> np.ndarray:
-    return gains * np.conj(gains[..., :1])
+def referenced(gains: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
+    """Gains (..., station) times the conjugate of their reference: station 0, or where
+    ``flags`` (True: the station had no data) say it had none, the first station that had;
+    NaN where flagged."""
+    if flags is None:
+        return gains * np.conj(gains[..., :1])
+    ref = np.argmax(~flags, axis=-1)[..., None]
+    return np.where(flags, np.nan, gains * np.conj(np.take_along_axis(gains, ref, axis=-1)))
 
 
-def phase_rms(true_gains: np.ndarray, solved_gains: np.ndarray) -> float:
-    """RMS (rad) of solved minus true gain phase, each referenced to station 0 (last axis)."""
-    diff = np.angle(_referenced(solved_gains) * np.conj(_referenced(true_gains)))
-    return float(np.sqrt(np.mean(diff**2)))
+def phase_errors(
+    true_gains: np.ndarray, solved_gains: np.ndarray, flags: np.ndarray | None = None
+) -> np.ndarray:
+    """Solved minus true gain phase (rad), each referenced alike (``referenced``); NaN where
+    flagged."""
+    return np.angle(referenced(solved_gains, flags) * np.conj(referenced(true_gains, flags)))
+
+
+def phase_rms(
+    true_gains: np.ndarray, solved_gains: np.ndarray, flags: np.ndarray | None = None
+) -> float:
+    """RMS (rad) of solved minus true gain phase, each referenced to station 0 (last axis),
+    over the stations with data (``flags``: True where a station had none)."""
+    return float(np.sqrt(np.nanmean(phase_errors(true_gains, solved_gains, flags) ** 2)))
 
 
 def station_uvw(uvw: np.ndarray, ant1: np.ndarray, ant2: np.ndarray, nstations: int) -> np.ndarray:
@@ -39,25 +55,29 @@ def station_uvw(uvw: np.ndarray, ant1: np.ndarray, ant2: np.ndarray, nstations: 
 
 
 def shift_removed_phase_rms(
-    true_gains: np.ndarray, solved_gains: np.ndarray, uvw0: np.ndarray, freqs_hz: np.ndarray
+    true_gains: np.ndarray,
+    solved_gains: np.ndarray,
+    uvw0: np.ndarray,
+    freqs_hz: np.ndarray,
+    flags: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Phase error with the self-calibration position degeneracy removed.
 
     A phase gradient ``2 pi (u dl + v dm) nu / c`` across the stations, common to all windows
     and times, is indistinguishable from a shift (dl, dm) of the whole sky, so ICAL from an
     empty model recovers the gains only up to it.  Fits (dl, dm) to the station-0 referenced
-    phase differences (window, time, station) by least squares and returns the rms of what
-    is left and the offset |(dl, dm)| (rad).
+    phase differences (window, time, station) of the stations with data (``flags``) by least
+    squares and returns the rms of what is left and the offset |(dl, dm)| (rad).
     """
-    diff = np.angle(_referenced(solved_gains) * np.conj(_referenced(true_gains)))
-    k = 2 * np.pi * np.asarray(freqs_hz)[:, None, None] / C_M_S
-    design = np.stack(
-        [np.broadcast_to(k * uvw0[None, :, :, 0], diff.shape).ravel(),
-         np.broadcast_to(k * uvw0[None, :, :, 1], diff.shape).ravel()],
-        axis=1,
-    )  # fmt: skip
-    coef, *_ = np.linalg.lstsq(design, diff.ravel(), rcond=None)
-    left = diff.ravel() - design @ coef
+    diff = phase_errors(true_gains, solved_gains, flags)
+    k = 2 * np.pi * np.asarray(freqs_hz)[:, None, None, None] / C_M_S
+    pos = np.broadcast_to(uvw0[None, :, :, :2], (*diff.shape, 2))  # (window, time, station, 2)
+    if flags is not None:  # positions relative to the reference station, as the phases
+        pos = pos - np.take_along_axis(pos, np.argmax(~flags, axis=-1)[..., None, None], axis=2)
+    design = (k * pos).reshape(-1, 2)
+    ok = np.isfinite(diff.ravel())
+    coef, *_ = np.linalg.lstsq(design[ok], diff.ravel()[ok], rcond=None)
+    left = diff.ravel()[ok] - design[ok] @ coef
     return {"rms_rad": float(np.sqrt(np.mean(left**2))), "offset_rad": float(np.hypot(*coef))}
 
 

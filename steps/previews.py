@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from steps import atomic, store
 from steps.buffers import PREVIEWS, Buffers
 from steps.log import LOG
+from steps.metrics import referenced
 from steps.params import Params
 from steps.processes import cores
 from steps.science import C_M_S, fitsio, imaging
@@ -178,11 +179,14 @@ def uv_coverage(buffers: Buffers, out: Path) -> Path:
 
 
 def gain_phases(buffers: Buffers, out: Path) -> Path:
-    """True and solved gain phases (centre window, relative to station 0) over time."""
+    """True and solved gain phases (centre window, relative to station 0) over time; none
+    where a station had no data (relative to the first station with data where station 0
+    had none)."""
     true = store.open_dataset(buffers.true_gains)
     solved = store.open_dataset(buffers.solved_gains)
     names = [str(n) for n in true["antenna_name"].values]
     centre = true.sizes["frequency"] // 2
+    flags = solved["FLAG"].values[min(centre, solved.sizes["frequency"] - 1)]
     stations = np.linspace(1, len(names) - 1, min(MAX_STATIONS, len(names) - 1)).astype(int)
     t0 = float(true["time"].values[0])
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
@@ -192,7 +196,7 @@ def gain_phases(buffers: Buffers, out: Path) -> Path:
     for ax, station in zip(axes, stations, strict=False):
         for ds, style, label in ((true, "-", "true"), (solved, "o", "solved")):
             gains = ds["GAIN"].values[min(centre, ds.sizes["frequency"] - 1)]
-            phase = np.degrees(np.angle(gains[:, station] * np.conj(gains[:, 0])))
+            phase = np.degrees(np.angle(referenced(gains, flags)[:, station]))
             hours = (ds["time"].values - t0) / 3600
             ax.plot(hours, phase, style, label=label, markerfacecolor="none")
         ax.set_title(names[station], fontsize=9)

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from steps.science.gains import apply_gains, draw_phases, equations, solve, solve_gains
+from steps.science.gains import (
+    apply_gains,
+    draw_phases,
+    equations,
+    solve,
+    solve_gains,
+    unobserved,
+)
 from steps.science.layout import baselines
 
 NST, NT = 30, 4
@@ -98,6 +105,36 @@ def test_zero_weight_rows_ignored() -> None:
     err = _relative_phase(result.gains) - _relative_phase(g)
     assert np.max(np.abs(np.angle(np.exp(1j * err)))) < 1e-6
     assert np.all(result.iterations < 100)
+
+
+@pytest.mark.parametrize("station", [0, 7])
+def test_a_station_without_data_keeps_a_unit_gain(station: int) -> None:
+    """A station all of whose baselines are flagged has nothing to solve from: its gain stays
+    1 (the damping does not shrink it), the others are recovered, referenced to station 0 or,
+    if that one has no data, to the first station with data; amplitudes too."""
+    model, ant1, ant2 = _sky(13)
+    rng = np.random.default_rng(14)
+    g = np.exp(rng.normal(0.0, 0.2, (NT, NST)) + 1j * draw_phases(15, 1.0, 1, NT, NST)[0])
+    weight = np.ones(model.shape)
+    weight[1:, (ant1 == station) | (ant2 == station)] = 0.0  # from the second time on
+    expected = np.zeros((NT, NST), dtype=bool)
+    expected[1:, station] = True
+    np.testing.assert_array_equal(unobserved(weight, ant1, ant2, NST), expected)
+    for phase_only, truth in ((True, np.exp(1j * np.angle(g))), (False, g)):
+        data = apply_gains(model, truth, ant1, ant2)
+        result = solve_gains(data, model, weight, ant1, ant2, NST, phase_only=phase_only)
+        np.testing.assert_array_equal(result.solved, ~expected)
+        assert np.all(result.gains[expected] == 1.0)
+        ref = 1 if station == 0 else 0
+        for t in range(NT):
+            keep = ~expected[t]
+            r = ref if t else 0
+            sol, true = result.gains[t, keep], truth[t, keep]
+            rel = sol * np.conj(result.gains[t, r]) / (true * np.conj(truth[t, r]))
+            assert np.max(np.abs(np.angle(rel))) < 1e-6
+            assert result.gains[t, r].imag == pytest.approx(0.0, abs=1e-12)
+            if not phase_only:
+                np.testing.assert_allclose(np.abs(sol), np.abs(true), rtol=1e-6)
 
 
 def test_summed_equations_are_the_joint_solution() -> None:

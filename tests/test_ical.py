@@ -50,6 +50,31 @@ def test_chain_recovers_true_phases_with_true_model(tiny) -> None:
     np.testing.assert_allclose(ical.corrected_vis(win, tables), true_model, atol=1e-5)
 
 
+def test_chain_with_a_station_without_data(tiny) -> None:
+    """Station 0 fully flagged (garbage on its baselines): the other stations' gains come
+    back to < 1e-6 rad, and amplitudes to 1e-6, referenced to the first station with data;
+    the flagged one keeps a unit gain and leaves the amplitude scale alone."""
+    settings = settings_for(tiny)
+    win = case_window(tiny, 0, settings)
+    flagged = (win.ant1 == 0) | (win.ant2 == 0)
+    true_model = np.asarray(win.vis) / (
+        tiny.true_gains[0][:, win.ant1] * np.conj(tiny.true_gains[0][:, win.ant2])
+    )
+    win.weight = np.where(flagged, 0.0, win.weight)
+    win.vis = np.where(flagged, 1e3, win.vis)
+    unit = {t.name: np.ones((3, tiny.nstations), complex) for t in settings.terms}
+    tables, reports = ical.solve_chain(win, true_model, unit, settings.terms, 4, 200, 1e-12)
+    assert [r.term for r in reports] == ["T", "G", "B"]
+    gain = ical.combined_gain(tables, 3, tiny.nstations)
+    flags = np.zeros(gain.shape, dtype=bool)
+    flags[:, 0] = True
+    assert np.all(gain[:, 0] == 1.0)
+    assert phase_rms(tiny.true_gains[0], gain, flags) < 1e-6
+    assert np.max(np.abs(np.abs(gain[:, 1:]) - 1.0)) < 1e-6
+    corrected = ical.corrected_vis(win, tables)
+    np.testing.assert_allclose(corrected[:, ~flagged], true_model[:, ~flagged], atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("algorithm", "phase_rad", "dynamic_range", "offset_px"),
     [  # measured: 0.059 rad, 893, 0.146 px; 0.058 rad, 924, 0.146 px; 0.00067 rad, 1474, 0.01 px
@@ -160,7 +185,7 @@ def test_global_solution_shares_one_gain_across_windows() -> None:
             case.nstations,
             settings,
             ical.serial_mapper(bands),
-            case.true_gains,
+            (case.true_gains, None),
         )
         uvw0 = station_uvw(case.uvw, case.ant1, case.ant2, case.nstations)
         shifted = shift_removed_phase_rms(case.true_gains, result.gains, uvw0, case.freqs)

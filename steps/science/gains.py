@@ -18,12 +18,15 @@ class SolveResult:
     """Gain solutions (nslots, nstations), iterations and weighted rms residual (nslots,).
 
     ``slot`` (ntimes,) maps each time to its solution row: ``gains[slot]`` is per time.
+    ``solved`` (nslots, nstations) says which stations had data to solve from; the others
+    keep a unit gain.
     """
 
     gains: np.ndarray
     iterations: np.ndarray
     residual: np.ndarray
     slot: np.ndarray
+    solved: np.ndarray
 
 
 def draw_phases(
@@ -53,6 +56,18 @@ def apply_gains(
     factor = gains[:, ant1] * np.conj(gains[:, ant2])
     factor = factor.reshape(factor.shape + (1,) * (vis.ndim - 2))
     return vis / factor if inverse else vis * factor
+
+
+def unobserved(
+    weight: np.ndarray, ant1: np.ndarray, ant2: np.ndarray, nstations: int
+) -> np.ndarray:
+    """Where a station has no weight on any of its baselines: (ntimes, nstations) bool from
+    ``weight`` (ntimes, nbaselines)."""
+    seen = np.zeros((weight.shape[0], nstations))
+    positive = (weight > 0).astype(float)
+    np.add.at(seen.T, ant1, positive.T)
+    np.add.at(seen.T, ant2, positive.T)
+    return seen == 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,11 +131,16 @@ def solve(
     Each iteration sets g_p <- sum_q XW_pq g_q / sum_q W_pq |g_q|^2, normalises to unit
     modulus if ``phase_only``, rotates so that g_ref is real positive and keeps the fraction
     ``damping`` of the previous estimate. All slots iterate together; a slot stops once
-    max|g - g_old| < tol. ``initial`` is (nslots, nstations). The residual is the weighted
-    rms of X - g_p g_q^* over the pairs, X = XW / W (the data averaged over the slot).
+    max|g - g_old| < tol. ``initial`` is (nslots, nstations). A station with no data in a
+    slot keeps a unit gain there, and the slot's reference is then the first station with
+    data if ``ref`` has none. The residual is the weighted rms of X - g_p g_q^* over the
+    pairs, X = XW / W (the data averaged over the slot).
     """
     nslots, nstations = eq.w.shape[:2]
+    solved = eq.w.sum(axis=2) > 0
+    refs = np.where(solved[:, ref], ref, np.argmax(solved, axis=1))
     g = np.ones((nslots, nstations), dtype=complex) if initial is None else initial.astype(complex)
+    g = np.where(solved, g, 1.0)
     iterations = np.zeros(nslots, dtype=int)
     active = np.ones(nslots, dtype=bool)
     for _ in range(niter):
@@ -128,9 +148,9 @@ def solve(
             break
         numer = (eq.xw @ g[:, :, None])[:, :, 0]
         denom = (eq.w @ (np.abs(g) ** 2)[:, :, None])[:, :, 0]
-        new = np.where(denom > 0, numer / np.where(denom > 0, denom, 1.0), g)
-        new = damping * g + (1.0 - damping) * _normalise(new, phase_only, ref)
-        new = _normalise(new, phase_only, ref)
+        new = numer / np.where(denom > 0, denom, 1.0)
+        new = damping * g + (1.0 - damping) * _normalise(new, phase_only, refs)
+        new = np.where(solved, _normalise(new, phase_only, refs), 1.0)
         change = np.max(np.abs(new - g), axis=1)
         g = np.where(active[:, None], new, g)
         iterations += active
@@ -141,7 +161,7 @@ def solve(
     total = eq.w.sum(axis=(1, 2))
     resid = misfit.sum(axis=(1, 2))
     residual = np.sqrt(np.divide(resid, total, out=np.zeros_like(resid), where=total > 0))
-    return SolveResult(gains=g, iterations=iterations, residual=residual, slot=eq.slot)
+    return SolveResult(g, iterations, residual, eq.slot, solved)
 
 
 def solve_gains(
@@ -160,13 +180,13 @@ def solve_gains(
     return solve(equations(vis, model, weight, ant1, ant2, nstations, interval), **options)
 
 
-def _normalise(g: np.ndarray, phase_only: bool, ref: int) -> np.ndarray:
-    """Unit modulus if phase-only; rotate so that g[:, ref] is real positive."""
+def _normalise(g: np.ndarray, phase_only: bool, refs: np.ndarray) -> np.ndarray:
+    """Unit modulus if phase-only; rotate so that each slot's g[slot, refs[slot]] is real
+    positive."""
     mag = np.abs(g)
     if phase_only:
         g = np.divide(g, mag, out=np.ones_like(g), where=mag > 0)
-    ref_mag = np.abs(g[:, ref : ref + 1])
-    rot = np.divide(
-        np.conj(g[:, ref : ref + 1]), ref_mag, out=np.ones_like(g[:, :1]), where=ref_mag > 0
-    )
+    gref = np.take_along_axis(g, refs[:, None], axis=1)
+    ref_mag = np.abs(gref)
+    rot = np.divide(np.conj(gref), ref_mag, out=np.ones_like(gref), where=ref_mag > 0)
     return g * rot

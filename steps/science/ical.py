@@ -231,13 +231,15 @@ def solve_term(
 ) -> tuple[np.ndarray, SolveReport]:
     """Solve one term from ``previous`` (per time); return its gains per time and report.
 
-    Amplitude solutions are normalised to unit mean modulus per solution, since the overall
-    scale is degenerate with the model flux."""
+    Amplitude solutions are normalised to unit mean modulus per solution (over the stations
+    with data), since the overall scale is degenerate with the model flux."""
     first = np.arange(0, previous.shape[0], term.interval)
     result = gains.solve(eq, term.phase_only, niter, tol, initial=previous[first])
     g = result.gains
     if not term.phase_only:
-        g = g / np.mean(np.abs(g), axis=1, keepdims=True)
+        n = np.maximum(result.solved.sum(axis=1, keepdims=True), 1)
+        mean = np.sum(np.abs(g) * result.solved, axis=1, keepdims=True) / n
+        g = np.where(result.solved, g / np.where(mean > 0, mean, 1.0), g)
     report = SolveReport(term.name, int(result.iterations.max()), float(result.residual.mean()))
     return g[result.slot], report
 
@@ -667,7 +669,7 @@ def run_ical(
     nstations: int,
     settings: Settings,
     mapper: Mapper,
-    true_gains: np.ndarray | None = None,
+    truth: tuple[np.ndarray, np.ndarray | None] | None = None,
     log: Callable[..., None] | None = None,
 ) -> IcalResult:
     """The ICAL loop over ``bands`` (objects or handles the mapper understands) holding the
@@ -676,8 +678,9 @@ def run_ical(
     ``psfs`` are the windows' PSFs in window order (any iterable, read once, for the moments
     MS-MFS needs), ``sumwt`` their sums of imaging weights.
 
-    ``true_gains`` (nwindow, ntimes, nstations), if given, adds the phase error against the
-    truth to each cycle's convergence record; ``log`` receives a line per cycle.
+    ``truth``, the true gains (nwindow, ntimes, nstations) and the flags of the stations
+    without data (or None), if given, adds the phase error against the truth to each
+    cycle's convergence record; ``log`` receives a line per cycle.
     """
     nwin = len(freqs_hz)
     npix = settings.npixel
@@ -773,8 +776,8 @@ def run_ical(
             "solver_iterations": max((rep.iterations for rep in reports), default=0),
             "time_s": round(time.perf_counter() - t_cycle, 3),
         }
-        if true_gains is not None:
-            entry["phase_rms_rad"] = phase_rms(true_gains, gain_all)
+        if truth is not None:
+            entry["phase_rms_rad"] = phase_rms(truth[0], gain_all, truth[1])
         if diverged:
             entry["diverged"] = True
         record.append(entry)
@@ -786,7 +789,7 @@ def run_ical(
                 entry["residual_rms_jy"],
                 entry["residual_peak_jy"],
                 entry["components"],
-                f", phase error {entry['phase_rms_rad']:.3g} rad" if true_gains is not None else "",
+                f", phase error {entry['phase_rms_rad']:.3g} rad" if truth is not None else "",
             )
         if diverged:  # back to the last cycle's gains and the model they were solved against
             tables, gain_all = kept
