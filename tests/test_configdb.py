@@ -37,6 +37,7 @@ from steps.configdb import (
     new_pb_id,
     open_backend,
 )
+from steps.configdb.backend import _EtcdWatch
 from steps.configdb.entities import DEPLOYMENT_ID_RULE, PB_ID_RULE
 
 if TYPE_CHECKING:
@@ -262,6 +263,25 @@ def test_etcd_restart_reconnects_and_resumes_watch(etcd_server: EtcdServer) -> N
         _wait_for(lambda: "/pb/pb-restart-2" in keys, 10)
         stop.set()
         thread.join(5)
+
+
+def test_quiet_watch_is_no_outage(
+    etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A watch on an idle etcd outlives its read timeout with no warning, and still sees
+    what changes afterwards."""
+    monkeypatch.setattr(_EtcdWatch, "READ_TIMEOUT_S", 0.2)
+    with (
+        ConfigDB(open_backend(etcd_server.url)) as db,
+        caplog.at_level(logging.DEBUG, "batch_imaging"),
+    ):
+        keys, stop, thread = _collect(db)
+        _wait_for(lambda: caplog.text.count("quiet for 0.2 s") >= 2, 5)
+        db.run(lambda txn: txn.create_pb(_pb("pb-after-quiet")))
+        _wait_for(lambda: "/pb/pb-after-quiet" in keys, 5)
+        stop.set()
+        thread.join(5)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_unreachable_server(caplog: pytest.LogCaptureFixture) -> None:

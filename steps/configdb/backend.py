@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_exc
+from urllib3.exceptions import ReadTimeoutError
 
 from steps.processes import process_alive
 
@@ -318,7 +319,9 @@ class EtcdBackend:
 class _EtcdWatch(Watch):
     """Streams etcd watch responses for all keys, reconnecting from the next revision."""
 
-    READ_TIMEOUT_S = 60  # re-establish silent streams, so half-open connections do not hang
+    # a stream silent this long is watched again: quietly if the store is idle, while a
+    # half-open connection then fails to reconnect (an outage, logged once)
+    READ_TIMEOUT_S = 60
 
     def __init__(
         self,
@@ -346,6 +349,7 @@ class _EtcdWatch(Watch):
         failures = 0  # consecutive failures to connect; the first one is logged
         with requests.Session() as session:
             while not self._halt.is_set():
+                streaming = False
                 request = {
                     "create_request": {
                         "key": _b64("\0"),
@@ -362,13 +366,20 @@ class _EtcdWatch(Watch):
                     ) as response:
                         self._response = response
                         response.raise_for_status()
-                        failures = 0
+                        failures, streaming = 0, True
                         for line in response.iter_lines():
                             if self._halt.is_set() or not self._handle(json.loads(line)):
                                 break
                 except (requests.RequestException, ValueError) as exc:
                     if self._halt.is_set():
                         return
+                    if streaming and _read_timeout(exc):  # an idle store: no outage
+                        LOG.debug(
+                            "Watch on %s quiet for %g s; watching again",
+                            self._url,
+                            self.READ_TIMEOUT_S,
+                        )
+                        continue
                     failures += 1
                     if failures == 1:
                         LOG.warning("Watch on %s lost (%s); reconnecting", self._url, exc)
@@ -396,6 +407,12 @@ class _EtcdWatch(Watch):
                 self._emit(WatchEvent(path, value, revision))
             self._next = revision + 1
         return True
+
+
+def _read_timeout(exc: Exception) -> bool:
+    """Whether ``exc``, raised while reading a stream, is a read timeout (which requests
+    raises as a ConnectionError wrapping urllib3's)."""
+    return bool(exc.args) and isinstance(exc.args[0], ReadTimeoutError)
 
 
 class FileBackend:
