@@ -50,7 +50,6 @@ from steps.configdb import (
     ConfigDBUnavailable,
     PBState,
     PBStatus,
-    ProcessingBlock,
     Transaction,
     open_backend,
 )
@@ -316,11 +315,11 @@ class Bridge:
         run = dict(getattr(state, "run", None) or {})
         if run:
             return Decision(state, "follow", run)
-        reason = _missing_parameters(pb)
+        reason = ""
         try:
             params = pb_params(pb, self.url)
         except ParamsError as exc:
-            reason = reason or f"invalid parameters: {_one_line(exc)}"
+            reason = _one_line(exc)
         reason = reason or txn.dependency_problem(pb)
         if reason:
             return self._fail(txn, pb_id, state, reason)
@@ -459,15 +458,6 @@ class Bridge:
 
 def _status(state: PBState | None) -> str:
     return state.status.value if state is not None else "none"
-
-
-def _missing_parameters(pb: ProcessingBlock) -> str:
-    if pb.parameters:
-        return ""
-    return (
-        "parameters missing: a batch_imaging PB needs its parameters object (see "
-        "examples/batch_imaging.json; `batch-imaging params schema` lists every field)"
-    )
 
 
 def _bridge_alive(bridge: dict[str, Any]) -> bool:

@@ -96,9 +96,18 @@ def run_name(pb_id: str) -> str:
 
 
 def pb_params(pb: ProcessingBlock, config_db: str) -> parameters.Params:
-    """The workflow parameters of a processing block (ParamsError names each bad field)."""
+    """The workflow parameters of a processing block; ParamsError says they are missing or
+    names each bad field."""
+    if not pb.parameters:
+        raise parameters.ParamsError(
+            "parameters missing: a batch_imaging PB needs its parameters object (see "
+            "examples/batch_imaging.json; `batch-imaging params schema` lists every field)"
+        )
     identity = {"pb_id": pb.id, "config_db": config_db, "sbi_id": pb.sbi_id or ""}
-    return parameters.parse({**pb.parameters, **identity})
+    try:
+        return parameters.parse({**pb.parameters, **identity})
+    except parameters.ParamsError as exc:
+        raise parameters.ParamsError(f"invalid parameters: {exc}") from None
 
 
 def run_local(

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dag.runner import config_db_url, gone_run
+from dag.runner import WORKFLOW, config_db_url, gone_run, pb_params
 from steps.configdb import (
     SBI,
     ConfigCollision,
@@ -70,6 +70,17 @@ def read_sbi(path: Path, overrides: dict[str, Any]) -> tuple[SBI, list[Processin
             for pb in pbs
         ]
     return sbi, pbs
+
+
+def check_parameters(pbs: list[ProcessingBlock], url: str) -> None:
+    """Refuse (ParamsError naming the block) the parameters of a batch_imaging PB that
+    ``run`` and the bridge would refuse."""
+    for pb in pbs:
+        if (pb.workflow.type, pb.workflow.id) == (WORKFLOW.type, WORKFLOW.id):
+            try:
+                pb_params(pb, url)
+            except ParamsError as exc:
+                raise ParamsError(f"processing block {pb.id}: {exc}") from None
 
 
 def assign(db: ConfigDB, sbi: SBI, pbs: list[ProcessingBlock]) -> None:
@@ -176,6 +187,7 @@ def _open(args: argparse.Namespace) -> ConfigDB:
 
 def cmd_assign(args: argparse.Namespace) -> int:
     sbi, pbs = read_sbi(Path(args.sbi), decode_strings(pairs(args.param)))
+    check_parameters(pbs, config_db_url(args.config_db))
     with _open(args) as db:
         try:
             assign(db, sbi, pbs)

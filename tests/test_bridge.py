@@ -25,6 +25,7 @@ import pytest
 from conftest import EtcdServer
 
 from dag.cli import main
+from dag.sdp import assign, read_sbi
 from steps.configdb import ConfigDB, PBState, open_backend
 from steps.processes import process_alive
 
@@ -240,8 +241,11 @@ def test_invalid_pbs_fail_with_a_reason_others_unaffected(site: Site) -> None:
             batch_pb("pb-after-bad", dependencies=[{"pb_id": "pb-bad-params", "type": []}]),
         ],
     }
-    site.assign(sbi)
-    with ConfigDB(open_backend(site.url)) as db:  # not an entity at all: written beneath the API
+    path = site.root / "sbi-invalid.json"
+    path.write_text(json.dumps(sbi))
+    with ConfigDB(open_backend(site.url)) as db:  # as other tools may: `sdp assign` refuses it
+        assign(db, *read_sbi(path, {}))
+        # not an entity at all: written beneath the API
         db.backend.commit({}, {"/pb/pb-not-an-entity": json.dumps({"id": "pb-not-an-entity"})})
     expected = {
         "pb-unknown": "workflow batch:no_such_workflow:0.2.0 is not served here",

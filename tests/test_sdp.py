@@ -176,6 +176,35 @@ def test_invalid_sbi_files(tmp_path: Path, capsys, content: str, message: str) -
     assert not (tmp_path / "config" / "store.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "nfreqwin=abc"], f"processing block {BATCH}: invalid parameters: nfreqwin = 'abc'"),
+        (["-p", "bogus=1"], f"processing block {BATCH}: invalid parameters: bogus: unknown key"),
+        (["-p", "npixel=33"], "npixel = 33: must be even"),
+    ],
+)
+def test_assign_refuses_parameters_a_run_would(
+    tmp_path: Path, capsys, args: list[str], message: str
+) -> None:
+    """Parameters the bridge would fail the block for are bad input here, and nothing is
+    written: the corrected assign then succeeds."""
+    store = str(tmp_path / "config")
+    code, out, err = sdp(capsys, "assign", str(SEED), "--config-db", store, *args)
+    assert code == 2 and not out and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "config").exists()
+    assert sdp(capsys, "assign", str(SEED), "--config-db", store)[0] == 0
+
+
+def test_assign_refuses_a_batch_pb_without_parameters(tmp_path: Path, capsys) -> None:
+    sbi = json.loads(SEED.read_text())
+    sbi["processing_blocks"][1]["parameters"] = {}
+    path = tmp_path / "sbi.json"
+    path.write_text(json.dumps(sbi))
+    code, _, err = sdp(capsys, "assign", str(path), "--config-db", str(tmp_path / "config"))
+    assert code == 2 and f"processing block {BATCH}: parameters missing" in err
+
+
 def test_config_db_defaults_to_sdp_config_host_and_port(
     etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
