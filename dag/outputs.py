@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dag.runner import config_db_url, given_or_embedded
+from dag.runner import WORKFLOW, config_db_url, given_or_embedded
 from steps import manifest
 from steps.buffers import Buffers
-from steps.configdb import ConfigDB, check_pb_id, open_backend, url_from_env
+from steps.configdb import ConfigDB, Transaction, check_pb_id, open_backend, url_from_env
 from steps.log import LOG
 from steps.manifest import NAME as MANIFEST
 from steps.params import Params, ParamsError, parse
@@ -153,10 +153,10 @@ def products(params: Params, buffer_root: Path) -> list[Product]:
 
 
 def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> Params:
-    """The parameters of a run from the configuration DB (the latest block if no id given):
-    ``config_db``, else the local runs' store under ``buffer_root``, else the SDP_CONFIG_*
-    environment's; with none of them, a block gets the default parameters (and buffer
-    names), as a warning says."""
+    """The parameters of a run from the configuration DB (without an id, of the block
+    ``latest_block`` finds, as the log says): ``config_db``, else the local runs' store under
+    ``buffer_root``, else the SDP_CONFIG_* environment's; with none of them, a block gets the
+    default parameters (and buffer names), as a warning says."""
     if pb_id is not None:
         try:
             check_pb_id(pb_id)
@@ -176,10 +176,17 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
         )  # fmt: skip
         return parse({"pb_id": pb_id})
     with ConfigDB(open_backend(config_db)) as db:
-        ids = db.run(lambda txn: txn.list_pbs())
-        pb_id = pb_id or (max(ids) if ids else None)
         if pb_id is None:
-            raise ParamsError(f"the configuration DB {config_db} holds no processing block")
+            pb_id, submitted = db.run(latest_block)
+            if pb_id is None:
+                raise ParamsError(
+                    f"the configuration DB {config_db} holds no batch_imaging processing block"
+                )
+            LOG.info(
+                "No PB_ID given: the latest batch_imaging block is %s (%s)",
+                pb_id,
+                f"run submitted {submitted}" if submitted else "by id: none has a run recorded",
+            )
         pb = db.run(lambda txn: txn.get_pb(pb_id))
     if pb is None:
         raise ParamsError(
@@ -187,6 +194,24 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
             "give the one that holds it (--config-db)"
         )
     return parse({**pb.parameters, "pb_id": pb_id})
+
+
+def latest_block(txn: Transaction) -> tuple[str | None, str]:
+    """The batch_imaging block whose run was submitted last, and when (by id, and "", if
+    none has a run recorded); None if there is no such block."""
+    submitted = {}
+    for pb_id in txn.list_pbs():
+        try:
+            pb = txn.get_pb(pb_id)
+        except ValueError:  # not an entity: not a block of ours either
+            continue
+        if pb is not None and (pb.workflow.type, pb.workflow.id) == (WORKFLOW.type, WORKFLOW.id):
+            run = getattr(txn.get_state(pb_id), "run", None) or {}
+            submitted[pb_id] = run.get("submitted") or run.get("requested") or ""
+    if not submitted:
+        return None, ""
+    latest = max(submitted, key=lambda pb_id: (submitted[pb_id], pb_id))
+    return latest, submitted[latest]
 
 
 def cmd_outputs(args: argparse.Namespace) -> int:
@@ -232,7 +257,12 @@ def cmd_export_ms(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``outputs`` and ``export-ms`` to the ``batch-imaging`` command."""
     outputs = subparsers.add_parser("outputs", help="list the products of a run and where they are")
-    outputs.add_argument("pb_id", nargs="?", metavar="PB_ID", help="processing block (latest)")
+    outputs.add_argument(
+        "pb_id",
+        nargs="?",
+        metavar="PB_ID",
+        help="processing block (default: the batch_imaging block whose run was submitted last)",
+    )
     outputs.add_argument("--buffer-root", default="buffers", help="where buffers live (./buffers)")
     outputs.add_argument("--config-db", default=None, help="etcd://HOST:PORT or a path")
     outputs.set_defaults(func=cmd_outputs)

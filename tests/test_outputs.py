@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from dag.cli import main
 from dag.outputs import POD_ROOT, human, products, run_params, stale_files
-from dag.runner import engine_arguments, given_or_embedded, register
+from dag.runner import WORKFLOW, engine_arguments, given_or_embedded, register
 from steps import manifest
-from steps.configdb import ConfigDB, open_backend
+from steps.configdb import ConfigDB, PBState, ProcessingBlock, open_backend
+from steps.configdb.entities import Workflow
 from steps.params import ParamsError, parse
 from steps.runner import key_parameters
 from tests.small_run import RAW, SmallRun, small_run
@@ -31,7 +33,7 @@ def test_products_of_the_run(run: SmallRun) -> None:
 
 
 def test_products_of_other_parameters_are_stale(
-    run: SmallRun, capsys: pytest.CaptureFixture[str]
+    run: SmallRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert not [p.relative for p in products(run.params, run.root) if p.stale]
     # a block with another niter whose run has not (yet) remade anything: calibrate's and
@@ -44,14 +46,14 @@ def test_products_of_other_parameters_are_stale(
     other = run.params.model_copy(update={"ra": run.params.ra + 1.0})
     stale = {p.relative for p in products(other, run.root) if p.stale}
     assert {"model.zarr", "corrupted.zarr", "calibrated.zarr", "restored.fits"} <= stale
-    # as the command shows it, for a block naming these buffers that has not run yet
-    # (its id sorts before the run's, which stays the latest for the other tests)
-    pb_id = "pb-other-20250101-00000"
+    # as the command shows it, for a block naming these buffers that has not run yet (in a
+    # store of its own: the run's block stays the latest for the other tests)
+    pb_id, store = "pb-other-20250101-00000", str(tmp_path / "config")
     requested = {**RAW, "niter": run.params.niter + 1, "pb_id": pb_id}
     requested |= {"buffer_vis": run.params.buffer_vis, "buffer_img": run.params.buffer_img}
-    with ConfigDB(open_backend(run.params.config_db)) as db:
-        register(db, parse({**requested, "config_db": run.params.config_db}), requested)
-    assert main(["outputs", "--buffer-root", str(run.root), pb_id]) == 0
+    with ConfigDB(open_backend(store)) as db:
+        register(db, parse({**requested, "config_db": store}), requested)
+    assert main(["outputs", "--buffer-root", str(run.root), "--config-db", store, pb_id]) == 0
     out = capsys.readouterr().out
     assert "STALE calibrated visibilities" in out and "STALE simulated" not in out
     assert f"than {pb_id}'s (its run has not remade them" in out
@@ -78,6 +80,33 @@ def test_run_params_from_the_config_db(run: SmallRun) -> None:
     assert run_params(run.root, run.params.pb_id, None).nfreqwin == run.params.nfreqwin
     with pytest.raises(ParamsError, match="pb-elsewhere-20260101-00000 is not in"):
         run_params(run.root, "pb-elsewhere-20260101-00000", None)  # run on another DB
+
+
+def test_the_latest_block_is_the_batch_block_run_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a PB_ID: the batch_imaging block whose run was submitted (or requested, by a
+    bridge) last, not the id that sorts last; by id where no block has a run recorded."""
+    store = str(tmp_path / "config")
+    caplog.set_level(logging.INFO, "batch_imaging")
+    realtime = Workflow(type="realtime", id="test_realtime", version="0.2.2")
+    with ConfigDB(open_backend(store)) as db:
+        for txn in db.txn():
+            txn.create_pb(ProcessingBlock(id="pb-z-20260101-00000", workflow=realtime))
+            for pb_id in ("pb-b-20260101-00000", "pb-c-20260101-00000"):
+                txn.create_pb(ProcessingBlock(id=pb_id, workflow=WORKFLOW))
+        assert run_params(tmp_path, None, store).pb_id == "pb-c-20260101-00000"
+        assert "pb-c-20260101-00000 (by id: none has a run recorded)" in caplog.text
+        runs = {
+            "pb-a-20260101-00000": {"submitted": "2026-01-02T00:00:00+00:00"},
+            "pb-b-20260101-00000": {"requested": "2026-01-01T00:00:00+00:00"},
+        }
+        for txn in db.txn():
+            txn.create_pb(ProcessingBlock(id="pb-a-20260101-00000", workflow=WORKFLOW))
+            for pb_id, run in runs.items():
+                txn.create_state(pb_id, PBState(status="FINISHED", run=run))
+    assert run_params(tmp_path, None, store).pb_id == "pb-a-20260101-00000"
+    assert "pb-a-20260101-00000 (run submitted 2026-01-02T00:00:00+00:00)" in caplog.text
 
 
 def test_cli_lists_sizes_and_pvcs(run: SmallRun, capsys: pytest.CaptureFixture[str]) -> None:
