@@ -78,7 +78,7 @@ class Product:
     description: str
     local: Path
     size: int | None  # bytes; None if absent locally
-    stale: bool = False  # made by an earlier run with other parameters or inputs
+    stale: str = ""  # why it is not what the block's parameters make (``stale_files``)
 
     @property
     def pod_path(self) -> str:
@@ -105,14 +105,15 @@ def human(size: int | None) -> str:
     return f"{value:.1f} {units[0]}"
 
 
-def stale_files(params: Params, folders: list[Path], root: Path) -> set[Path]:
+def stale_files(params: Params, folders: list[Path], root: Path) -> dict[Path, str]:
     """The products (top-level files and directories of the buffers under ``root``) holding a
-    file recorded with another key than the one ``params`` give its step: made by a run with
-    other parameters, or left by an earlier run of the step that no longer makes it (an MS
-    after ``export_ms`` was turned off).  From the manifests' records: no product is hashed
-    again, only a sky or layout file the parameters name."""
+    file recorded with another key than the one ``params`` give its step, each with why:
+    made by another block's run, by an earlier run of this block with other parameters, or
+    left by an earlier run of the step that no longer makes it (an MS after ``export_ms`` was
+    turned off).  From the manifests' records: no product is hashed again, only a sky or
+    layout file the parameters name."""
     records = {folder: manifest.load(folder) for folder in folders}
-    stale: set[Path] = set()
+    stale: dict[Path, set[str]] = {}
     for step in RECORDED:
         done = {f: r["steps"][step] for f, r in records.items() if step in r["steps"]}
         if not done:
@@ -120,17 +121,35 @@ def stale_files(params: Params, folders: list[Path], root: Path) -> set[Path]:
         key = key_parameters(params, step, root)
         for folder, entry in done.items():
             expected = manifest.step_key(step, key, folders, entry["inputs"])
-            stale |= {
-                folder / Path(name).parts[0]
-                for name, file in records[folder]["files"].items()
-                if file["step"] == step and file["key"] != expected
-            }
-    return stale
+            for name, file in records[folder]["files"].items():
+                if file["step"] == step and file["key"] != expected:
+                    why = _why_stale(
+                        params.pb_id, step, file.get("pb_id"), entry["key"] == expected
+                    )
+                    stale.setdefault(folder / Path(name).parts[0], set()).add(why)
+    return {path: "; ".join(sorted(whys)) for path, whys in stale.items()}
+
+
+def _why_stale(pb_id: str, step: str, maker: str | None, step_current: bool) -> str:
+    """Why a file that step ``step`` recorded (for block ``maker``, if the manifest says) is
+    not what block ``pb_id``'s parameters make; ``step_current``: the step's latest run had
+    those parameters."""
+    if step_current:
+        by = f" ({maker}'s)" if maker else ""
+        return f"left by an earlier run of step {step}{by}: with these parameters it makes none"
+    if maker is None:
+        return f"made by an earlier run with other parameters or inputs than {pb_id}'s"
+    if maker != pb_id:
+        return f"made by the run of {maker}, with other parameters or inputs"
+    return (
+        f"made by an earlier run of {pb_id} with other parameters or inputs; its run with the "
+        "present ones has not remade them (it failed, is running or has not started)"
+    )
 
 
 def products(params: Params, buffer_root: Path) -> list[Product]:
     """Every catalogued product of a run, present or not, with its local and PVC location;
-    those an earlier run made with other parameters are marked stale."""
+    those another run made (other parameters) say why they are stale."""
     buffers = Buffers.of(params, buffer_root)
     names = {"vis": params.buffer_vis, "img": params.buffer_img}
     folders = {"vis": buffers.vis, "img": buffers.img}
@@ -138,7 +157,7 @@ def products(params: Params, buffer_root: Path) -> list[Product]:
 
     def product(buffer: str, path: Path, text: str) -> Product:
         relative = str(path.relative_to(folders[buffer]))
-        return Product(names[buffer], relative, text, path, size_of(path), path in stale)
+        return Product(names[buffer], relative, text, path, size_of(path), stale.get(path, ""))
 
     rows = [product(b, path, text) for b, path, text in catalogue(buffers)]
     known = {p.local for p in rows}
@@ -227,11 +246,11 @@ def cmd_outputs(args: argparse.Namespace) -> int:
         for p in mine:
             mark = "STALE " if p.stale else ""
             print(f"    {p.relative:<{width}}  {human(p.size):>10}  {mark}{p.description}")
-    if any(p.stale for p in rows):
-        print(
-            f"\nSTALE: made by an earlier run with other parameters or inputs than "
-            f"{params.pb_id}'s (its run has not remade them: it failed, or is running)"
-        )
+    reasons = dict.fromkeys(p.stale for p in rows if p.stale)
+    if reasons:
+        print(f"\nSTALE: not what {params.pb_id}'s parameters make")
+        for why in reasons:
+            print(f"  {', '.join(p.relative for p in rows if p.stale == why)}: {why}")
     print(
         "\n'-': not written (yet) or not present here.  From Kubernetes, copy out of any pod "
         f"that mounts the claim:\n  kubectl cp <pod>:{POD_ROOT}/{params.buffer_img}/report.html "

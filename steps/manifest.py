@@ -1,4 +1,4 @@
-"""Buffer manifests: every product's size, sha256, producing step and the step's input key.
+"""Buffer manifests: every product's size, sha256, producing step (and block), the step's key.
 
 Each buffer holds ``manifest.json``. After a step succeeds, the files it created or changed in
 the run's buffers are hashed and recorded with the step's *key*: a hash of the parameters that
@@ -97,9 +97,10 @@ def record(
     inputs: list[tuple[str, str]],
     before: dict[str, tuple[int, int]],
     outputs: dict[str, str],
+    pb_id: str,
 ) -> None:
-    """Record what ``step`` created or changed since ``before`` (it read ``inputs``, recorded
-    by the steps before it); drop files that vanished."""
+    """Record what ``step`` of processing block ``pb_id`` created or changed since ``before``
+    (it read ``inputs``, recorded by the steps before it); drop files that vanished."""
     key = step_key(step, params, buffers, inputs)
     for buffer in buffers:
         if not buffer.is_dir():
@@ -114,6 +115,7 @@ def record(
                     "sha256": sha256(path),
                     "step": step,
                     "key": key,
+                    "pb_id": pb_id,
                 }
         steps = manifest["steps"]
         if any(entry["step"] == step for entry in files.values()):

@@ -224,7 +224,7 @@ def _products(
             f"but declares {list(OUTPUTS[name])}"
         )
     if name in RECORDED:
-        manifest.record(dirs, name, key, inputs, before, outputs)
+        manifest.record(dirs, name, key, inputs, before, outputs, params.pb_id)
     return outputs, False
 
 

@@ -285,7 +285,7 @@ def test_verify_reports_a_foreign_or_tampered_buffer(tmp_path):
     assert_clean_failure(result, 1, "no manifest.json")
     before = manifest.snapshot([buffer])
     (buffer / "restored.fits").write_bytes(b"SIMPLE" * 100)
-    manifest.record([buffer], "image", {}, [], before, {})
+    manifest.record([buffer], "image", {}, [], before, {}, "pb-x-20260101-00000")
     assert batch_imaging("verify", str(buffer), cwd=tmp_path).returncode == 0
     (buffer / "restored.fits").write_bytes(b"SIMPLF" * 100)
     result = batch_imaging("verify", str(buffer), cwd=tmp_path)

@@ -39,9 +39,10 @@ def test_products_of_other_parameters_are_stale(
     # a block with another niter whose run has not (yet) remade anything: calibrate's and
     # image's products are an earlier run's, simulate's and corrupt's are still its own
     other = run.params.model_copy(update={"niter": run.params.niter + 1})
-    stale = {p.relative for p in products(other, run.root) if p.stale}
-    assert {"calibrated.zarr", "gains_solved.zarr", "restored.fits", "report.html"} <= stale
-    assert not stale & {"model.zarr", "corrupted.zarr", "gains_true.zarr", "sky_model.csv"}
+    stale = {p.relative: p.stale for p in products(other, run.root) if p.stale}
+    assert {"calibrated.zarr", "gains_solved.zarr", "restored.fits", "report.html"} <= set(stale)
+    assert not stale.keys() & {"model.zarr", "corrupted.zarr", "gains_true.zarr", "sky_model.csv"}
+    assert stale["restored.fits"].startswith(f"made by an earlier run of {other.pb_id} with")
     # another sky: everything the pipeline made
     other = run.params.model_copy(update={"ra": run.params.ra + 1.0})
     stale = {p.relative for p in products(other, run.root) if p.stale}
@@ -56,23 +57,35 @@ def test_products_of_other_parameters_are_stale(
     assert main(["outputs", "--buffer-root", str(run.root), "--config-db", store, pb_id]) == 0
     out = capsys.readouterr().out
     assert "STALE calibrated visibilities" in out and "STALE simulated" not in out
-    assert f"than {pb_id}'s (its run has not remade them" in out
+    assert "restored.fits, " in out and "has not remade" not in out
+    assert f"made by the run of {run.params.pb_id}, with other parameters or inputs\n" in out
 
 
 def test_a_product_the_step_no_longer_makes_is_stale(tmp_path: Path) -> None:
     """An MS left by an earlier calibrate (with export_ms) keeps that run's key: stale, while
-    what the latest run of the step made is current."""
+    what the latest run of the step made is current; a manifest that does not name the
+    block that made a file (written before it did) says no more than that it is another's."""
     params = parse({})
     vis = tmp_path / params.buffer_vis
     key = manifest.step_key("calibrate", key_parameters(params, "calibrate"), [vis], [])
+    entry = {"step": "calibrate", "size": 1, "sha256": ""}
     files = {
-        "calibrated.zarr/zarr.json": {"key": key, "step": "calibrate", "size": 1, "sha256": ""},
-        "calibrated.ms/table.dat": {"key": "old", "step": "calibrate", "size": 1, "sha256": ""},
+        "calibrated.zarr/zarr.json": {**entry, "key": key, "pb_id": params.pb_id},
+        "calibrated.ms/table.dat": {**entry, "key": "old", "pb_id": "pb-old-20260101-00000"},
+        "restored.fits": {**entry, "step": "image", "key": "old"},
     }
     vis.mkdir()
-    steps = {"calibrate": {"key": key, "inputs": [], "outputs": {}}}
+    steps = {
+        "calibrate": {"key": key, "inputs": [], "outputs": {}},
+        "image": {"key": "old", "inputs": [], "outputs": {}},
+    }
     manifest.save(vis, {"schema": manifest.SCHEMA, "files": files, "steps": steps})
-    assert stale_files(params, [vis], tmp_path) == {vis / "calibrated.ms"}
+    assert stale_files(params, [vis], tmp_path) == {
+        vis / "calibrated.ms": "left by an earlier run of step calibrate "
+        "(pb-old-20260101-00000's): with these parameters it makes none",
+        vis / "restored.fits": "made by an earlier run with other parameters or inputs than "
+        f"{params.pb_id}'s",
+    }
 
 
 def test_run_params_from_the_config_db(run: SmallRun) -> None:
