@@ -35,6 +35,7 @@ from dag.runner import (
     HOSTNAME,
     check_buffer_root,
     config_db_url,
+    existing_db,
     find_run_process,
     given_or_embedded,
     now,
@@ -507,7 +508,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 def cmd_run_pb(args: argparse.Namespace) -> int:
     root = Path(args.buffer_root)
-    url = config_db_url(given_or_embedded(args.config_db, root))
+    url = existing_db(config_db_url(given_or_embedded(args.config_db, root)))
     check_buffer_root(root)
     phase = run_pb(url, args.pb_id, root, args.name or run_name(args.pb_id))
     return 0 if phase == "Succeeded" else 1

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dag.runner import WORKFLOW, config_db_url, given_or_embedded
+from dag.runner import WORKFLOW, config_db_url, existing_db, given_or_embedded
 from steps import manifest
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, Transaction, check_pb_id, open_backend, url_from_env
@@ -194,7 +194,7 @@ def run_params(buffer_root: Path, pb_id: str | None, config_db: str | None) -> P
             local, pb_id,
         )  # fmt: skip
         return parse({"pb_id": pb_id})
-    with ConfigDB(open_backend(config_db)) as db:
+    with ConfigDB(open_backend(existing_db(config_db))) as db:
         if pb_id is None:
             pb_id, submitted = db.run(latest_block)
             if pb_id is None:

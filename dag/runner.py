@@ -64,6 +64,18 @@ def config_db_url(value: str | None) -> str:
     )
 
 
+def existing_db(url: str) -> str:
+    """``url`` (as ``config_db_url`` gives it), refused (ParamsError) if it names an embedded
+    store that does not exist: a command that only reads or updates must not create one."""
+    path = url.removeprefix("file://")
+    if url.startswith("etcd://") or Path(path).is_dir():
+        return url
+    raise parameters.ParamsError(
+        f"no configuration store at {path}: give the directory `batch-imaging run` or "
+        "`sdp assign` created, or etcd://HOST:PORT"
+    )
+
+
 def embedded_db(buffer_root: Path) -> str:
     """The embedded configuration store of a buffer root."""
     return str((buffer_root / ".sdp-config").resolve())

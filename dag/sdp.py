@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dag.runner import WORKFLOW, config_db_url, gone_run, pb_params
+from dag.runner import WORKFLOW, config_db_url, existing_db, gone_run, pb_params
 from steps.configdb import (
     SBI,
     ConfigCollision,
@@ -180,15 +180,17 @@ def _join(items: list[str]) -> str:
     return ",".join(items) or "-"
 
 
-def _open(args: argparse.Namespace) -> ConfigDB:
-    """The configuration database, tried three times in 1.5 s (a server's blip is no error)."""
-    return ConfigDB(connect(config_db_url(args.config_db), retries=2))
+def _open(args: argparse.Namespace, create: bool = False) -> ConfigDB:
+    """The configuration database, tried three times in 1.5 s (a server's blip is no error);
+    an embedded store that does not exist is created only if ``create``."""
+    url = config_db_url(args.config_db)
+    return ConfigDB(connect(url if create else existing_db(url), retries=2))
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
     sbi, pbs = read_sbi(Path(args.sbi), decode_strings(pairs(args.param)))
     check_parameters(pbs, config_db_url(args.config_db))
-    with _open(args) as db:
+    with _open(args, create=True) as db:
         try:
             assign(db, sbi, pbs)
         except ConfigCollision as exc:

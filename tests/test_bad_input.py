@@ -299,7 +299,7 @@ def test_verify_reports_a_foreign_or_tampered_buffer(tmp_path):
         (["step", "teleport"], "invalid choice: 'teleport'", 2),
         (["run"], "the following arguments are required: params", 2),
         (["params", "validate"], "params validate needs a FILE", 2),
-        (["sdp", "release", "sbi-nope", "--config-db", "db"], "sbi-nope does not exist", 2),
+        (["sdp", "release", "sbi-nope", "--config-db", "db"], "no configuration store at", 2),
         (
             ["step", "claim", "-p", "pb_id=pb-nope-20260101-00000", "-p", "config_db=db"],
             "processing block pb-nope-20260101-00000 does not exist in the configuration DB",

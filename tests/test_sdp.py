@@ -205,6 +205,18 @@ def test_assign_refuses_a_batch_pb_without_parameters(tmp_path: Path, capsys) ->
     assert code == 2 and f"processing block {BATCH}: parameters missing" in err
 
 
+def test_a_mistyped_store_is_not_created(tmp_path: Path, capsys) -> None:
+    """Commands that read (or update) a store refuse a path with none; assign creates it."""
+    missing = tmp_path / "no-such-store"
+    for argv in (["sdp", "status"], ["sdp", "release", SBI_ID], ["outputs"], ["run-pb", BATCH]):
+        capsys.readouterr()
+        code = main([*argv, "--config-db", str(missing)])
+        err = capsys.readouterr().err
+        assert code == 2 and f"no configuration store at {missing}:" in err, argv
+        assert not missing.exists(), argv
+    assert sdp(capsys, "assign", str(SEED), "--config-db", str(missing))[0] == 0
+
+
 def test_config_db_defaults_to_sdp_config_host_and_port(
     etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
