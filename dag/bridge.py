@@ -493,6 +493,7 @@ def engine_for(name: str, buffer_root: Path) -> Engine:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT: a service's graceful stop, so exit 0 (README)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

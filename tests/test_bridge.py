@@ -362,6 +362,7 @@ def test_bridge_on_the_embedded_store(tmp_path: Path) -> None:
 
             expected = {"pb-rt": "RUNNING", "pb-batch": "WAITING", "pb-unknown": "FAILED"}
             wait_for(lambda: statuses() == expected, 20, f"{expected} (log: {log.read_text()})")
-    finally:
-        bridge.terminate()
+    finally:  # Ctrl-C, as SIGTERM (the story's bridge "c"), is a graceful stop: exit 0
+        bridge.send_signal(signal.SIGINT)
         assert bridge.wait(10) == 0
+    assert "Bridge stopped" in log.read_text()
