@@ -316,6 +316,9 @@ class Bridge:
         run = dict(getattr(state, "run", None) or {})
         if run:
             return Decision(state, "follow", run)
+        owner = txn.get_owner(pb_id)
+        if owner is not None:  # run by hand (`run-pb`, `argo submit`): not ours to run
+            return Decision(state, note=f"claimed by process {owner.pid} on {owner.hostname}")
         reason = ""
         try:
             params = pb_params(pb, self.url)

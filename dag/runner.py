@@ -25,7 +25,14 @@ from dag.workflow import NAME
 from steps import params as parameters
 from steps import resources
 from steps.configdb import ConfigDB, Transaction, connect, open_backend, url_from_env
-from steps.configdb.entities import PBState, PBStatus, ProcessingBlock, Workflow, new_pb_id
+from steps.configdb.entities import (
+    ENDED,
+    PBState,
+    PBStatus,
+    ProcessingBlock,
+    Workflow,
+    new_pb_id,
+)
 from steps.log import LOG
 from steps.processes import ENGINE_PID_ENV, cores, process_alive, started_at
 
@@ -293,13 +300,7 @@ def register(
         steps={},
     )
     for txn in db.txn():
-        owner = txn.get_owner(params.pb_id)
-        if owner is not None:
-            raise RuntimeError(
-                f"processing block {params.pb_id} is claimed by process {owner.pid} on "
-                f"{owner.hostname} ({' '.join(owner.command)}): wait for its run to end, or "
-                "stop it (a claim whose holder died expires within seconds)"
-            )
+        refuse_claimed(txn, params.pb_id)
         current = txn.get_state(params.pb_id)
         elsewhere = dict(getattr(current, "run", None) or {})
         if elsewhere.get("engine") == "argo" and current.status in UNFINISHED:
@@ -326,11 +327,44 @@ def register(
             txn.update_state(pb.id, **state.model_dump())
 
 
+def refuse_ended(state: PBState | None, pb_id: str) -> None:
+    """Refuse to run again a block that has ended (``run`` resets one, to run it again)."""
+    status = getattr(state, "status", None)
+    if status in ENDED:
+        raise RuntimeError(
+            f"processing block {pb_id} is {status.value}: there is nothing to run again "
+            f"(`batch-imaging outputs {pb_id}` lists its products; `batch-imaging run "
+            f"PARAMS.json -p pb_id={pb_id}` runs it again, with other parameters)"
+        )
+
+
+def refuse_claimed(txn: Transaction, pb_id: str) -> None:
+    """Refuse a block another process has claimed (it is running it)."""
+    owner = txn.get_owner(pb_id)
+    if owner is not None:
+        raise RuntimeError(
+            f"processing block {pb_id} is claimed by process {owner.pid} on "
+            f"{owner.hostname} ({' '.join(owner.command)}): wait for its run to end, or "
+            "stop it (a claim whose holder died expires within seconds)"
+        )
+
+
 def follow(txn: Transaction, pb_id: str, name: str, buffer_root: Path) -> None:
     """Record this process as the one running workflow ``name`` of the block (where the run
     record names that workflow), so that ``sdp status`` sees a run started again with
-    ``run-pb`` alive, and where its buffers are."""
-    run = dict(getattr(txn.get_state(pb_id), "run", None) or {})
+    ``run-pb`` alive, and where its buffers are.  A block that has ended (FINISHED or
+    CANCELLED), that another process has claimed, or whose recorded run is alive elsewhere
+    is refused: a block runs once, one run at a time."""
+    state = txn.get_state(pb_id)
+    refuse_ended(state, pb_id)
+    refuse_claimed(txn, pb_id)
+    run = dict(getattr(state, "run", None) or {})
+    pid = run.get("pid")
+    if pid and pid != os.getpid() and run.get("hostname") == HOSTNAME and _alive(run):
+        raise RuntimeError(
+            f"processing block {pb_id} is being run by process {pid} ({run.get('name')}): "
+            "wait for it to end, or stop it"
+        )
     if run.get("name") == name:
         txn.update_state(pb_id, run={**run, **running_here(buffer_root)})
 

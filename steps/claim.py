@@ -9,7 +9,8 @@ block's state and marks its resources available.  A run no controller recorded (
 submit`` of a block ``sdp assign`` created, whose state the step runner's first record
 creates) is its own controller: the claim marks the resources available once every
 dependency of the block has FINISHED.  A new run (another workflow uid) starts an empty step
-timeline and clears the previous reason.
+timeline and clears the previous reason.  A block that has ended (FINISHED, CANCELLED) is not
+claimed again: a block runs once, unless ``batch-imaging run`` resets it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, Lease, PBStatus, connect
+from steps.configdb.entities import ENDED
 from steps.log import LOG
 from steps.params import Params
 from steps.runner import write_outputs
@@ -42,10 +44,15 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     def take(txn, lease: Lease) -> bool:
         if txn.get_pb(params.pb_id) is None:
             raise ClaimError(f"processing block {params.pb_id} does not exist")
+        state = txn.get_state(params.pb_id)  # the runner's first record made it if need be
+        if getattr(state, "status", None) in ENDED:
+            raise ClaimError(
+                f"processing block {params.pb_id} is {state.status.value}: a block runs once "
+                "(`batch-imaging run` resets one to run it again)"
+            )
         if not txn.take_pb(params.pb_id, lease):
             return False
         fields = {"status": PBStatus.WAITING, "workflow_run": run_name, "workflow_uid": run_uid}
-        state = txn.get_state(params.pb_id)  # the runner's first record made it if need be
         if getattr(state, "workflow_uid", None) != run_uid:  # a new run: its own timeline
             steps = dict(getattr(state, "steps", None) or {})
             fields |= {"reason": None, "steps": {k: v for k, v in steps.items() if k == "claim"}}

@@ -26,7 +26,7 @@ from conftest import EtcdServer
 
 from dag.cli import main
 from dag.sdp import assign, read_sbi
-from steps.configdb import ConfigDB, PBState, open_backend
+from steps.configdb import ConfigDB, PBState, ProcessingBlock, open_backend
 from steps.processes import process_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,6 +292,27 @@ def test_killed_run_fails_the_pb_and_is_not_resubmitted(site: Site) -> None:
     wait_for(lambda: site.owner("pb-lost") is None, 15, "the killed run's claim to go")
     time.sleep(1.5)  # more reconciliation rounds: still one submission
     assert site.submissions("pb-lost") == 1 and site.runs_started("pb-lost") == 1
+
+
+def test_a_block_claimed_by_hand_is_left_to_its_claim(site: Site) -> None:
+    """A batch block another process has claimed (``run-pb`` by hand, ``argo submit``) with
+    no run recorded is not submitted, neither while it is claimed nor once it has ended."""
+    pb = ProcessingBlock.model_validate(batch_pb("pb-by-hand"))
+    with ConfigDB(open_backend(site.url)) as db:
+        lease = db.lease(30)
+
+        def create(txn) -> None:
+            txn.create_pb(pb)
+            assert txn.take_pb(pb.id, lease)
+
+        db.run(create)
+        time.sleep(2.5)  # several reconciliation rounds
+        assert site.submissions(pb.id) == 0
+        db.run(lambda txn: txn.create_state(pb.id, PBState(status="FINISHED")))
+        lease.revoke()
+        time.sleep(2.5)
+    assert site.submissions(pb.id) == 0
+    assert site.state(pb.id).status == "FINISHED"  # type: ignore[union-attr]
 
 
 def test_batch_pb_finishes_with_images_in_its_buffer(site: Site, capsys) -> None:

@@ -3,6 +3,7 @@
 import datetime
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from dag.runner import WORKFLOW, embedded_db, register, run_leftovers
+from dag.runner import WORKFLOW, embedded_db, follow, register, run_leftovers
 from steps import params as parameters
 from steps import runner
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
@@ -19,7 +20,7 @@ from steps.configdb import ConfigDB, open_backend
 from steps.configdb.backend import wire_key
 from steps.configdb.entities import Dependency, PBState, ProcessingBlock
 from steps.metrics import step_timings
-from steps.processes import ENGINE_PID_ENV
+from steps.processes import ENGINE_PID_ENV, started_at
 
 
 @pytest.fixture
@@ -193,6 +194,49 @@ def test_a_run_whose_claim_failed_leaves_the_block_to_the_run_holding_it(block, 
         assert runner.run_step("release", params.as_strings()) == 0
         assert db.run(lambda txn: txn.get_state(params.pb_id)).status == "FINISHED"
         lease.revoke()
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "CANCELLED"])
+def test_an_ended_block_is_not_run_again(block, monkeypatch, status):
+    """``run-pb`` and the claim refuse a block that has ended (``run`` resets one first)."""
+    params, root = block
+    name = f"batch-imaging-{params.pb_id}"
+    with ConfigDB(open_backend(params.config_db)) as db:
+        db.run(lambda txn: txn.update_state(params.pb_id, status=status))
+        with pytest.raises(RuntimeError, match=f"is {status}: there is nothing to run again"):
+            db.run(lambda txn: follow(txn, params.pb_id, name, root))
+        monkeypatch.setenv("WORKFLOW_NAME", name)
+        monkeypatch.setenv("WORKFLOW_UID", "again")
+        with pytest.raises(ClaimError, match=f"is {status}: a block runs once"):
+            runner.run_step("claim", params.as_strings())
+        assert db.run(lambda txn: txn.get_owner(params.pb_id)) is None
+        assert db.run(lambda txn: txn.get_state(params.pb_id)).status == status
+
+
+def test_run_pb_refuses_a_block_being_run(block):
+    """A block whose recorded run is alive in another process, or that another process has
+    claimed, is refused by ``run-pb``: one run at a time."""
+    params, root = block
+    name = f"batch-imaging-{params.pb_id}"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with ConfigDB(open_backend(params.config_db)) as db:
+            run = {"name": name, "hostname": socket.gethostname(), "pid": other.pid}
+            run["started_at"] = started_at(other.pid)
+            db.run(lambda txn: txn.update_state(params.pb_id, run=run))
+            with pytest.raises(RuntimeError, match=f"being run by process {other.pid}"):
+                db.run(lambda txn: follow(txn, params.pb_id, name, root))
+            db.run(lambda txn: txn.update_state(params.pb_id, run={"name": name}))
+            lease = db.lease(30)
+            assert db.run(lambda txn: txn.take_pb(params.pb_id, lease))
+            with pytest.raises(RuntimeError, match="is claimed by process"):
+                db.run(lambda txn: follow(txn, params.pb_id, name, root))
+            lease.revoke()
+            db.run(lambda txn: follow(txn, params.pb_id, name, root))  # free again: taken
+            assert db.run(lambda txn: txn.get_state(params.pb_id)).run["pid"] == os.getpid()
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_an_earlier_runs_exit_handler_leaves_a_block_run_again_alone(block, monkeypatch):

@@ -81,6 +81,10 @@ class PBStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+# a block that has ended so is not run again (FAILED ones are, to resume them)
+ENDED = frozenset({PBStatus.FINISHED, PBStatus.CANCELLED})
+
+
 class PBState(BaseModel):
     """Dynamic processing block state at ``/pb/<id>/state``; extra fields are kept."""
 
