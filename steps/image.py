@@ -105,7 +105,9 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     fitsio.write_image(
         buffers.image("mfs_restored"), mfs_restored[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
     )
-    if alpha is not None:
+    if alpha is None:  # one Taylor term: none, and none of an earlier run left beside these
+        buffers.image("mfs_alpha").unlink(missing_ok=True)
+    else:
         fitsio.write_image(
             buffers.image("mfs_alpha"), alpha, bunit="", beam=mfs_beam, history=ALPHA_HISTORY,
             **{**mfs, "extra": {

@@ -260,9 +260,10 @@ def ical_convergence(buffers: Buffers, out: Path) -> Path:
 
 
 def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
-    """Write every preview whose input products exist (a failed run may lack some), drawn
-    side by side in forked processes, one per core; return name -> path of those written.
-    A product that exists but is damaged is an error."""
+    """Write every preview whose input products exist (a failed run may lack some, a run
+    with one Taylor term has no spectral index), drawn side by side in forked processes, one
+    per core, and remove an earlier run's of those not drawn; return name -> path of those
+    written.  A product that exists but is damaged is an error."""
     makers: dict[str, tuple[Path, Callable[[Path], Path]]] = {
         "restored": (buffers.image("mfs_restored"), partial(restored, buffers)),
         "residual": (buffers.image("mfs_residual"), partial(residual, buffers)),
@@ -278,7 +279,8 @@ def write_all(params: Params, buffers: Buffers) -> dict[str, Path]:
         if source.exists():
             todo[name] = make
         else:
-            LOG.warning("preview %s skipped: %s does not exist", name, source.name)
+            LOG.info("preview %s skipped: %s does not exist", name, source.name)
+            buffers.preview(name).unlink(missing_ok=True)
     if not todo:
         return {}
     fork = multiprocessing.get_context("fork")  # matplotlib is imported here already
