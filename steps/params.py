@@ -35,6 +35,7 @@ SUFFIX = {
 MIN_MEMORY = "512Mi"  # a step's interpreter, numpy, Dask and xarray alone take ~300 MiB
 MIN_BUFFER = "1Mi"  # Kubernetes refuses a PVC of 0 bytes; less holds no run's products
 HOUR_ANGLE_LIMIT_DEG = 30.0  # the seed observes HA -30 deg .. +30 deg
+_NUMBER_KINDS = {int: "an integer", float: "a number"}  # as errors name them
 
 
 class ParamsError(ValueError):
@@ -192,8 +193,9 @@ class Params(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
-            raise ValueError("must be a number, not true/false")
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation in (int, float):
+            raise ValueError(f"must be {_NUMBER_KINDS[annotation]}, not true/false")
         return value
 
     @field_validator("pb_id")
