@@ -192,10 +192,15 @@ class Params(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+    def _json_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse true/false for a number; take an integral float (``1e20``) of an integer
+        field as that integer, so that a range error names the bound (pydantic's int
+        parsing gave up on floats past 2**63 without one)."""
         annotation = cls.model_fields[info.field_name].annotation
         if isinstance(value, bool) and annotation in (int, float):
             raise ValueError(f"must be {_NUMBER_KINDS[annotation]}, not true/false")
+        if annotation is int and isinstance(value, float) and value.is_integer():
+            return int(value)
         return value
 
     @field_validator("pb_id")

@@ -44,6 +44,13 @@ PARAMS_CASES = [
     ("boolean-count", params(nfreqwin=True), [], 2, "nfreqwin = True: must be an integer, not"),
     ("boolean-number", params(rmax=False), [], 2, "rmax = False: must be a number, not"),
     ("zero-workers", params(n_workers=0), [], 2, "n_workers = 0"),
+    (
+        "seed-past-int64",
+        params(seed=1e20),
+        [],
+        2,
+        "seed = 100000000000000000000: Input should be less than 9223372036854775808",
+    ),
     ("negative-workers", params(n_workers=-3), [], 2, "n_workers = -3"),
     ("zero-windows", params(nfreqwin=0), [], 2, "nfreqwin = 0"),
     ("zero-times", params(ntimes=0), [], 2, "ntimes = 0"),
