@@ -486,10 +486,11 @@ def parse(data: dict[str, Any]) -> Params:
     """Validate a parameter mapping; raise ParamsError with one line per problem."""
     if not isinstance(data, dict):
         raise ParamsError(f"parameters must be a JSON object, not {type(data).__name__}")
+    specs = _json_specs()
     wrong = [
-        _field_error(name, value, f"must be a JSON {kind}, not {_json_kind(value)}")
+        _field_error(name, value, f"must be {_json_form(spec)}, not {_json_kind(value)}")
         for name, value in data.items()
-        if not _json_typed(value, kind := _json_types().get(name, ""))
+        if not _json_typed(value, (spec := specs.get(name, {})).get("type", ""))
     ]
     if wrong:  # as the published schema says (no "8" for 8, no "yes" for true)
         raise ParamsError("; ".join(str(e) for e in wrong))
@@ -500,8 +501,10 @@ def parse(data: dict[str, Any]) -> Params:
 
 
 def _json_typed(value: Any, kind: str) -> bool:
-    """Whether ``value`` (as JSON decodes it) has the JSON Schema type ``kind`` of a scalar
-    field (``8.0`` is an integer there); other kinds are left to the model."""
+    """Whether ``value`` (as JSON decodes it) has the JSON Schema type ``kind`` of a field
+    (``8.0`` is an integer there; an array's items are left to the model)."""
+    if kind == "array":
+        return isinstance(value, list | tuple)
     if kind == "integer":
         return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if kind == "number":
@@ -511,6 +514,19 @@ def _json_typed(value: Any, kind: str) -> bool:
     return True
 
 
+def _json_form(spec: dict[str, Any]) -> str:
+    """What a field's schema ``spec`` accepts, as an error says it: ``a JSON integer``, or
+    for an array (of bounded numbers: ``scales``) their range, with the default as an example."""
+    kind = spec.get("type", "")
+    if kind != "array":
+        return f"a JSON {kind}"
+    items = spec["items"]
+    return (
+        f"a JSON array of {items['type']}s {items['minimum']:g}..{items['maximum']:g} "
+        f"(e.g. {json.dumps(spec['default'])})"
+    )
+
+
 def _json_kind(value: Any) -> str:
     kinds = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
     kinds |= {list: "an array", dict: "an object", type(None): "null"}
@@ -518,10 +534,9 @@ def _json_kind(value: Any) -> str:
 
 
 @lru_cache(maxsize=1)
-def _json_types() -> dict[str, str]:
-    """Each field's JSON Schema type (``params schema``)."""
-    properties = Params.model_json_schema()["properties"]
-    return {name: spec.get("type", "") for name, spec in properties.items()}
+def _json_specs() -> dict[str, dict[str, Any]]:
+    """Each field's JSON Schema (``params schema``)."""
+    return Params.model_json_schema()["properties"]
 
 
 def parse_strings(data: dict[str, str]) -> Params:

@@ -87,6 +87,13 @@ PARAMS_CASES = [
     ("missing-sky-file", params(sky_model="nowhere/sky.csv"), [], 2, "sky_model"),
     ("override-nan", params(), ["-p", "rmax=NaN"], 2, "rmax"),
     ("override-no-equals", params(), ["-p", "nfreqwin"], 2, "expected NAME=VALUE"),
+    (
+        "override-list-not-json",
+        params(),
+        ["-p", "scales=1,2"],
+        2,
+        "scales = '1,2': must be a JSON array of numbers 0..1024 (e.g. [0.0, 3.0, 10.0]), not",
+    ),
     ("override-unknown", params(), ["-p", "colour=blue"], 2, "colour: unknown key"),
     ("artifacts-nowhere", params(), ["-p", "artifacts=true"], 2, "--artifact-repository DIR"),
     ("dask-cluster-here", params(), ["-p", "dask_cluster=true"], 2, "dask_cluster = true"),
