@@ -32,6 +32,11 @@ SUFFIX = {
     "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
+# a scheduler the steps' Client reaches: tcp://HOST:PORT or HOST:PORT (tcp is Dask's default
+# scheme; tls:// would need certificates the steps do not have, ucx:// a package they lack)
+SCHEDULER = re.compile(
+    r"^(?:tcp://)?(?:[A-Za-z0-9](?:[-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$"
+)
 MIN_MEMORY = "512Mi"  # a step's interpreter, numpy, Dask and xarray alone take ~300 MiB
 MIN_BUFFER = "1Mi"  # Kubernetes refuses a PVC of 0 bytes; less holds no run's products
 HOUR_ANGLE_LIMIT_DEG = 30.0  # the seed observes HA -30 deg .. +30 deg
@@ -110,8 +115,9 @@ class Params(BaseModel):
     )
     dask_scheduler: str = Field(
         "",
-        description="Dask scheduler of the heavy steps (tcp://HOST:8786); empty: a LocalCluster "
-        "in each step's pod (`batch-imaging submit` fills it in for dask_cluster)",
+        description="Dask scheduler of the heavy steps (tcp://HOST:PORT or HOST:PORT, Dask's "
+        "port is 8786); empty: a LocalCluster in each step's pod (`batch-imaging submit` fills "
+        "it in for dask_cluster)",
     )
 
     # -- science ----------------------------------------------------------------------
@@ -213,6 +219,17 @@ class Params(BaseModel):
                 f"must also name Kubernetes objects (buff-<pb_id>-vis, "
                 f"proc-<pb_id>-dask-scheduler): lower-case letters, digits and '-', "
                 f"starting and ending with a letter or digit, at most {PB_ID_K8S_MAX} characters"
+            )
+        return value
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str) -> str:
+        match = SCHEDULER.match(value)
+        if value and not (match and 1 <= int(match.group(1)) <= 65535):
+            raise ValueError(
+                "must be tcp://HOST:PORT or HOST:PORT (PORT 1-65535, Dask's is 8786), or empty "
+                "for a LocalCluster in each step"
             )
         return value
 

@@ -98,6 +98,13 @@ PARAMS_CASES = [
     ("artifacts-nowhere", params(), ["-p", "artifacts=true"], 2, "--artifact-repository DIR"),
     ("dask-cluster-here", params(), ["-p", "dask_cluster=true"], 2, "dask_cluster = true"),
     (
+        "dask-scheduler-malformed",
+        params(),
+        ["-p", "dask_scheduler=garbage"],
+        2,
+        "dask_scheduler = 'garbage': must be tcp://HOST:PORT or HOST:PORT (PORT 1-65535",
+    ),
+    (
         "config-db-malformed",
         params(),
         ["-p", "config_db=etcd://h:x"],

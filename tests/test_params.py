@@ -69,6 +69,8 @@ def test_frequencies_and_hour_angles():
         ({"memory_limit": "1Mi"}, ["memory_limit", "'1Mi'", ">= 512Mi"]),
         ({"cpu_limit": "1.2.3"}, ["cpu_limit", "1.2.3", "should match pattern"]),
         ({"buffer_size": "."}, ["buffer_size", "should match pattern"]),
+        ({"dask_scheduler": "tcp://h:0"}, ["dask_scheduler", "'tcp://h:0'", "PORT 1-65535"]),
+        ({"dask_scheduler": "tls://h:8786"}, ["dask_scheduler", "must be tcp://HOST:PORT"]),
     ],
 )
 def test_invalid_values_name_field_value_and_range(change, expected):
@@ -77,6 +79,13 @@ def test_invalid_values_name_field_value_and_range(change, expected):
     message = str(error.value)
     for fragment in expected:
         assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://proc-pb-x-scheduler:8786", "10.0.0.1:8786", "tcp://[::1]:8786", ""]
+)
+def test_a_dask_scheduler_is_an_address_dask_reaches_or_empty(address):
+    assert parse({"dask_scheduler": address}).dask_scheduler == address
 
 
 def test_highest_declination_is_where_the_source_sets_at_ha_30():
