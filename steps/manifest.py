@@ -156,7 +156,7 @@ def problem(buffer: Path, name: str, entry: dict[str, Any]) -> str | None:
 def verify(buffer: Path) -> list[str]:
     """Every problem found in a buffer: missing, changed or unrecorded files."""
     if not (buffer / NAME).is_file():
-        return [f"{buffer}: no {NAME} (not a buffer written by batch-imaging)"]
+        return [f"no {NAME} (not a buffer written by batch-imaging)"]
     try:
         files = dict(load(buffer)["files"])
     except (ValueError, KeyError, TypeError) as exc:

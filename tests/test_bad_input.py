@@ -303,8 +303,9 @@ def test_export_ms_refuses_bad_stores(tmp_path, make, fragment):
 def test_verify_reports_a_foreign_or_tampered_buffer(tmp_path):
     buffer = tmp_path / "buff-x-img"
     buffer.mkdir()
-    result = batch_imaging("verify", str(buffer), cwd=tmp_path)
-    assert_clean_failure(result, 1, "no manifest.json")
+    result = batch_imaging("verify", buffer.name, cwd=tmp_path)
+    assert_clean_failure(result, 1, f"{buffer.name}: no manifest.json (not a buffer")
+    assert result.stderr.count(buffer.name) == 1, result.stderr  # the path once
     before = manifest.snapshot([buffer])
     (buffer / "restored.fits").write_bytes(b"SIMPLE" * 100)
     manifest.record([buffer], "image", {}, [], before, {}, "pb-x-20260101-00000")
