@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,13 +101,21 @@ def given_or_embedded(config_db: str | None, buffer_root: Path) -> str | None:
 
 def check_buffer_root(path: Path) -> None:
     """ParamsError naming ``--buffer-root`` if ``path`` is, or lies under, something other
-    than a directory (nothing is written; a read-only one fails the run that writes to it)."""
+    than a directory, or one where this process cannot create a directory (tried, and
+    removed: os.access says yes to root even under /proc)."""
     existing = next(p for p in (path, *path.parents) if p.exists())
+    subject = "" if existing == path else f": {existing}"
     if not existing.is_dir():
-        subject = "" if existing == path else f": {existing}"
         raise parameters.ParamsError(
             f"--buffer-root {path}{subject} is not a directory: give a directory"
         )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".batch-imaging-probe-", dir=existing))
+    except OSError:
+        raise parameters.ParamsError(
+            f"--buffer-root {path}{subject} is not writable: give a directory this user can "
+            "write to"
+        ) from None
 
 
 def run_name(pb_id: str) -> str:

@@ -409,10 +409,12 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
 
 
 @pytest.mark.parametrize("command", [["run", "params.json"], ["run-pb", "pb-x-20261202-00000"]])
-def test_a_buffer_root_that_is_a_file_is_bad_input(tmp_path, command):
+def test_a_buffer_root_that_is_a_file_or_not_writable_is_bad_input(tmp_path, command):
     (tmp_path / "params.json").write_text(params())
     (tmp_path / "afile").write_text("")
     result = batch_imaging(*command, "--buffer-root", "afile", cwd=tmp_path)
     assert_clean_failure(result, 2, "--buffer-root afile is not a directory")
     result = batch_imaging(*command, "--buffer-root", "afile/buffers", cwd=tmp_path)
     assert_clean_failure(result, 2, "--buffer-root afile/buffers: afile is not a directory")
+    result = batch_imaging(*command, "--buffer-root", "/proc/buffers", cwd=tmp_path)
+    assert_clean_failure(result, 2, "--buffer-root /proc/buffers: /proc is not writable")
