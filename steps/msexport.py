@@ -89,9 +89,12 @@ def write_ms(out: Path, data: Path, corrected: Path | None = None) -> Path:
 
 
 def _replaceable(out: Path, stores: list[Path]) -> None:
-    """Refuse an ``out`` that replacing would lose data: a path that exists and is not a
-    Measurement Set (a casacore table has ``table.dat``), or one that is, holds or lies
-    inside a store being read."""
+    """Refuse an ``out`` that cannot be written (its directory does not exist) or that
+    replacing would lose data: a path that exists and is not a Measurement Set (a casacore
+    table has ``table.dat``), or one that is, holds or lies inside a store being read."""
+    if not out.parent.is_dir():
+        problem = "is not a directory" if out.parent.exists() else "does not exist"
+        raise store.StoreError(f"out = {out}: its directory {out.parent} {problem}")
     where = out.resolve()
     for source in (s.resolve() for s in stores):
         if where == source or source in where.parents or where in source.parents:

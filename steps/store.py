@@ -197,19 +197,22 @@ def gain_table(
 
 def open_store(path: Path) -> xr.Dataset:
     """Open a complete visibility store lazily; raise StoreError naming the problem otherwise."""
-    ds = open_dataset(path)
+    ds = open_dataset(path, "visibility store")
     if ds.attrs.get("type") != "visibility":
         raise StoreError(f"{path} is not a visibility store (type {ds.attrs.get('type')!r})")
     return ds
 
 
-def open_dataset(path: Path) -> xr.Dataset:
+def open_dataset(path: Path, kind: str = "store") -> xr.Dataset:
     """Open any complete store of this project (visibilities, gains, images), lazily: a
     variable is read from its Zarr chunks when indexed (no Dask graph: the steps read whole
-    windows or small tables, and Dask's import and scheduling cost more than the reads)."""
+    windows or small tables, and Dask's import and scheduling cost more than the reads);
+    ``kind`` names what was expected where ``path`` is a file."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.exists():
         raise StoreError(f"store {path} does not exist")
+    if not path.is_dir():
+        raise StoreError(f"{path} is not a {kind} (a file, not a Zarr directory)")
     try:
         ds = xr.open_zarr(path, consolidated=False, zarr_format=3, chunks=None)
     except Exception as exc:  # zarr raises several types for damaged stores

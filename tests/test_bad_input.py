@@ -276,6 +276,11 @@ def incomplete_store(tmp: Path) -> Path:
     return small_store(tmp / "in.zarr").rename(tmp / "in.zarr")
 
 
+def a_file(tmp: Path) -> Path:
+    (tmp / "sky_model.csv").write_text("name,ra,dec\n")
+    return tmp / "sky_model.csv"
+
+
 def foreign_schema_store(tmp: Path) -> Path:
     path = store.finalize(small_store(tmp / "in.zarr"), tmp / "in.zarr")
     zarr.open_group(path, mode="r+").attrs["schema_version"] = 0
@@ -289,15 +294,22 @@ def foreign_schema_store(tmp: Path) -> Path:
         (corrupted_store, "unreadable"),
         (incomplete_store, "incomplete"),
         (foreign_schema_store, "schema version 0"),
-        (lambda tmp: tmp / "missing.zarr", "does not exist"),
+        (lambda tmp: tmp / "missing.zarr", "missing.zarr does not exist"),
+        (a_file, "sky_model.csv is not a visibility store (a file, not a Zarr directory)"),
     ],
-    ids=["empty", "corrupted", "incomplete", "foreign-schema", "missing"],
+    ids=["empty", "corrupted", "incomplete", "foreign-schema", "missing", "a-file"],
 )
 def test_export_ms_refuses_bad_stores(tmp_path, make, fragment):
     source = make(tmp_path)
     result = batch_imaging("export-ms", str(source), "out.ms", cwd=tmp_path)
     assert_clean_failure(result, 2, fragment)  # what it was given is not a store it reads
     assert not list(tmp_path.glob("*out.ms*")), "a partial Measurement Set was left"
+
+
+def test_export_ms_refuses_an_output_whose_directory_does_not_exist(tmp_path):
+    source = store.finalize(small_store(tmp_path / "in.zarr"), tmp_path / "in.zarr")
+    result = batch_imaging("export-ms", str(source), "nowhere/out.ms", cwd=tmp_path)
+    assert_clean_failure(result, 2, "out = nowhere/out.ms: its directory nowhere does not exist")
 
 
 def test_verify_reports_a_foreign_or_tampered_buffer(tmp_path):
