@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,17 +33,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from dag import render
 
-    directory = Path(args.output)
+    directory = Path(args.output) if args.output else render.MANIFESTS
     if args.check:
         stale = render.stale(directory, args.image)
         if stale:
-            print(f"stale manifests (run `batch-imaging render`): {', '.join(stale)}")
+            print(f"stale manifests (run `{render_command(args)}`): {', '.join(stale)}")
             return RUNTIME
         print(f"manifests in {directory} are up to date")
         return 0
     for path in render.write(directory, args.image):
         print(f"wrote {path}")
     return 0
+
+
+def render_command(args: argparse.Namespace) -> str:
+    """The ``batch-imaging render`` that writes what ``render --check`` checked: its options."""
+    given = {"--image": args.image, "--output": args.output}
+    options = [f"{flag} {shlex.quote(value)}" for flag, value in given.items() if value]
+    return " ".join(["batch-imaging render", *options])
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -113,9 +121,7 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     render = sub.add_parser("render", help="write the Argo manifests from the Hera definition")
-    render.add_argument(
-        "--output", default=str(Path(__file__).resolve().parent.parent / "manifests")
-    )
+    render.add_argument("--output", default=None, help="directory (default: manifests/)")
     render.add_argument("--image", default=None, help="container image reference")
     render.add_argument("--check", action="store_true", help="only check they are up to date")
     render.set_defaults(func=cmd_render)

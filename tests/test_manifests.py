@@ -16,6 +16,7 @@ from hera.workflows import models as hm
 from kubernetes import client as k8s
 
 from dag import render
+from dag.cli import main
 from dag.local import LocalEngine, WorkflowError, substitute
 from dag.workflow import HEAVY, NAME, PB_LABEL, REQUIRED, SBI_LABEL, STEPS
 from steps.buffers import PREVIEWS
@@ -88,6 +89,17 @@ def test_golden_files_match_what_the_code_renders() -> None:
     assert render.stale(MANIFESTS) == [], "run `batch-imaging render` and commit manifests/"
     on_disk = {path.name for path in MANIFESTS.glob("*.yaml")}
     assert on_disk == set(render.manifests())
+
+
+def test_a_failed_check_advises_the_render_that_writes_what_it_checked(tmp_path, capsys):
+    """`render --check --image X --output DIR` fails with `batch-imaging render --image X
+    --output DIR`, which makes the same check pass."""
+    argv = ["--image", "registry.example/batch-imaging:1", "--output", str(tmp_path / "m s")]
+    assert main(["render", "--check", *argv]) == 1
+    advice = f"run `batch-imaging render {argv[0]} {argv[1]} {argv[2]} '{argv[3]}'`"
+    assert advice in capsys.readouterr().out
+    assert main(["render", *argv]) == 0
+    assert main(["render", "--check", *argv]) == 0
 
 
 @pytest.mark.parametrize("name", [f"{NAME}-template.yaml", f"{NAME}-example.yaml"])
