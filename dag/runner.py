@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -180,7 +181,15 @@ def run_local(
         register(db, params, requested, uid, buffer_root)
     finally:
         db.close()
-    return execute(params, buffer_root, run_name(params.pb_id), artifacts, uid)
+    phase = execute(params, buffer_root, run_name(params.pb_id), artifacts, uid)
+    if phase != "Succeeded":
+        again = ["batch-imaging", "run", str(params_file), "--buffer-root", str(buffer_root)]
+        for name, value in {**overrides, "pb_id": pb_id}.items():
+            again += ["-p", f"{name}={value}"]
+        again += ["--config-db", str(given)] if given else []
+        again += ["--artifact-repository", str(artifacts)] if artifacts else []
+        LOG.info("Run it again, reusing its complete steps: %s", shlex.join(again))
+    return phase
 
 
 def runs_here(params: parameters.Params) -> None:

@@ -76,15 +76,17 @@ def test_disk_full_mid_run_fails_cleanly_and_resumes(tmp_path, tmpfs):
     final = state(db)
     assert final["status"] == "FAILED"
     assert "space" in final["reason"].lower() or "GiB free" in final["reason"], final["reason"]
+    again = f"run {tmp_path / 'params.json'} --buffer-root {tmpfs} -p pb_id={SMALL['pb_id']}"
+    assert f"Run it again, reusing its complete steps: batch-imaging {again} --config" in log
     vis = tmpfs / VIS
     assert not (vis / "corrupted.zarr").exists(), "a partial store under the final name"
     store.open_store(vis / "model.zarr")  # the completed upstream product is intact
     assert manifest.verify(vis) == []
 
     filler.unlink()
-    again = start(tmp_path, tmpfs, db)
-    _, log = again.communicate(timeout=300)
-    assert again.returncode == 0, log[-2000:]
+    resumed = start(tmp_path, tmpfs, db)
+    _, log = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log[-2000:]
     assert "Step simulate: products complete" in log
     assert state(db)["status"] == "FINISHED"
 
