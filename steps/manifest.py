@@ -32,11 +32,25 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ManifestError(ValueError):
+    """A buffer's manifest that cannot be read (named in the message)."""
+
+
 def load(buffer: Path) -> dict[str, Any]:
+    """The buffer's manifest (an empty one if it has none)."""
     path = buffer / NAME
     if not path.is_file():
         return {"schema": SCHEMA, "files": {}, "steps": {}}
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest["steps"], dict):
+            raise TypeError("not a manifest: no files and steps")
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise ManifestError(
+            f"{path}: unreadable ({type(exc).__name__}: {exc}); remove it to have the "
+            "buffer's products made anew"
+        ) from None
+    return manifest
 
 
 def save(buffer: Path, manifest: dict[str, Any]) -> None:
@@ -158,9 +172,9 @@ def verify(buffer: Path) -> list[str]:
     if not (buffer / NAME).is_file():
         return [f"no {NAME} (not a buffer written by batch-imaging)"]
     try:
-        files = dict(load(buffer)["files"])
-    except (ValueError, KeyError, TypeError) as exc:
-        return [f"{NAME}: unreadable ({type(exc).__name__}: {exc})"]
+        files = load(buffer)["files"]
+    except ManifestError as exc:
+        return [str(exc)]
     problems = [p for name, entry in files.items() if (p := problem(buffer, name, entry))]
     problems += [
         f"{path.relative_to(buffer)}: not in the manifest"

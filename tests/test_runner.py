@@ -12,8 +12,8 @@ import time
 import pytest
 
 from dag.runner import WORKFLOW, embedded_db, follow, register, run_leftovers
+from steps import manifest, runner
 from steps import params as parameters
-from steps import runner
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
 from steps.claim import ClaimError
 from steps.configdb import ConfigDB, open_backend
@@ -308,6 +308,15 @@ def test_a_local_run_refuses_a_block_whose_dependencies_have_not_finished(tmp_pa
     register(db, parameters.parse({"pb_id": batch}), {})
     assert db.run(lambda txn: txn.get_state(batch)).status == "STARTING"
     db.close()
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"files": []}', '"x"'])
+def test_a_damaged_manifest_fails_the_step_naming_it(block, text):
+    params, root = block
+    buffers = Buffers.of(params, root)
+    (buffers.vis / manifest.NAME).write_text(text)
+    with pytest.raises(manifest.ManifestError, match=f"{buffers.vis / manifest.NAME}: unreadable"):
+        runner.run_step("buffer-reserve", params.as_strings())
 
 
 def test_step_timings_count_the_running_step_from_its_start(block):
