@@ -124,6 +124,18 @@ def predict_window(
     )
 
 
+def single_window(params: Params) -> str | None:
+    """What one window leaves of the band asked for (the original's ``linspace`` gives
+    ``freq_min`` alone), or None."""
+    if params.nfreqwin > 1 or params.freq_max == params.freq_min:
+        return None
+    return (
+        f"nfreqwin = 1: one window at freq_min = {params.freq_min / 1e6:g} MHz, "
+        f"{params.channel_width() / 1e6:.3g} MHz wide; freq_max = {params.freq_max / 1e6:g} "
+        "MHz is not used (as the original's linspace)"
+    )
+
+
 def undersampled(cell_rad: float, uvw: np.ndarray, freqs_hz: np.ndarray) -> str | None:
     """Why ``cell_rad`` is too coarse for the longest projected baseline at the highest
     frequency (more than its Nyquist cell ``1 / (2 u_max)``), or None."""
@@ -151,9 +163,9 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         len(components.names),
         params.sky_model,
     )
-    coarse = undersampled(params.cellsize, obs.uvw, obs.frequencies)
-    if coarse:
-        LOG.warning("%s", coarse)
+    for note in (single_window(params), undersampled(params.cellsize, obs.uvw, obs.frequencies)):
+        if note:
+            LOG.warning("%s", note)
     attrs = {
         "antenna_names": list(stations.names),
         "antenna_itrf_m": stations.itrf.round(4).tolist(),

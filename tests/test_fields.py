@@ -114,6 +114,15 @@ def test_synthetic_field_and_a_layout_file(tmp_path: Path) -> None:
     np.testing.assert_allclose(obs.uvw, ref.uvw, atol=1e-3)
 
 
+def test_one_window_says_freq_max_is_not_used() -> None:
+    assert simulate.single_window(parse({"nfreqwin": 2})) is None
+    assert simulate.single_window(parse({"nfreqwin": 1, "freq_max": 0.9e8})) is None
+    assert simulate.single_window(parse({"nfreqwin": 1, "freq_max": 1.1e8})) == (
+        "nfreqwin = 1: one window at freq_min = 90 MHz, 0.9 MHz wide; freq_max = 110 MHz is "
+        "not used (as the original's linspace)"
+    )
+
+
 def test_a_cell_coarser_than_the_longest_baselines_nyquist_cell_is_named() -> None:
     """One 1 km baseline at 100 MHz: 333.6 wavelengths, a Nyquist cell of 1.5 mrad."""
     uvw = np.array([[[600.0, -800.0, 5.0]]])
