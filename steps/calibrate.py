@@ -384,7 +384,16 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     record = {
         "algorithm": params.algorithm,
         "calibration_context": params.calibration_context,
-        "terms": [vars(t) for t in settings.terms],
+        "terms": [
+            {
+                "name": t.name,
+                "first_selfcal": t.first_selfcal,
+                "phase_only": t.phase_only,
+                "interval_integrations": t.interval,
+                "interval_s": t.interval * obs.integration_time,
+            }
+            for t in settings.terms
+        ],
         "nmajor": settings.nmajor,  # at most: the cycles stop once converged or diverged
         "stopped": result.stopped,
         "cycles": result.convergence,

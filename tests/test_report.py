@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from steps import previews, report
+from steps import previews, report, store
 from steps.params import parse
 from tests.small_run import SmallRun, small_run
 
@@ -56,6 +56,12 @@ def test_report_content(run: SmallRun, page: str) -> None:
                   "Calibration terms"):  # fmt: skip
         assert f"<h2>{title}" in page
     assert "{&#x27;" not in page and "[{" not in page  # records as tables, not Python reprs
+    terms = {t["name"]: t for t in metrics["ical"]["terms"]}  # intervals with their units
+    assert "<th>interval_integrations</th>" in page and "<th>interval_s</th>" in page
+    integration = store.layout_of(store.open_store(run.buffers.calibrated)).integration_time
+    assert terms["T"]["interval_integrations"] == 1
+    for term in terms.values():
+        assert term["interval_s"] == pytest.approx(term["interval_integrations"] * integration)
     assert "restored_peak_jy" in page and "clean_beam.bmaj_deg" in page
     assert f"<td>{run.params.pb_id}</td>" not in page  # parameters table lists names, values
     assert '"pb-test-20260101-00000"' in page.replace("&quot;", '"')
