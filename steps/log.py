@@ -17,8 +17,10 @@ T = TypeVar("T")
 
 
 def setup(debug: bool = False) -> None:
-    """Log to stderr as the seed did: ``logging.basicConfig()``'s LEVEL:name:message."""
+    """Log to stderr as the seed did: ``logging.basicConfig()``'s LEVEL:name:message (also
+    Dask's handlers, here and in the worker processes, set up when Dask is imported)."""
     logging.basicConfig(format=logging.BASIC_FORMAT, stream=sys.stderr)
+    os.environ.setdefault("DASK_DISTRIBUTED__ADMIN__LOG_FORMAT", logging.BASIC_FORMAT)
     LOG.setLevel(logging.DEBUG if debug else logging.INFO)
     for noisy in ("distributed", "numba", "asyncio", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)

@@ -172,3 +172,15 @@ def test_bands_whose_scattered_inputs_die_with_a_worker_are_submitted_again(capl
             client.run(_kill_worker, workers=[holder])
         assert list(results) == [(i, 6.0) for i in range(4)]
     assert "lost its inputs with a worker; submitting it again" in caplog.text
+
+
+def test_dask_logs_in_the_seeds_format() -> None:
+    """Dask's own handlers in the processes a step starts (its workers, which do not set up
+    logging) write LEVEL:name:message too."""
+    worker = "import logging, distributed; logging.getLogger('distributed.worker').error('lost')"
+    code = (
+        "import subprocess, sys; from steps.log import setup; setup(); "
+        f"subprocess.run([sys.executable, '-c', {worker!r}], check=True)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.splitlines() == ["ERROR:distributed.worker:lost"]
