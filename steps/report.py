@@ -185,6 +185,17 @@ def _previews(previews: Mapping[str, Path]) -> str:
     return "\n".join(figures)
 
 
+def _made_by(params: Params, metrics: Mapping[str, Any]) -> str:
+    """Which block's run measured the metrics, where not this one's (its products reused)."""
+    made = metrics.get("pb_id")
+    if made is None or made == params.pb_id:
+        return ""
+    return (
+        f"<p>Measured by the run of processing block <code>{escape(str(made))}</code>, whose "
+        "products this run reused.</p>\n"
+    )
+
+
 def render(
     params: Params,
     status: str,
@@ -207,7 +218,7 @@ image buffer <code>{escape(params.buffer_img)}</code>.</p>
 <h2>Previews</h2>
 {_previews(previews)}
 <h2>Metrics</h2>
-{_metrics(metrics)}
+{_made_by(params, metrics)}{_metrics(metrics)}
 {_records(metrics)}
 <h2>Parameters</h2>
 {_parameters(params)}

@@ -70,6 +70,14 @@ def test_report_content(run: SmallRun, page: str) -> None:
     )
 
 
+def test_metrics_another_blocks_run_measured_are_said_to_be(run: SmallRun) -> None:
+    metrics = json.loads(run.buffers.metrics.read_text())
+    assert "Measured by the run of" not in report.render(run.params, "Succeeded", {}, metrics, {})
+    other = {**metrics, "pb_id": "pb-other-20260101-00000"}
+    page = report.render(run.params, "Succeeded", {}, other, {})
+    assert "Measured by the run of processing block <code>pb-other-20260101-00000</code>" in page
+
+
 def test_report_is_self_contained(page: str) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
     assert "http://" not in page and "https://" not in page and "<script" not in page
