@@ -33,7 +33,11 @@ def sha256(path: Path) -> str:
 
 
 class ManifestError(ValueError):
-    """A buffer's manifest that cannot be read (named in the message)."""
+    """A buffer's manifest that cannot be read: its path and why."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.why = why
 
 
 def load(buffer: Path) -> dict[str, Any]:
@@ -46,10 +50,9 @@ def load(buffer: Path) -> dict[str, Any]:
         if not isinstance(manifest.get("files"), dict) or not isinstance(manifest["steps"], dict):
             raise TypeError("not a manifest: no files and steps")
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise ManifestError(
-            f"{path}: unreadable ({type(exc).__name__}: {exc}); remove it to have the "
-            "buffer's products made anew"
-        ) from None
+        why = f"unreadable ({type(exc).__name__}: {exc})"
+        what = f"{why}; remove it to have the buffer's products made anew"
+        raise ManifestError(path, what) from None
     return manifest
 
 
@@ -174,7 +177,7 @@ def verify(buffer: Path) -> list[str]:
     try:
         files = load(buffer)["files"]
     except ManifestError as exc:
-        return [str(exc)]
+        return [f"{NAME}: {exc.why}"]
     problems = [p for name, entry in files.items() if (p := problem(buffer, name, entry))]
     problems += [
         f"{path.relative_to(buffer)}: not in the manifest"
