@@ -92,9 +92,19 @@ def test_disk_full_mid_run_fails_cleanly_and_resumes(tmp_path, tmpfs):
 
 
 def test_read_only_buffer_fails_cleanly(tmp_path, tmpfs):
+    """A read-only buffer root is refused before anything is written; a read-only buffer (a
+    volume mounted read-only) fails the step writing to it, and the block with it."""
     db = tmp_path / "db"
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
-    run = start(tmp_path, tmpfs, db)
+    refused = start(tmp_path, tmpfs, db)
+    _, log = refused.communicate(timeout=120)
+    assert refused.returncode == 2, log[-2000:]
+    assert f"--buffer-root {tmpfs} is not writable" in log
+    assert not db.exists()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / VIS).symlink_to(tmpfs)  # the visibility buffer's volume, read-only
+    run = start(tmp_path, root, db)
     _, log = run.communicate(timeout=120)
     assert run.returncode == 1, log[-2000:]
     assert "Traceback" not in log
