@@ -350,9 +350,9 @@ def refuse_ended(state: PBState | None, pb_id: str) -> None:
     status = getattr(state, "status", None)
     if status in ENDED:
         raise RuntimeError(
-            f"processing block {pb_id} is {status.value}: there is nothing to run again "
-            f"(`batch-imaging outputs {pb_id}` lists its products; `batch-imaging run "
-            f"PARAMS.json -p pb_id={pb_id}` runs it again, with other parameters)"
+            f"processing block {pb_id} is {status.value}: a block runs once (`batch-imaging "
+            f"outputs {pb_id}` lists its products; `batch-imaging run PARAMS.json -p "
+            f"pb_id={pb_id}` resets it and runs it again)"
         )
 
 
@@ -368,9 +368,10 @@ def refuse_claimed(txn: Transaction, pb_id: str) -> None:
 
 
 def follow(txn: Transaction, pb_id: str, name: str, buffer_root: Path) -> None:
-    """Record this process as the one running workflow ``name`` of the block (where the run
-    record names that workflow), so that ``sdp status`` sees a run started again with
-    ``run-pb`` alive, and where its buffers are.  A block that has ended (FINISHED or
+    """Record this process as the one running workflow ``name`` of the block (in the run
+    record naming that workflow, or a new one, following itself, where none is), so that
+    ``sdp status`` sees a run started again with ``run-pb`` alive, and where its buffers
+    are, and a bridge leaves a block run by hand to it.  A block that has ended (FINISHED or
     CANCELLED), that another process has claimed, or whose recorded run is alive elsewhere
     is refused: a block runs once, one run at a time."""
     state = txn.get_state(pb_id)
@@ -383,6 +384,10 @@ def follow(txn: Transaction, pb_id: str, name: str, buffer_root: Path) -> None:
             f"processing block {pb_id} is being run by process {pid} ({run.get('name')}): "
             "wait for it to end, or stop it"
         )
+    if not run:  # run by hand: this process follows its run, as `run` does (bridges leave it)
+        run = {"name": name, "engine": "local", "bridge": this_process(), "submitted": now()}
+        if state is None:
+            txn.create_state(pb_id, PBState(status=PBStatus.STARTING))
     if run.get("name") == name:
         txn.update_state(pb_id, run={**run, **running_here(buffer_root)})
 

@@ -373,7 +373,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
             ("frequency", "time", "antenna_name"),
             np.stack([t[term.name] for t in result.tables]),
         )
-    table["FLAG"] = (("frequency", "time", "antenna_name"), flags)  # unsolved: no data
+    table["FLAG"] = (("frequency", "time", "antenna_name"), flags)  # no data at that time
     table.attrs["calibration_context"] = params.calibration_context
     store.write_dataset(table, buffers.solved_gains)
     store.finalize(cubes, buffers.ical_model)

@@ -5,12 +5,13 @@ runs as an Argo *daemon* that signals readiness (the ``claimed`` output file) on
 RUNNING and keeps its lease alive until the DAG ends; if the run dies, the owner key expires.
 
 A controller (the SDP bridge, ``batch-imaging run``) records the run it submits in the
-block's state and marks its resources available.  A run no controller recorded (``argo
-submit`` of a block ``sdp assign`` created, whose state the step runner's first record
-creates) is its own controller: the claim marks the resources available once every
-dependency of the block has FINISHED.  A new run (another workflow uid) starts an empty step
-timeline and clears the previous reason.  A block that has ended (FINISHED, CANCELLED) is not
-claimed again: a block runs once, unless ``batch-imaging run`` resets it.
+block's state and marks its resources available.  A run no controller marked them for
+(``argo submit`` of a block ``sdp assign`` created, whose state the step runner's first
+record creates; ``run-pb`` by hand) is its own controller: the claim marks the resources
+available once every dependency of the block has FINISHED.  A new run (another workflow
+uid) starts an empty step timeline and clears the previous reason.  A block that has ended
+(FINISHED, CANCELLED) is not claimed again: a block runs once (on Argo, a new block runs it
+again; ``batch-imaging run`` resets one locally).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         if getattr(state, "status", None) in ENDED:
             raise ClaimError(
                 f"processing block {params.pb_id} is {state.status.value}: a block runs once "
-                "(`batch-imaging run` resets one to run it again)"
+                "(assign a new one to run it again; locally, `batch-imaging run -p pb_id=...` "
+                "resets it)"
             )
         if not txn.take_pb(params.pb_id, lease):
             return False
@@ -61,15 +63,13 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
 
     def available(txn) -> bool | list[str]:
         """True if the resources are available, else the dependencies waited for; for a run
-        no controller recorded, they are marked available here once every dependency has
-        FINISHED, and a dependency that never will (see ``dependency_problem``) fails it."""
+        no controller marked them for, they are marked available here once every dependency
+        has FINISHED, and a dependency that never will (see ``dependency_problem``) fails it."""
         state, pb = txn.get_state(params.pb_id), txn.get_pb(params.pb_id)
         if state is None or pb is None:  # removed meanwhile: wait for the stop
             return []
-        if state.resources_available:
+        if state.resources_available:  # a controller marks them with the run it records
             return True
-        if dict(getattr(state, "run", None) or {}).get("name") == run_name:
-            return []  # its controller decides
         problem = txn.dependency_problem(pb)
         if problem:
             raise ClaimError(f"processing block {params.pb_id} cannot start: {problem}")

@@ -203,7 +203,7 @@ def test_an_ended_block_is_not_run_again(block, monkeypatch, status):
     name = f"batch-imaging-{params.pb_id}"
     with ConfigDB(open_backend(params.config_db)) as db:
         db.run(lambda txn: txn.update_state(params.pb_id, status=status))
-        with pytest.raises(RuntimeError, match=f"is {status}: there is nothing to run again"):
+        with pytest.raises(RuntimeError, match=f"is {status}: a block runs once \\(`batch"):
             db.run(lambda txn: follow(txn, params.pb_id, name, root))
         monkeypatch.setenv("WORKFLOW_NAME", name)
         monkeypatch.setenv("WORKFLOW_UID", "again")
@@ -416,6 +416,31 @@ def test_a_run_no_controller_recorded_is_its_own_controller(tmp_path):
             step.kill()
 
 
+def test_a_block_run_by_hand_follows_itself_and_is_its_own_controller(tmp_path):
+    """``run-pb`` of a block no run was recorded for records its run, followed by itself (a
+    bridge leaves it alone), and its claim marks the resources available (no controller
+    does), then sets RUNNING."""
+    url = embedded_db(tmp_path)
+    pb_id = "pb-hand-20261202-00000"
+    name = f"batch-imaging-{pb_id}"
+    with ConfigDB(open_backend(url)) as db:
+        pb = ProcessingBlock(id=pb_id, workflow=WORKFLOW, parameters={})
+        db.run(lambda txn: txn.create_pb(pb))
+        db.run(lambda txn: follow(txn, pb_id, name, tmp_path))
+        state = db.run(lambda txn: txn.get_state(pb_id))
+        assert state.status == "STARTING" and not state.resources_available
+        assert state.run["name"] == name and state.run["bridge"]["pid"] == os.getpid()
+        assert state.run["pid"] == os.getpid()
+        step = _argo_claim(tmp_path, url, pb_id, name)
+        try:
+            state = _wait(db, pb_id, lambda s: s.status == "RUNNING")
+            assert state.resources_available
+            step.terminate()
+            assert step.wait(timeout=30) == 0
+        finally:
+            step.kill()
+
+
 def test_a_run_no_controller_recorded_fails_on_a_failed_dependency(tmp_path):
     """... and when a dependency FAILED (it will never finish), the claim fails at once,
     naming it, instead of waiting for the workflow's deadline."""
@@ -441,11 +466,13 @@ def _assign_after(txn, pb_id: str, before: str, status: str) -> None:
     txn.create_pb(ProcessingBlock(id=pb_id, workflow=WORKFLOW, parameters={}, dependencies=depends))
 
 
-def _argo_claim(tmp_path, url: str, pb_id: str, **popen) -> subprocess.Popen:
-    """The claim step as an Argo pod of a directly submitted workflow runs it."""
+def _argo_claim(
+    tmp_path, url: str, pb_id: str, name: str = "batch-imaging-x7k2p", **popen
+) -> subprocess.Popen:
+    """The claim step as an Argo pod of a directly submitted workflow (``name``) runs it."""
     env = {
         **os.environ,
-        "WORKFLOW_NAME": "batch-imaging-x7k2p",
+        "WORKFLOW_NAME": name,
         "WORKFLOW_UID": "argo-uid",
         runner.OUTPUTS_ENV: str(tmp_path / "outputs"),
         BUFFER_ROOT_ENV: str(tmp_path),
