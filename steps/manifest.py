@@ -47,8 +47,9 @@ def load(buffer: Path) -> dict[str, Any]:
         return {"schema": SCHEMA, "files": {}, "steps": {}}
     try:
         manifest = json.loads(path.read_text())
-        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest["steps"], dict):
-            raise TypeError("not a manifest: no files and steps")
+        records = [*manifest["files"].values(), *manifest["steps"].values()]
+        if not all(isinstance(record, dict) for record in records):
+            raise TypeError("not a manifest: its files and steps are not records")
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
         why = f"unreadable ({type(exc).__name__}: {exc})"
         what = f"{why}; remove it to have the buffer's products made anew"

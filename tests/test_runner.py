@@ -310,7 +310,9 @@ def test_a_local_run_refuses_a_block_whose_dependencies_have_not_finished(tmp_pa
     db.close()
 
 
-@pytest.mark.parametrize("text", ["{", "[]", '{"files": []}', '"x"'])
+@pytest.mark.parametrize(
+    "text", ["{", "[]", '{"files": []}', '"x"', '{"files": {}, "steps": {"simulate": 1}}']
+)
 def test_a_damaged_manifest_fails_the_step_naming_it(block, text):
     params, root = block
     buffers = Buffers.of(params, root)
