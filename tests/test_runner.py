@@ -357,15 +357,17 @@ def test_leftovers_are_the_processes_their_engine_started():
     whatever their process group (each step has its own)."""
     engine, name = 4_000_000, "batch-imaging-pb-left-20261202-00000"  # a made-up engine
     env = {**os.environ, "WORKFLOW_NAME": name, ENGINE_PID_ENV: str(engine)}
+    code = "import time; print('up', flush=True); time.sleep(60)"
     left = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, start_new_session=True
     )
     try:
+        assert left.stdout.readline() == b"up\n"  # past its exec: its environment is the one given
         assert run_leftovers(engine, name) == [left.pid]
         assert run_leftovers(engine + 1, name) == [] and run_leftovers(engine, "other") == []
     finally:
         left.kill()
-        left.wait()
+        left.communicate()
     assert run_leftovers(engine, name) == []
 
 
