@@ -21,8 +21,8 @@ Conventions (checked in tests/test_msexport.py, WSClean included):
   (0 where the weight is 0).
 - FIELD directions and UVW are labelled J2000 (the store's frame is ICRS; they differ by
   ~20 mas).
-- TELESCOPE_NAME is ``SKA-LOW``, the name casacore's observatory table knows (``SKA1-Low``
-  is unknown to casacore measures).
+- TELESCOPE_NAME is ``SKA-LOW`` (``steps.science.TELESCOPE``, as the FITS TELESCOP), the name
+  casacore's observatory table knows (``SKA1-Low`` is unknown to casacore measures).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import zarr
 from casacore import tables
 
 from steps import atomic, store
+from steps.science import TELESCOPE
 
-TELESCOPE_NAME = "SKA-LOW"
 STOKES_I = 1  # casacore Stokes::I
 TOPO = 5  # casacore MFrequency::TOPO
 
@@ -242,7 +242,7 @@ def _write_subtables(path: Path, attrs: dict, obs: store.Layout, nspw: int, ncha
         table.putcol("POLARIZATION_ID", np.zeros(nspw, np.int32))
     half = obs.integration_time / 2
     with _subtable(path, "OBSERVATION", 1) as table:
-        table.putcol("TELESCOPE_NAME", [TELESCOPE_NAME])
+        table.putcol("TELESCOPE_NAME", [TELESCOPE])
         table.putcol("TIME_RANGE", np.array([[obs.times[0] - half, obs.times[-1] + half]]))
         table.putcol("OBSERVER", ["batch-imaging"])
         table.putcol("PROJECT", [str(attrs.get("pb_id", ""))])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from casacore.measures import measures
 
 from steps.science.fitsio import (
     beams_table,
@@ -54,7 +55,9 @@ def test_round_trip_data_and_cards(tmp_path: Path) -> None:
     )
     assert hdr["BMAJ"] == BEAM.bmaj_deg and hdr["BMIN"] == BEAM.bmin_deg
     assert hdr["BPA"] == BEAM.bpa_deg
-    assert hdr["BUNIT"] == "JY/BEAM" and hdr["TELESCOP"] == "SKA1-Low"
+    assert hdr["BUNIT"] == "JY/BEAM" and hdr["TELESCOP"] == "SKA-LOW"
+    site = measures().observatory(hdr["TELESCOP"])  # CASA finds the site by this name
+    assert np.degrees(site["m1"]["value"]) == pytest.approx(-26.8, abs=0.1)
     assert hdr["RADESYS"] == "ICRS" and hdr["EQUINOX"] == 2000.0
     assert hdr["CRPIX1"] == NPIX // 2 + 1 and hdr["CDELT1"] == pytest.approx(-0.02)
     assert hdr["OBJECT"] == "test" and hdr["NITER"] == 100

@@ -14,6 +14,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from steps import atomic
+from steps.science import TELESCOPE
 from steps.science.restore import Beam
 
 
@@ -51,7 +52,7 @@ def make_header(
     hdr["SPECSYS"] = "TOPOCENT"
     hdr["CHANWID"] = (float(channel_width_hz), "[Hz] channel width")
     hdr["BUNIT"] = bunit
-    hdr["TELESCOP"] = "SKA1-Low"
+    hdr["TELESCOP"] = TELESCOPE
     if beam is not None:
         hdr["BMAJ"] = (beam.bmaj_deg, "[deg] clean beam major axis FWHM")
         hdr["BMIN"] = (beam.bmin_deg, "[deg] clean beam minor axis FWHM")
