@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dag.runner import WORKFLOW, config_db_url, existing_db, given_or_embedded
+from dag.runner import config_db_url, existing_db, given_or_embedded, is_batch_imaging
 from steps import manifest
 from steps.buffers import Buffers
 from steps.configdb import ConfigDB, Transaction, check_pb_id, open_backend, url_from_env
@@ -224,7 +224,7 @@ def latest_block(txn: Transaction) -> tuple[str | None, str]:
             pb = txn.get_pb(pb_id)
         except ValueError:  # not an entity: not a block of ours either
             continue
-        if pb is not None and (pb.workflow.type, pb.workflow.id) == (WORKFLOW.type, WORKFLOW.id):
+        if pb is not None and is_batch_imaging(pb):
             run = getattr(txn.get_state(pb_id), "run", None) or {}
             submitted[pb_id] = run.get("submitted") or run.get("requested") or ""
     if not submitted:

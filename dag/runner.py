@@ -119,6 +119,11 @@ def check_buffer_root(path: Path) -> None:
         ) from None
 
 
+def is_batch_imaging(pb: ProcessingBlock) -> bool:
+    """Whether the block runs this workflow (any version)."""
+    return (pb.workflow.type, pb.workflow.id) == (WORKFLOW.type, WORKFLOW.id)
+
+
 def run_name(pb_id: str) -> str:
     """The deterministic workflow name of a processing block's run."""
     return f"{NAME}-{pb_id}"
@@ -171,7 +176,7 @@ def run_local(
             "local", datetime.date.today(), db.run(lambda txn: txn.list_pbs())
         )
         params = parameters.parse({**requested, "pb_id": pb_id, "config_db": config_db})
-        running = running_pid(db, pb_id)
+        running = running_pid(db.run(lambda txn: txn.get_state(pb_id)))
         if running is not None:
             raise RuntimeError(
                 f"processing block {pb_id} is already being run by process {running} on "
@@ -249,9 +254,9 @@ def execute(
     return run.phase
 
 
-def running_pid(db: ConfigDB, pb_id: str) -> int | None:
-    """The live process on this host running processing block ``pb_id``, if any."""
-    state = db.run(lambda txn: txn.get_state(pb_id))
+def running_pid(state: PBState | None) -> int | None:
+    """The live process on this host, other than this one, running the block whose state
+    this is, if any."""
     run = getattr(state, "run", None) or {}
     pid = run.get("pid")
     if run.get("hostname") != HOSTNAME or not pid or pid == os.getpid():
@@ -262,6 +267,13 @@ def running_pid(db: ConfigDB, pb_id: str) -> int | None:
 def this_process() -> dict[str, Any]:
     """This process as the PB state records a run or a bridge: host, pid and start time."""
     return {"hostname": HOSTNAME, "pid": os.getpid(), "started_at": started_at(os.getpid())}
+
+
+def followed_here(name: str) -> dict[str, Any]:
+    """A record of local run ``name`` submitted now by this process, which follows it (so
+    that bridges leave it alone)."""
+    me = this_process()
+    return {"name": name, "engine": "local", "bridge": me, **me, "submitted": now()}
 
 
 def running_here(buffer_root: Path) -> dict[str, Any]:
@@ -306,14 +318,13 @@ def register(
     ``uid`` is the workflow uid of the run to come: the exit handler of an earlier run of the
     same name then leaves the block to it; ``buffer_root``, where its buffers are, goes into
     the run's record."""
-    me = this_process()
-    run = {"name": run_name(params.pb_id), "engine": "local", "bridge": me, **me}
+    run = followed_here(run_name(params.pb_id))
     if buffer_root is not None:
         run |= running_here(buffer_root)
     state = PBState(
         status=PBStatus.STARTING,
         resources_available=True,
-        run={**run, "submitted": now()},
+        run=run,
         workflow_uid=uid,
         steps={},
     )
@@ -378,14 +389,14 @@ def follow(txn: Transaction, pb_id: str, name: str, buffer_root: Path) -> None:
     refuse_ended(state, pb_id)
     refuse_claimed(txn, pb_id)
     run = dict(getattr(state, "run", None) or {})
-    pid = run.get("pid")
-    if pid and pid != os.getpid() and run.get("hostname") == HOSTNAME and _alive(run):
+    pid = running_pid(state)
+    if pid is not None:
         raise RuntimeError(
             f"processing block {pb_id} is being run by process {pid} ({run.get('name')}): "
             "wait for it to end, or stop it"
         )
     if not run:  # run by hand: this process follows its run, as `run` does (bridges leave it)
-        run = {"name": name, "engine": "local", "bridge": this_process(), "submitted": now()}
+        run = followed_here(name)
         if state is None:
             txn.create_state(pb_id, PBState(status=PBStatus.STARTING))
     if run.get("name") == name:

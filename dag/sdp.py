@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dag.runner import WORKFLOW, config_db_url, existing_db, gone_run, pb_params
+from dag.runner import config_db_url, existing_db, gone_run, is_batch_imaging, pb_params
 from steps.configdb import (
     SBI,
     ConfigCollision,
@@ -76,7 +76,7 @@ def check_parameters(pbs: list[ProcessingBlock], url: str) -> None:
     """Refuse (ParamsError naming the block) the parameters of a batch_imaging PB that
     ``run`` and the bridge would refuse."""
     for pb in pbs:
-        if (pb.workflow.type, pb.workflow.id) == (WORKFLOW.type, WORKFLOW.id):
+        if is_batch_imaging(pb):
             try:
                 pb_params(pb, url)
             except ParamsError as exc:
