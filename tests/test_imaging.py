@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from steps.science.imaging import dirty, invert, make_psf, predict, weights
+from steps.science.imaging import MIN_SIDE, dirty, invert, make_psf, predict, support, weights
 
 C = 299792458.0
 NPIX = 256
@@ -77,6 +77,44 @@ def test_dirty_is_the_weighted_unnormalised_adjoint_in_single_precision() -> Non
         phase = (uvw[:, 0:1] * l_ + uvw[:, 1:2] * m + uvw[:, 2:3] * (n - 1)) * FREQS / C
         ref = float(np.real(np.sum(wgt * vis * np.exp(2j * np.pi * phase))))
         assert image[y, x_] == pytest.approx(ref, abs=1e-4 * np.abs(wgt * vis).sum())
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        [(3, 250, 2.0)],  # one pixel in a corner: the least box, pushed inside the image
+        [(40, 5, 1.0), (41, 200, -0.5), (60, 90, 3.0)],  # a wide, low box of odd height
+        [(0, 0, 1.0), (NPIX - 1, NPIX - 1, 2.0)],  # the whole image
+    ],
+)
+def test_predict_of_a_model_confined_anywhere_matches_dft(
+    sources: list[tuple[int, int, float]],
+) -> None:
+    """Only the model's support is gridded: it must land where it lies in the image."""
+    uvw = _uvw()
+    model = np.zeros((NPIX, NPIX))
+    for y, x, flux in sources:
+        model[y, x] = flux
+    vis = predict(model, uvw, FREQS, CELL, epsilon=1e-7)
+    ref = _dft(uvw, sources)
+    assert np.max(np.abs(vis - ref)) / np.max(np.abs(ref)) < 1e-5
+
+
+def test_support_is_the_least_even_box_inside_the_image() -> None:
+    model = np.zeros((NPIX, NPIX))
+    model[40, 5], model[60, 200] = 1.0, -1.0
+    rows, cols = support(model)
+    assert (rows.start, rows.stop) == (34, 34 + MIN_SIDE)  # 21 rows: widened, centred
+    assert (cols.start, cols.stop) == (5, 5 + 196)  # 196 columns from the first used
+    model[:] = 0.0
+    model[2, 254] = 1.0
+    assert support(model) == (slice(0, MIN_SIDE), slice(NPIX - MIN_SIDE, NPIX))
+    assert support(np.zeros((NPIX, NPIX))) == (slice(0, 0), slice(0, 0))
+
+
+def test_predict_of_an_empty_model_is_zero() -> None:
+    vis = predict(np.zeros((NPIX, NPIX)), _uvw(), FREQS, CELL)
+    assert vis.shape == (50, FREQS.size) and vis.dtype == np.complex128 and not np.any(vis)
 
 
 def test_predict_point_amplitude_is_flux() -> None:

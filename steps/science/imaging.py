@@ -33,6 +33,7 @@ from steps.science import C_M_S
 
 _FLIPS = {"flip_u": False, "flip_v": True, "flip_w": True}
 SINGLE_PRECISION_EPSILON = 1e-5
+MIN_SIDE = 32  # pixels: the smallest image ducc0 grids
 
 
 def real_type(epsilon: float) -> type[np.floating]:
@@ -118,13 +119,23 @@ def predict(
     epsilon: float = 1e-6,
     nthreads: int = 1,
 ) -> np.ndarray:
-    """Visibilities ``(nrow, nchan)`` of a Jy/pixel model image (adjoint of ``invert``)."""
+    """Visibilities ``(nrow, nchan)`` of a Jy/pixel model image (adjoint of ``invert``).
+
+    Only the model's support (``support``) is gridded, centred where it lies in the image:
+    the same visibilities to the gridder's accuracy, at the cost of a smaller grid with
+    fewer w-planes."""
+    rows, cols = support(model)
+    if rows.start == rows.stop:  # an empty model
+        return np.zeros((np.shape(uvw)[0], np.size(freqs_hz)), dtype=np.complex128)
+    ny, nx = np.shape(model)
     vis = dirty2vis(
         uvw=_ducc_uvw(uvw),
         freq=np.asarray(freqs_hz, dtype=np.float64),
-        dirty=np.ascontiguousarray(model, dtype=real_type(epsilon)),
+        dirty=np.ascontiguousarray(model[rows, cols], dtype=real_type(epsilon)),
         pixsize_x=cell_rad,
         pixsize_y=cell_rad,
+        center_x=((rows.start + rows.stop) // 2 - ny // 2) * cell_rad,  # m of its centre
+        center_y=-((cols.start + cols.stop) // 2 - nx // 2) * cell_rad,  # -l (flip_v)
         epsilon=epsilon,
         do_wgridding=True,
         divide_by_n=False,
@@ -132,6 +143,23 @@ def predict(
         **_FLIPS,
     )
     return vis.astype(np.complex128, copy=False)
+
+
+def support(model: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns of the smallest box within the image that holds every nonzero
+    pixel of ``model``, with even sides of at least ``MIN_SIDE`` pixels (ducc0's least image)
+    or the image's own; empty slices for an empty model."""
+    box = []
+    for axis in (1, 0):
+        used = np.flatnonzero(np.any(model, axis=axis))
+        size = model.shape[1 - axis]
+        if not used.size:
+            return slice(0, 0), slice(0, 0)
+        side = min(size, max(MIN_SIDE, used[-1] + 1 - used[0]))
+        side += side % 2 if side < size else 0
+        start = min(max(0, (used[0] + used[-1] + 1 - side) // 2), size - side)
+        box.append(slice(start, start + side))
+    return box[0], box[1]
 
 
 def weights(
