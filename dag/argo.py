@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ from hera.workflows import WorkflowsService
 from hera.workflows import models as m
 from hera.workflows.models.io.argoproj.workflow.v1alpha1 import LogEntry
 
-from dag.workflow import NAME
+from dag.runner import config_db_url, pods_db
+from dag.workflow import BUFFERS, NAME
 from steps import params as parameters
 from steps.params import Params, ParamsError, pairs
 
@@ -69,17 +71,35 @@ def service() -> WorkflowsService:
     )
 
 
+# what a cluster run cannot do without: given in the file or with -p, never a default
+CLUSTER_REQUIRED = {
+    "pb_id": "the processing block the run claims, as `batch-imaging sdp assign` created it",
+    "config_db": "etcd://HOST:PORT of the configuration database, as the pods reach it",
+}
+
+
 def run_parameters(params_file: str, overrides: dict[str, str]) -> Params:
     """Parameters of a run: the file, the overrides, and the DaskCluster's scheduler.  The
-    processing block must be named: a cluster run claims it in the configuration DB."""
+    processing block and the configuration database the pods reach must be named, and the
+    buffers must not be another block's (its products would be overwritten)."""
     given = parameters.decode_strings(overrides)
     raw = parameters.read(params_file)
-    if isinstance(raw, dict) and not {**raw, **given}.get("pb_id"):
-        raise parameters.ParamsError(
-            "pb_id: required to run on a cluster (the processing block the run claims, as "
-            "`batch-imaging sdp assign` created it): give it in the file or with -p pb_id=..."
-        )
+    for name, what in CLUSTER_REQUIRED.items():
+        if isinstance(raw, dict) and not {**raw, **given}.get(name):
+            raise ParamsError(
+                f"{name}: required to run on a cluster ({what}): give it in the file or with "
+                f"-p {name}=..."
+            )
     params = parameters.load(params_file, **given)
+    pods_db(config_db_url(params.config_db), "config_db =")
+    for name in BUFFERS.values():
+        owner = re.fullmatch(r"buff-(.+)-(vis|img)", getattr(params, name))
+        if owner and owner[1] != params.pb_id:
+            raise ParamsError(
+                f"{name} = {getattr(params, name)!r}: the buffer of processing block "
+                f"{owner[1]}, not of {params.pb_id}, whose products would be overwritten; "
+                f"give -p {name}=buff-{params.pb_id}-{owner[2]} (this block's)"
+            )
     if params.dask_cluster and not params.dask_scheduler:
         from dag.workflow import dask_scheduler_address
 

@@ -40,6 +40,7 @@ from dag.runner import (
     given_or_embedded,
     now,
     pb_params,
+    pods_db,
     run_leftovers,
     run_name,
     run_pb,
@@ -501,11 +502,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     url = config_db_url(args.config_db)
-    if args.engine == "argo" and not url.startswith("etcd://"):
-        raise ParamsError(
-            f"--config-db {url}: the argo engine's pods must reach the configuration database, "
-            "so it must be etcd://HOST:PORT (not the embedded file store)"
-        )
+    if args.engine == "argo":
+        pods_db(url, "--config-db")
     Bridge(url, engine_for(args.engine, Path(args.buffer_root))).serve(stop)
     return 0
 

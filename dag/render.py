@@ -23,6 +23,7 @@ MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "batch_imaging.json"
 EXAMPLE_PB = "pb-mvp01-20200523-00001"
 EXAMPLE_SBI = "sbi-mvp01-20200523-00000"
+EXAMPLE_CONFIG_DB = "etcd://sdp-etcd.sdp:2379"  # as manifests/README.md installs it
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "ska-sdp"}
 # What the workflow's pods do with the Kubernetes API, and nothing more.
 RULES = [
@@ -122,7 +123,9 @@ def kustomization(resources: list[str]) -> dict[str, Any]:
 def documents(image: str | None = None) -> dict[str, dict[str, Any]]:
     """File name -> document of every rendered manifest."""
     raw = json.loads(EXAMPLE.read_text())
-    example = Params.model_validate({**raw, "pb_id": EXAMPLE_PB, "sbi_id": EXAMPLE_SBI})
+    example = Params.model_validate(
+        {**raw, "pb_id": EXAMPLE_PB, "sbi_id": EXAMPLE_SBI, "config_db": EXAMPLE_CONFIG_DB}
+    )
     installed = {**rbac_manifests(), f"{NAME}-template.yaml": template_manifest(image)}
     return {
         **installed,

@@ -73,6 +73,17 @@ def config_db_url(value: str | None) -> str:
     )
 
 
+def pods_db(url: str, name: str) -> str:
+    """``url`` if a cluster's pods can reach it (etcd://HOST:PORT), else ParamsError naming
+    ``name``: an embedded store lies on this machine only."""
+    if url.startswith("etcd://"):
+        return url
+    raise parameters.ParamsError(
+        f"{name} {url}: the pods must reach the configuration database, so it must be "
+        "etcd://HOST:PORT (not the embedded file store)"
+    )
+
+
 def existing_db(url: str) -> str:
     """``url`` (as ``config_db_url`` gives it), refused (ParamsError) if it names an embedded
     store that does not exist: a command that only reads or updates must not create one."""

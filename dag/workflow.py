@@ -316,10 +316,12 @@ def dask_scheduler_address(pb_id: str) -> str:
     return f"tcp://{DASK_CLUSTER.replace('{{workflow.parameters.pb_id}}', pb_id)}-scheduler:8786"
 
 
-# what names the run's claim, PVCs and mutexes: given at every submission (Argo refuses a
-# workflow without them), never a shared placeholder default
+# what names the run's claim, PVCs and mutexes, and the database the pods reach: given at
+# every submission (Argo refuses a workflow without them), never a shared placeholder default
+# (an empty config_db would be the pod's own 127.0.0.1:2379)
 REQUIRED = {
     "pb_id": "Processing block id (required)",
+    "config_db": "Configuration DB the pods reach, etcd://HOST:PORT (required)",
     "buffer_vis": "Visibility buffer PVC (required; batch-imaging gives buff-<pb_id>-vis)",
     "buffer_img": "Image buffer PVC (required; batch-imaging gives buff-<pb_id>-img)",
 }

@@ -217,9 +217,10 @@ def test_workflow_template_has_the_argo_features(tmp_path: Path) -> None:
     assert {n: p["value"] for n, p in arguments.items() if n not in REQUIRED} == {
         n: v for n, v in defaults.items() if n not in REQUIRED
     }
-    # what names the claim, the PVCs and the mutexes has no shared default: a submission
-    # must give it (Argo refuses one without), as the local engine does
-    assert {"pb_id", "buffer_vis", "buffer_img"} == set(REQUIRED)
+    # what names the claim, the PVCs and the mutexes, and the database the pods reach, has
+    # no shared default: a submission must give it (Argo refuses one without), as the local
+    # engine does
+    assert {"pb_id", "buffer_vis", "buffer_img", "config_db"} == set(REQUIRED)
     assert not [n for n in REQUIRED if "value" in arguments[n]]
     given = {n: v for n, v in defaults.items() if n != "buffer_img"}
     with pytest.raises(WorkflowError, match=r"spec.arguments.buffer_img.value is required"):

@@ -29,6 +29,8 @@ from dag.workflow import NAME
 TOKEN = "s3cr3t-token-value"
 NAMESPACE = "sdp"
 RUN = "batch-imaging-abcde"
+CONFIG_DB = "etcd://sdp-etcd.sdp:2379"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "batch_imaging.json"
 REPORT_KEY = f"{RUN}/{RUN}-report-artifacts-1/report.html"
 STATUS = {
     "phase": "Running",
@@ -134,7 +136,9 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Threadin
 @pytest.fixture
 def params_file(tmp_path: Path) -> Path:
     path = tmp_path / "params.json"
-    path.write_text(json.dumps({"nfreqwin": 2, "pb_id": "pb-test-20260101-00001"}))
+    path.write_text(
+        json.dumps({"nfreqwin": 2, "pb_id": "pb-test-20260101-00001", "config_db": CONFIG_DB})
+    )
     return path
 
 
@@ -206,12 +210,33 @@ def test_a_wrong_token_is_refused_and_not_printed(server, params_file, monkeypat
     assert "wrong-token" not in out.out + out.err
 
 
-def test_a_cluster_run_needs_its_processing_block(tmp_path, capsys) -> None:
+def test_a_cluster_run_needs_its_processing_block_and_database(tmp_path, capsys) -> None:
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"nfreqwin": 2}))  # no pb_id: no shared placeholder block
     assert main(["submit", str(path), "--dry-run"]) == 2
     assert "pb_id: required to run on a cluster" in capsys.readouterr().err
-    assert main(["submit", str(path), "--dry-run", "-p", "pb_id=pb-x-20260101-00001"]) == 0
+    pb = ["-p", "pb_id=pb-x-20260101-00001"]
+    # no config_db: the pods would look for etcd on their own 127.0.0.1
+    assert main(["submit", str(path), "--dry-run", *pb]) == 2
+    assert "config_db: required to run on a cluster" in capsys.readouterr().err
+    assert main(["submit", str(path), "--dry-run", *pb, "-p", f"config_db={tmp_path}"]) == 2
+    assert "must be etcd://HOST:PORT (not the embedded file store)" in capsys.readouterr().err
+    assert main(["submit", str(path), "--dry-run", *pb, "-p", f"config_db={CONFIG_DB}"]) == 0
+
+
+def test_a_cluster_run_refuses_another_blocks_buffers(capsys) -> None:
+    """The example names the buffers of its own block: run for another, it must not write
+    into them."""
+    other = ["-p", "pb_id=pb-mvp01-20200523-00009", "-p", f"config_db={CONFIG_DB}"]
+    assert main(["submit", str(EXAMPLE), "--dry-run", *other]) == 2
+    err = capsys.readouterr().err
+    assert "buffer_vis = 'buff-pb-mvp01-20200523-00001-vis': the buffer of processing " in err
+    assert "give -p buffer_vis=buff-pb-mvp01-20200523-00009-vis" in err
+    own = ["-p", "buffer_vis=buff-pb-mvp01-20200523-00009-vis"]
+    own += ["-p", "buffer_img=buff-pb-mvp01-20200523-00009-img"]
+    assert main(["submit", str(EXAMPLE), "--dry-run", *other, *own]) == 0
+    mine = ["-p", "pb_id=pb-mvp01-20200523-00001", "-p", f"config_db={CONFIG_DB}"]
+    assert main(["submit", str(EXAMPLE), "--dry-run", *mine]) == 0
 
 
 def test_configuration_errors(monkeypatch) -> None:
