@@ -128,6 +128,23 @@ def _save(path: Path, *array: np.ndarray, **arrays: Any) -> None:
             np.savez(out, **arrays)
 
 
+def setting_notes(params: Params, nwin: int) -> list[str]:
+    """What the settings cannot do on this data, said before ICAL spends its time."""
+    notes = []
+    if params.global_solution and params.phase_error > 0 and nwin > 1:
+        notes.append(
+            "global_solution: one solution for all windows, but the corruption draws each "
+            f"window's phases independently (phase_error = {params.phase_error:g} rad per "
+            "window, integration and station): it cannot fit them"
+        )
+    if params.algorithm == "mmclean" and params.nmoment > nwin:
+        notes.append(
+            f"nmoment = {params.nmoment} with {nwin} window(s): {nwin} Taylor term(s) are "
+            "fitted, no more than the windows"
+        )
+    return notes
+
+
 def read_window(source: WindowSource) -> ical.Window:
     """Read one window of the store with its PSF (made and saved the first time)."""
     group = zarr.open_group(source.store, mode="r")
@@ -296,6 +313,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
                 "(%s_first_selfcal), after the last (nmajor = %d)",
                 term.name, term.first_selfcal, term.name.lower(), settings.nmajor,
             )  # fmt: skip
+    for note in setting_notes(params, nwin):
+        LOG.warning("%s", note)
     truth = store.open_dataset(buffers.true_gains)["GAIN"].values
     tmp = store.create(
         buffers.calibrated, obs, {**data.attrs, "creator": "batch-imaging calibrate"}
@@ -389,11 +408,13 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
                 "name": t.name,
                 "first_selfcal": t.first_selfcal,
                 "phase_only": t.phase_only,
-                "interval_integrations": t.interval,
-                "interval_s": t.interval * obs.integration_time,
+                # in effect: a solution interval holds at most the whole observation
+                "interval_integrations": min(t.interval, ntimes),
+                "interval_s": min(t.interval, ntimes) * obs.integration_time,
             }
             for t in settings.terms
         ],
+        **({"nmoment": min(params.nmoment, nwin)} if params.algorithm == "mmclean" else {}),
         "nmajor": settings.nmajor,  # at most: the cycles stop once converged or diverged
         "stopped": result.stopped,
         "cycles": result.convergence,
@@ -419,9 +440,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     if shifted["rms_rad"] > max(uncalibrated, WORSE_FLOOR_RAD):
         LOG.warning(
             "ICAL left the gains further from the truth than no calibration: %.3g rad rms "
-            "against %.3g rad (the model the image gives is wrong: check npixel and cellsize "
-            "against the field and the array's resolution)",
+            "against %.3g rad (%s)",
             shifted["rms_rad"], uncalibrated,
+            "one solution for all windows cannot fit gains that differ between windows: set "
+            "global_solution false" if params.global_solution else "the model the image "
+            "gives is wrong: check npixel and cellsize against the field and the array's "
+            "resolution",
         )  # fmt: skip
     if params.export_ms:  # DATA: corrupted, CORRECTED_DATA: calibrated
         from steps.msexport import ms_path, write_ms

@@ -347,6 +347,9 @@ class Params(BaseModel):
             args = (self.ra, self.dec, self.freq_min, self.npixel, self.cellsize)
             if problem := sky.gleam_coverage_problem(*args):
                 raise _field_error("sky_model", self.sky_model, problem)
+            args = (self.flux_limit, self.ra, self.dec, self.npixel, self.cellsize)
+            if problem := sky.gleam_flux_problem(*args):
+                raise _field_error("flux_limit", self.flux_limit, problem)
         elif self.sky_model == "synthetic":
             from steps.science import sky, synthetic
 

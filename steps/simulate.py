@@ -24,6 +24,8 @@ from steps.params import Params
 from steps.science import C_M_S, beam, catalogue, layout, predict, sky, synthetic
 from steps.skyfile import write_sky
 
+LOW_ELEVATION_DEG = 20.0  # a phase centre lower than this at some hour angle is warned of
+
 
 def observation(params: Params) -> tuple[layout.Stations, store.Layout]:
     """Stations within rmax and the store coordinates of the observation."""
@@ -89,10 +91,13 @@ def field_components(params: Params) -> tuple[sky.Components, np.ndarray, str]:
     half = params.npixel * params.cellsize / 2
     inside = (np.abs(l) < half) & (np.abs(m) < half)  # direction cosines, as the pixels
     if not inside.any():
+        near = len(components.names)
+        limited = params.sky_model in ("gleam", "synthetic")  # a catalogue is taken whole
         raise ValueError(
-            f"sky_model = {params.sky_model!r}: none of its {len(components.names)} "
-            f"component(s) lies inside the {params.npixel} x {params.npixel} image at RA "
-            f"{params.ra:g}, Dec {params.dec:g} (flux_limit = {params.flux_limit:g} Jy)"
+            f"sky_model = {params.sky_model!r}: no component lies inside the {params.npixel} "
+            f"x {params.npixel} image at RA {params.ra:g}, Dec {params.dec:g} ("
+            + (f"{near} lie outside it" if near else "none is near it")
+            + (f"; flux_limit = {params.flux_limit:g} Jy)" if limited else ")")
         )
     components = components.select(inside)
     apparent = sky.apparent_flux(
@@ -136,6 +141,23 @@ def single_window(params: Params) -> str | None:
     )
 
 
+def low_elevation(lat_deg: float, dec_deg: float, hour_angles_deg: list[float]) -> str | None:
+    """How low the phase centre goes when below ``LOW_ELEVATION_DEG`` at some hour angle
+    (the station beam here is not foreshortened, as a real station's is there), or None."""
+    lat, dec = math.radians(lat_deg), math.radians(dec_deg)
+    ha = math.radians(max(abs(h) for h in hour_angles_deg))
+    lowest = math.degrees(
+        math.asin(math.sin(lat) * math.sin(dec) + math.cos(lat) * math.cos(dec) * math.cos(ha))
+    )
+    if lowest >= LOW_ELEVATION_DEG:
+        return None
+    return (
+        f"dec = {dec_deg:g}: the phase centre is at {lowest:.1f} deg elevation at hour angle "
+        f"+-{math.degrees(ha):g} deg (below {LOW_ELEVATION_DEG:g} deg the simulated station "
+        "beam, which is not foreshortened, is far from a real station's)"
+    )
+
+
 def undersampled(cell_rad: float, uvw: np.ndarray, freqs_hz: np.ndarray) -> str | None:
     """Why ``cell_rad`` is too coarse for the longest projected baseline at the highest
     frequency (more than its Nyquist cell ``1 / (2 u_max)``), or None."""
@@ -163,7 +185,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         len(components.names),
         params.sky_model,
     )
-    for note in (single_window(params), undersampled(params.cellsize, obs.uvw, obs.frequencies)):
+    notes = (
+        single_window(params),
+        undersampled(params.cellsize, obs.uvw, obs.frequencies),
+        low_elevation(stations.lat_deg, params.dec, params.hour_angles_deg()),
+    )
+    for note in notes:
         if note:
             LOG.warning("%s", note)
     attrs = {

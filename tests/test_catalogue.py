@@ -193,3 +193,13 @@ def test_a_layout_in_a_buffer_sizes_the_run(tmp_path: Path, monkeypatch) -> None
         resources.estimate(params)
     monkeypatch.setenv("BATCH_IMAGING_BUFFER_ROOT", str(tmp_path))
     assert resources.estimate(params) == direct
+
+
+def test_a_catalogue_with_nothing_in_the_image_is_said(tmp_path: Path) -> None:
+    from steps.simulate import field_components
+
+    path = write(tmp_path, "sky.csv", CSV)  # two sources near RA 150, Dec -60
+    params = parse({"sky_model": str(path), "ra": 150.0, "dec": -30.0, "npixel": 64})
+    with pytest.raises(ValueError, match=r"no component lies inside the 64 x 64 image at RA "
+                       r"150, Dec -30 \(2 lie outside it\)"):  # fmt: skip
+        field_components(params)

@@ -133,3 +133,18 @@ def test_a_cell_coarser_than_the_longest_baselines_nyquist_cell_is_named() -> No
     assert (
         "cellsize = 0.002 rad" in message and "(0.0015 rad: 334 wavelengths at 100 MHz)" in message
     )
+
+
+def test_a_phase_centre_low_in_the_sky_is_said() -> None:
+    """Analytic cases: the celestial equator sets at hour angle 90 deg from any latitude, and
+    the south pole stands at minus the latitude at every hour angle."""
+    lat = -26.82472208
+    assert simulate.low_elevation(lat, -30.0, [-30.0, 0.0, 30.0]) is None  # the seed's
+    assert simulate.low_elevation(lat, -90.0, [-90.0, 90.0]) is None  # 26.8 deg up
+    note = simulate.low_elevation(lat, 0.0, [-90.0, 0.0, 90.0])
+    assert note is not None and note.startswith(
+        "dec = 0: the phase centre is at 0.0 deg elevation at hour angle +-90 deg"
+    )
+    assert "at 4.2 deg elevation at hour angle +-30 deg" in str(
+        simulate.low_elevation(lat, 55.0, [-30.0, 30.0])
+    )

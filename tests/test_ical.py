@@ -333,3 +333,18 @@ def test_final_residuals_are_the_last_cycles_while_the_model_is_unchanged(tiny) 
         for a, b, c in zip(kept, fresh, other, strict=True):
             np.testing.assert_array_equal(a, b)
             assert np.abs(c - a).max() > 1e-3 * np.abs(a).max()
+
+
+def test_settings_that_cannot_work_on_the_data_are_said_before_ical() -> None:
+    """One solution for all windows against per-window phase errors, and more Taylor terms
+    than windows."""
+    from steps.calibrate import setting_notes
+    from steps.params import Params
+
+    assert setting_notes(Params(), 8) == []
+    (note,) = setting_notes(Params(global_solution=True), 8)
+    assert "draws each window's phases independently" in note and "1 rad" in note
+    assert setting_notes(Params(global_solution=True, phase_error=0.0), 8) == []
+    (note,) = setting_notes(Params(nmoment=3, nfreqwin=2), 2)
+    assert note.startswith("nmoment = 3 with 2 window(s): 2 Taylor term(s) are fitted")
+    assert setting_notes(Params(nmoment=3, nfreqwin=2, algorithm="msclean"), 2) == []

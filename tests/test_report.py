@@ -58,8 +58,11 @@ def test_report_content(run: SmallRun, page: str) -> None:
     assert "{&#x27;" not in page and "[{" not in page  # records as tables, not Python reprs
     terms = {t["name"]: t for t in metrics["ical"]["terms"]}  # intervals with their units
     assert "<th>interval_integrations</th>" in page and "<th>interval_s</th>" in page
-    integration = store.layout_of(store.open_store(run.buffers.calibrated)).integration_time
+    layout = store.layout_of(store.open_store(run.buffers.calibrated))
+    integration = layout.integration_time
     assert terms["T"]["interval_integrations"] == 1
+    # B's 1e5 s interval is the whole observation, given as such, not as ~1e5 s
+    assert terms["B"]["interval_integrations"] == len(layout.times)
     for term in terms.values():
         assert term["interval_s"] == pytest.approx(term["interval_integrations"] * integration)
     assert "restored_peak_jy" in page and "clean_beam.bmaj_deg" in page

@@ -16,6 +16,7 @@ DATA_DIR = Path(__file__).parent.parent / "data"
 GLEAM_REF_FREQ_HZ = 151e6
 GLEAM_CENTRE_DEG = (0.0, -30.0)  # the shipped subset: within 10 deg of (RA, Dec)
 GLEAM_RADIUS_DEG = 10.0
+GLEAM_MIN_FLUX_JY = 1.0  # the shipped subset: S151 above this only
 ARCSEC = np.pi / (180.0 * 3600.0)
 
 
@@ -117,7 +118,7 @@ def load_gleam(
 ) -> Components:
     """GLEAM sources with S151 > ``flux_limit_jy`` within ``radius_deg`` of (ra, dec).
 
-    The shipped file holds S151 > 1 Jy within 10 deg of (0, -30) only.
+    The shipped file holds S151 > ``GLEAM_MIN_FLUX_JY`` within 10 deg of (0, -30) only.
     """
     lines = (DATA_DIR / "gleam_ra0_dec-30.csv").read_text().splitlines()
     header = lines[0].split(",")
@@ -182,6 +183,33 @@ def gleam_coverage_problem(
         f"{offset + needed:.1f} deg from that centre; use sky_model = 'synthetic' (a "
         f"GLEAM-like population for any field) or a catalogue file (CSV or sourcedb path, "
         f"or buffer:<name>/<file>)"
+    )
+
+
+def gleam_flux_problem(
+    flux_limit_jy: float, ra_deg: float, dec_deg: float, npixel: int, cell_rad: float
+) -> str | None:
+    """Why ``flux_limit_jy`` does not select a GLEAM sky for the image, or None: the shipped
+    subset is complete above ``GLEAM_MIN_FLUX_JY`` only, and some source must be brighter."""
+    if flux_limit_jy < GLEAM_MIN_FLUX_JY:
+        return (
+            f"the shipped GLEAM subset holds only S151 > {GLEAM_MIN_FLUX_JY:g} Jy: allowed "
+            f">= {GLEAM_MIN_FLUX_JY:g} for sky_model = 'gleam' (fainter: 'synthetic')"
+        )
+    radius = image_radius_deg(npixel, cell_rad)
+    field = load_gleam(GLEAM_MIN_FLUX_JY, ra_deg, dec_deg, radius)
+    brightest = float(field.flux_ref_jy.max(initial=0.0))
+    if brightest > flux_limit_jy:
+        return None
+    if not field.names:
+        return (
+            f"no GLEAM source lies within {radius:.3g} deg of the phase centre: image a larger "
+            "field, or use sky_model = 'synthetic'"
+        )
+    return (
+        f"no GLEAM source is brighter within {radius:.3g} deg of the phase centre (the "
+        f"brightest there: {brightest:g} Jy at 151 MHz); allowed {GLEAM_MIN_FLUX_JY:g} to "
+        f"below {brightest:g}"
     )
 
 
