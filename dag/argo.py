@@ -93,7 +93,7 @@ def run_parameters(params_file: str, overrides: dict[str, str]) -> Params:
     params = parameters.load(params_file, **given)
     pods_db(config_db_url(params.config_db), "config_db =")
     for name in BUFFERS.values():
-        owner = re.fullmatch(r"buff-(.+)-(vis|img)", getattr(params, name))
+        owner = re.fullmatch(r"buff-(pb-.+)-(vis|img)", getattr(params, name))  # as SDP names
         if owner and owner[1] != params.pb_id:
             raise ParamsError(
                 f"{name} = {getattr(params, name)!r}: the buffer of processing block "

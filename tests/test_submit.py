@@ -237,6 +237,8 @@ def test_a_cluster_run_refuses_another_blocks_buffers(capsys) -> None:
     assert main(["submit", str(EXAMPLE), "--dry-run", *other, *own]) == 0
     mine = ["-p", "pb_id=pb-mvp01-20200523-00001", "-p", f"config_db={CONFIG_DB}"]
     assert main(["submit", str(EXAMPLE), "--dry-run", *mine]) == 0
+    named = ["-p", "buffer_vis=buff-survey-vis", "-p", "buffer_img=buff-survey-img"]
+    assert main(["submit", str(EXAMPLE), "--dry-run", *other, *named]) == 0  # no block's
 
 
 def test_configuration_errors(monkeypatch) -> None:
