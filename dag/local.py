@@ -2,10 +2,13 @@
 
 It reads the manifest (not a copy of the step list) and honours, as Argo does:
 
-- DAG tasks in ``depends``/``dependencies`` order (independent tasks concurrently), ``when``
-  (``A == B``, ``A != B``), ``failFast`` (by default, once a task failed and none runs, no
-  task starts: Argo's controller, which still starts tasks while one runs), and the task
-  phases Succeeded, Failed, Error, Skipped, Omitted;
+- DAG tasks in ``depends``/``dependencies`` order (independent tasks concurrently): a task
+  starts once every task its ``depends`` names is done or daemoned, if the expression holds
+  (``dag.expression``'s subset of expr-lang over ``<task>.Succeeded|Failed|Errored|Skipped|
+  Omitted|Daemoned``, a bare ``<task>`` being ``Succeeded || Skipped || Daemoned``), and is
+  Omitted if not; ``when`` (``A == B``, ``A != B``), ``failFast`` (by default, once a task
+  failed and none runs, no task starts: Argo's controller, which still starts tasks while one
+  runs), and the task phases Succeeded, Failed, Error, Skipped, Omitted;
 - ``{{...}}`` substitution of workflow (name, uid, namespace, parameters), input and task
   output parameters (unknown: an error);
 - container templates as subprocesses, each in its own process group as a container has its
@@ -14,7 +17,8 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
   ``/buffer/<name>`` mounts of PVC volumes as ``<buffer root>/<name>`` (a PVC that
   does not exist is an Error, as the pod could never start), emptyDir mounts, env values and
   ``resourceFieldRef`` env from the container's resources, output parameters from their
-  ``valueFrom.path`` files, ``$ARGO_PROGRESS_FILE``, daemons with their readiness probe;
+  ``valueFrom.path`` files, ``$ARGO_PROGRESS_FILE``, daemons with their readiness probe (a
+  ready daemon's node is Running and daemoned until its DAG ends, then Succeeded);
 - resource templates for ``PersistentVolumeClaim`` (a directory under the buffer root;
   ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
 - ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap, and maxDuration, which
@@ -62,6 +66,7 @@ from typing import Any
 
 import yaml
 
+from dag.expression import Expression, ExpressionError, parse
 from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
@@ -76,6 +81,8 @@ MUTEX_POLL_S = 0.2
 ENGINE_SCRATCH = re.compile(r"engine-(\d+)-\w+")  # a run's scratch: engine-<pid>-<random>
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 FAIL_FAST = "not scheduled: a task of the DAG failed (failFast)"
+OMITTED = "omitted: depends condition not met"  # Argo's message
+DEPENDS_RESULTS = {"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned"}
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 STOPPED = "Stopped with strategy 'Stop'"  # Argo's message of `argo stop`
 GRACE_S = 30.0  # a pod's terminationGracePeriodSeconds (Kubernetes' default)
@@ -123,6 +130,7 @@ class Node:
     progress: str = ""
     retries: int = 0
     artifacts: dict[str, Path] = field(default_factory=dict)  # name -> saved file
+    daemoned: bool = False  # a ready daemon, Running until its DAG ends
 
     @property
     def duration(self) -> float:
@@ -151,34 +159,62 @@ class _Pod:
     kill_at: float | None = None  # SIGTERM sent (past its deadline, or stopped): SIGKILL due
 
 
-def _depends(task: dict[str, Any]) -> list[tuple[str, bool]]:
-    """(task, only Succeeded) pairs a task waits for (``depends: "a && b.Succeeded"``, or
-    ``dependencies: [a, b]``, which Argo reads as ``depends: "a && b"``)."""
-    if "dependencies" in task:
-        return [(name, False) for name in task["dependencies"]]
-    text = task.get("depends", "")
-    if not text:
-        return []
-    terms = []
-    for term in text.split("&&"):
-        term = term.strip()
-        if not re.fullmatch(r"[A-Za-z0-9\-]+(\.Succeeded)?", term):
-            raise WorkflowError(f"unsupported depends expression {text!r}")
-        terms.append((term.removesuffix(".Succeeded"), term.endswith(".Succeeded")))
-    return terms
+@dataclass(frozen=True)
+class _Depends:
+    """A task's ``depends`` (None: none) and the tasks it waits for."""
+
+    expression: Expression | None
+    tasks: frozenset[str]
 
 
-def _dependency(phase: str, succeeded_only: bool) -> str:
-    """'go', 'wait' or 'omit' for one dependency term, as Argo's ``depends`` evaluates it.
+def _depends(task: dict[str, Any], names: Iterable[str]) -> _Depends:
+    """A task's ``depends: "a && b.Succeeded"`` (``dependencies: [a, b]`` reads as ``a &&
+    b``), with ``-`` in task names read as ``_``, as Argo evaluates it."""
+    listed = task.get("dependencies")
+    text = " && ".join(listed) if listed is not None else task.get("depends", "")
+    if not text.strip():
+        return _Depends(None, frozenset())
+    field = f"task {task['name']}: depends"
+    with _refused(field):
+        expression = parse(text.replace("-", "_"))
+    tasks = {name.replace("-", "_"): name for name in names}
+    waits = set()
+    for name in expression.names:
+        key, _, result = name.partition(".")
+        if key not in tasks or result not in DEPENDS_RESULTS | {""}:
+            raise WorkflowError(f"{field}: {name!r} is not <task> or <task>.<result>")
+        waits.add(tasks[key])
+    return _Depends(expression, frozenset(waits))
 
-    A bare name (and every name of ``dependencies``) means ``Succeeded || Skipped ||
-    Daemoned`` (a ready daemon is Succeeded here); ``.Succeeded`` means Succeeded only. A
-    term that can no longer hold omits the task.
-    """
-    allowed = {"Succeeded"} if succeeded_only else {"Succeeded", "Skipped"}
-    if phase in allowed:
-        return "go"
-    return "omit" if phase in FINAL else "wait"
+
+def _done(node: Node) -> bool:
+    """Argo's "fulfilled": ended, or a ready daemon."""
+    return node.phase in FINAL or node.daemoned
+
+
+def _results(name: str, node: Node) -> dict[str, bool]:
+    """What ``depends`` reads of a done task: ``<task>.<result>``, and ``<task>`` for
+    ``Succeeded || Skipped || Daemoned`` (Argo's expansion of a bare name)."""
+    key = name.replace("-", "_")
+    results = {
+        "Succeeded": node.phase == "Succeeded",
+        "Failed": node.phase == "Failed",
+        "Errored": node.phase == "Error",
+        "Skipped": node.phase == "Skipped",
+        "Omitted": node.phase == "Omitted",
+        "Daemoned": node.daemoned,
+    }
+    bare = results["Succeeded"] or results["Skipped"] or results["Daemoned"]
+    return {key: bare, **{f"{key}.{result}": value for result, value in results.items()}}
+
+
+@contextlib.contextmanager
+def _refused(field: str) -> Iterator[None]:
+    """An expression outside ``dag.expression``'s subset: a WorkflowError naming its field."""
+    try:
+        yield
+    except ExpressionError as exc:
+        raise WorkflowError(f"{field}: {exc}") from None
 
 
 def _when(text: str) -> bool:
@@ -390,7 +426,7 @@ class LocalEngine:
         tasks = {t["name"]: t for t in template["dag"]["tasks"]}
         fail_fast = template["dag"].get("failFast", True) is not False
         self._ended: list[str] = []  # attempts that ended as they started (resource, PodError)
-        waits = {name: _depends(task) for name, task in tasks.items()}
+        waits = {name: _depends(task, tasks) for name, task in tasks.items()}
         nodes = {name: Node(name=name) for name in tasks}
         pods: dict[str, _Pod] = {}
         retry_at: dict[str, float] = {}
@@ -405,7 +441,7 @@ class LocalEngine:
                 if self._stopping or dead:
                     for pod in dead:  # a daemon that dies (e.g. lost its claim) fails the DAG
                         node = next(n for n in nodes.values() if n.name == pod.name)
-                        node.phase = "Failed"
+                        node.phase, node.daemoned, node.finished = "Failed", False, time.time()
                         node.message = f"daemon exited (code {pod.process.returncode})"
                         LOG.error("Step %s: %s", node.name, node.message)
                     why = STOPPED if self._stopping else "a daemon step failed"
@@ -434,32 +470,42 @@ class LocalEngine:
                     name = self._ended.pop(0)
                     template = self.templates[tasks[name]["template"]]
                     self._completed(name, template, nodes, retry_at, scope, tasks, pods)
-                if all(node.phase in FINAL for node in nodes.values()) and not pods:
+                if all(_done(node) for node in nodes.values()) and not pods:
                     return nodes, None
                 time.sleep(0.05)
         finally:
             _terminate([*daemons, *pods.values()])  # the DAG is done: stop its daemons
+            for node in nodes.values():
+                if node.daemoned:  # as Argo's killDaemonedChildren
+                    node.phase, node.daemoned, node.finished = "Succeeded", False, time.time()
 
     def _schedule(
         self,
         name: str,
         task: dict[str, Any],
-        waits: list[tuple[str, bool]],
+        depends: _Depends,
         scope: dict[str, str],
         nodes: dict[str, Node],
         pods: dict[str, _Pod],
     ) -> None:
-        states = {_dependency(nodes[d].phase, only) for d, only in waits}
-        if "omit" in states:
-            nodes[name].phase = "Omitted"
-        elif states <= {"go"}:
-            task_scope = {**scope, **self._task_outputs(nodes)}
-            if "when" in task and not _when(substitute(task["when"], task_scope)):
-                nodes[name].phase = "Skipped"
-                LOG.info("Step %s skipped (when %s)", name, task["when"])
+        """Once every task its ``depends`` names is done: start the task if that holds (and
+        its ``when``), else omit it, as Argo does."""
+        if not all(_done(nodes[task]) for task in depends.tasks):
+            return
+        if depends.expression is not None:
+            results = {k: v for t in depends.tasks for k, v in _results(t, nodes[t]).items()}
+            with _refused(f"task {name}: depends"):
+                holds = depends.expression.evaluate(results)
+            if not holds:
+                nodes[name].phase, nodes[name].message = "Omitted", OMITTED
                 return
-            nodes[name].started = time.time()
-            self._launch(name, task, scope, nodes, pods)
+        task_scope = {**scope, **self._task_outputs(nodes)}
+        if "when" in task and not _when(substitute(task["when"], task_scope)):
+            nodes[name].phase = "Skipped"
+            LOG.info("Step %s skipped (when %s)", name, task["when"])
+            return
+        nodes[name].started = time.time()
+        self._launch(name, task, scope, nodes, pods)
 
     def _launch(
         self,
@@ -509,7 +555,7 @@ class LocalEngine:
         if pod.template.get("daemon") and code is None:
             if self._ready(pod.template, pod.outputs):  # a ready daemon lets the DAG go on
                 daemons.append(pod)
-                node.phase, node.finished = "Succeeded", time.time()
+                node.daemoned = True  # and stays Running until the DAG ends
                 LOG.info("Step %s ready (daemon)", name)
                 return True
             return False

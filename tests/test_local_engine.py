@@ -28,6 +28,10 @@ def container(code: str, *args: str, **extra: Any) -> dict[str, Any]:
     return {"image": "python", "command": [sys.executable, "-c", code], "args": list(args), **extra}
 
 
+def sh(script: str, *args: str, **extra: Any) -> dict[str, Any]:
+    return {"image": "busybox", "command": ["sh", "-c", script], "args": list(args), **extra}
+
+
 def output(name: str, default: str | None = None) -> dict[str, Any]:
     source: dict[str, Any] = {"path": f"/tmp/outputs/{name}"}
     if default is not None:
@@ -287,6 +291,53 @@ def test_daemon_becomes_ready_then_is_stopped(tmp_path: Path) -> None:
     assert run.phase == "Succeeded"
     assert run.nodes["d"].phase == "Succeeded" and run.nodes["e"].phase == "Succeeded"
     assert time.monotonic() - started < 30  # the daemon was terminated, not waited for
+
+
+def test_a_ready_daemon_is_daemoned_not_succeeded_until_the_dag_ends(tmp_path: Path) -> None:
+    """As in Argo: ``d.Succeeded`` does not hold for a ready daemon (Running, daemoned), and its
+    dependant is omitted; ``d.Daemoned`` and a bare ``d`` do.  The DAG's end stops it, and
+    its node then Succeeded."""
+    daemon = {
+        "name": "daemon",
+        "daemon": True,
+        "container": sh(
+            'echo yes > "$BATCH_IMAGING_OUTPUTS/ready"; exec sleep 60',
+            readinessProbe={"exec": {"command": ["test", "-s", "/tmp/outputs/ready"]}},
+        ),
+    }
+    echo = {"parameters": [{"name": "text", "value": "x"}]}
+    manifest = workflow(
+        [daemon, ECHO],
+        [
+            task("d", "daemon"),
+            task("strict", "echo", "d.Succeeded", arguments=echo),
+            task("daemoned", "echo", "d.Daemoned && !d.Failed", arguments=echo),
+            task("bare", "echo", "d", arguments=echo),
+        ],
+    )
+    run = LocalEngine(manifest, tmp_path).run({})
+    assert run.nodes["strict"].phase == "Omitted"
+    assert run.nodes["strict"].message == local.OMITTED
+    assert run.nodes["daemoned"].phase == run.nodes["bare"].phase == "Succeeded"
+    d = run.nodes["d"]
+    assert (d.phase, d.daemoned, run.phase) == ("Succeeded", False, "Succeeded")
+    assert d.finished >= run.nodes["bare"].finished  # Running until the DAG ended
+
+
+@pytest.mark.parametrize(
+    ("depends", "error"),
+    [
+        ("a.Succeeded || ", r"task b: depends: .*unexpected end"),
+        ("a.AnySucceeded", r"task b: depends: 'a.AnySucceeded' is not"),
+        ("c", r"task b: depends: 'c' is not"),
+    ],
+)
+def test_a_depends_the_engine_cannot_evaluate_is_refused(
+    tmp_path: Path, depends: str, error: str
+) -> None:
+    manifest = workflow([FAIL], [task("a", "fail"), task("b", "fail", depends)])
+    with pytest.raises(WorkflowError, match=error):
+        LocalEngine(manifest, tmp_path).run({})
 
 
 def test_when_skips_and_depends_treats_skipped_as_done(tmp_path: Path) -> None:
