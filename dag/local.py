@@ -18,15 +18,18 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
   does not exist is an Error, as the pod could never start), emptyDir mounts, env values and
   ``resourceFieldRef`` env from the container's resources, output parameters from their
   ``valueFrom.path`` files, ``$ARGO_PROGRESS_FILE``, daemons with their readiness probe (a
-  ready daemon's node is Running and daemoned until its DAG ends, then Succeeded);
+  ready daemon's node is Running and daemoned until its DAG ends, then Succeeded), exit codes
+  as a container's (a process killed by signal N exits 128 + N);
 - resource templates for ``PersistentVolumeClaim`` (a directory under the buffer root;
   ``apply`` is idempotent, ``create`` fails if it exists, ``delete`` removes it);
-- ``retryStrategy`` (limit, retryPolicy, backoff duration/factor/cap, and maxDuration, which
-  also ends a retry attempt running past it; a step whose retries are spent ends with Argo's
-  retry-node message: ``No more retries left``, ``Max duration limit exceeded`` or ``Backoff
-  would exceed max duration limit``), template
-  and workflow ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the
-  30 s grace period, as from the kubelet; a workflow stopped or past its deadline is Failed),
+- ``retryStrategy`` (limit, retryPolicy, ``expression`` over ``lastRetry.exitCode|status|
+  duration|message`` with the ``dag.expression`` subset, backoff duration/factor/cap, and
+  maxDuration, which also ends a retry attempt running past it; a step not retried or whose
+  retries are spent ends with Argo's retry-node message: ``No more retries left``, ``Max
+  duration limit exceeded``, ``Backoff would exceed max duration limit`` or
+  ``retryStrategy.expression evaluated to false``), template and workflow
+  ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the 30 s grace
+  period, as from the kubelet; a workflow stopped or past its deadline is Failed),
   workflow-level ``synchronization.mutexes`` (a file
   lock under the buffer root, waited for), ``onExit`` (a container or a DAG) with
   ``{{workflow.status}}``;
@@ -66,7 +69,7 @@ from typing import Any
 
 import yaml
 
-from dag.expression import Expression, ExpressionError, parse
+from dag.expression import Expression, ExpressionError, evaluate, parse
 from dag.workflow import OUTPUTS_DIR
 from steps.buffers import BUFFER_ROOT_ENV
 from steps.log import LOG
@@ -130,6 +133,8 @@ class Node:
     progress: str = ""
     retries: int = 0
     artifacts: dict[str, Path] = field(default_factory=dict)  # name -> saved file
+    attempt_started: float = 0.0  # the last attempt's start (``started``: the first's)
+    exit_code: int | None = None  # the last attempt's main container's, if it had one
     daemoned: bool = False  # a ready daemon, Running until its DAG ends
 
     @property
@@ -206,6 +211,18 @@ def _results(name: str, node: Node) -> dict[str, bool]:
     }
     bare = results["Succeeded"] or results["Skipped"] or results["Daemoned"]
     return {key: bare, **{f"{key}.{result}": value for result, value in results.items()}}
+
+
+def _last_retry(node: Node) -> dict[str, str]:
+    """The ``lastRetry`` variables of a retry expression, strings as Argo gives them (the
+    exit code -1 when the attempt had none, the duration in seconds)."""
+    duration = str(node.finished - node.attempt_started).removesuffix(".0")  # Go's %v
+    return {
+        "lastRetry.exitCode": str(-1 if node.exit_code is None else node.exit_code),
+        "lastRetry.status": node.phase,
+        "lastRetry.duration": duration,
+        "lastRetry.message": node.message,
+    }
 
 
 @contextlib.contextmanager
@@ -517,7 +534,7 @@ class LocalEngine:
     ) -> None:
         """Start one attempt: a subprocess for a container, at once for a resource."""
         node = nodes[name]
-        node.phase = "Running"
+        node.phase, node.attempt_started, node.exit_code = "Running", time.time(), None
         task_scope = {**scope, **self._task_outputs(nodes)}
         template = self.templates[task["template"]]
         inputs = self._inputs(template, self._arguments(task, task_scope))
@@ -565,11 +582,12 @@ class LocalEngine:
         if code is None:
             return False
         _kill_group(pod)  # the container has ended: so do the processes it left
+        node.exit_code = 128 - code if code < 0 else code  # killed by signal N: 128 + N
         if pod.kill_at is not None:
             node.phase, node.message = "Failed", DEADLINE_MESSAGE
         else:
             node.phase = "Succeeded" if code == 0 else "Failed"
-            node.message = "" if code == 0 else f"Error (exit code {code})"
+            node.message = "" if code == 0 else f"Error (exit code {node.exit_code})"
         node.finished = time.time()
         self._collect(node, pod)
         message = f" {node.message}" if node.message else ""
@@ -622,7 +640,7 @@ class LocalEngine:
         strategy = template.get("retryStrategy")
         if strategy is None or node.phase not in ("Failed", "Error"):
             return None
-        _check_keys("retryStrategy", strategy, {"limit", "retryPolicy", "backoff"})
+        _check_keys("retryStrategy", strategy, {"limit", "retryPolicy", "backoff", "expression"})
         backoff = strategy.get("backoff", {})
         _check_keys("backoff", backoff, {"duration", "factor", "cap", "maxDuration"})
         wait = 0.0
@@ -644,7 +662,9 @@ class LocalEngine:
             if end is not None and time.time() + wait > end:
                 node.message += "; Backoff would exceed max duration limit"
                 return None
-        policy = strategy.get("retryPolicy", "OnFailure")
+        # Argo's default policy: OnFailure, or Always with an expression (which then decides)
+        default = "Always" if "expression" in strategy else "OnFailure"
+        policy = strategy.get("retryPolicy") or default
         retry = {
             "Always": True,
             "OnFailure": node.phase == "Failed",
@@ -659,6 +679,12 @@ class LocalEngine:
         if limit is not None and node.retries >= limit:
             node.message += "; No more retries left"
             return None
+        if "expression" in strategy:
+            with _refused("retryStrategy.expression"):
+                retry = evaluate(substitute(strategy["expression"], scope), _last_retry(node))
+            if not retry:
+                node.message += "; retryStrategy.expression evaluated to false"
+                return None
         return wait
 
     def _expire(

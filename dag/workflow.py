@@ -57,13 +57,23 @@ HEAVY_RESOURCES = m.ResourceRequirements(
         "memory": "{{workflow.parameters.memory_limit}}",
     },
 )
-# Pods that die for reasons of the cluster (eviction, node loss: Argo "Error") are retried;
-# a step that fails on its own (exit code) is not: it would fail the same way again.
+# Step pods are retried unless their step failed on its own (exit code 1: runtime, 2: bad
+# input), ran past its deadline or out of its memory, as it would again: so the pods that the
+# cluster ended are, Argo's Errors (pod deleted, node lost) and the Failures of evicted,
+# preempted or drained pods (their step stopped by SIGTERM: exit code 143, or none at all).
+# No maxDuration: activeDeadlineSeconds bounds each attempt, and Argo would count it from the
+# first attempt's start and impose it as the retries' deadline.
+POD_BACKOFF = m.Backoff(duration="30s", factor="2", cap="5m")
 POD_RETRY = m.RetryStrategy(
     limit="3",
-    retry_policy="OnError",
-    backoff=m.Backoff(duration="30s", factor="2", cap="5m", max_duration="1h"),
+    retry_policy="Always",
+    expression='lastRetry.status == "Error" || !(lastRetry.exitCode in ["1", "2"] || '
+    'lastRetry.message matches "deadline|OOMKilled")',
+    backoff=POD_BACKOFF,
 )
+# The exit handler is idempotent: retried on any failure (a configuration DB down for longer
+# than its own reconnection window), so that a run never leaves its block RUNNING.
+RELEASE_RETRY = m.RetryStrategy(limit="3", retry_policy="Always", backoff=POD_BACKOFF)
 # Kubernetes API calls of resource templates are retried on Argo's transient errors.
 API_RETRY = m.RetryStrategy(
     limit="5",
@@ -170,6 +180,14 @@ def report_artifacts() -> list[Artifact]:
     ]
 
 
+def _retry_strategy(step: str) -> m.RetryStrategy | None:
+    """The claim daemon is not retried; the exit handler is retried on any failure, the other
+    steps as POD_RETRY."""
+    if step == DAEMON_STEP:
+        return None
+    return RELEASE_RETRY if step == EXIT_STEP else POD_RETRY
+
+
 def _container(step: str, image: str, name: str | None = None) -> Container:
     daemon = step == DAEMON_STEP  # holds the lease-bound claim while the DAG runs
     outputs: list[Parameter | Artifact] = [
@@ -197,7 +215,7 @@ def _container(step: str, image: str, name: str | None = None) -> Container:
         active_deadline_seconds="{{workflow.parameters.step_deadline_s}}"
         if step in HEAVY
         else None,
-        retry_strategy=None if daemon else POD_RETRY,
+        retry_strategy=_retry_strategy(step),
         outputs=outputs or None,
     )
 

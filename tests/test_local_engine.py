@@ -213,6 +213,8 @@ def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempt
         ({"limit": "nan"}, r"retryStrategy\.limit: 'nan' is not an integer"),
         ({"backoff": {"duration": "1s", "factor": "two"}}, r"backoff\.factor: 'two' is not"),
         ({"backoff": {"factor": "2"}}, r"backoff: no base duration"),
+        ({"expression": "asInt(lastRetry.exitCode) > 1"}, r"retryStrategy\.expression: .*'> 1'"),
+        ({"expression": "lastRetry.exitCode == 1"}, r"retryStrategy\.expression: .*'1'"),
     ],
 )
 def test_a_retry_strategy_argo_would_refuse_is_refused(
@@ -221,6 +223,55 @@ def test_a_retry_strategy_argo_would_refuse_is_refused(
     failing = counting_failure(tmp_path / "attempts", {"retryPolicy": "Always", **strategy})
     with pytest.raises(WorkflowError, match=error):
         LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
+
+
+def shipped_retry(template: str) -> dict[str, Any]:
+    """The rendered workflow's retryStrategy of a template, without its backoff (minutes)."""
+    templates = {t["name"]: t for t in template_manifest()["spec"]["templates"]}
+    return {k: v for k, v in templates[template]["retryStrategy"].items() if k != "backoff"}
+
+
+@pytest.mark.parametrize(
+    ("script", "attempts", "message"),
+    [
+        ("exit 1", 1, "Error (exit code 1); retryStrategy.expression evaluated to false"),
+        ("exit 2", 1, "Error (exit code 2); retryStrategy.expression evaluated to false"),
+        ("exit 143", 4, "Error (exit code 143); No more retries left"),
+        ("kill -TERM $$", 4, "Error (exit code 143); No more retries left"),  # 128 + 15
+        (
+            "exec sleep 30",
+            1,
+            f"{local.DEADLINE_MESSAGE}; retryStrategy.expression evaluated to false",
+        ),
+    ],
+)
+def test_step_pods_are_retried_when_the_cluster_ended_them(
+    tmp_path: Path, script: str, attempts: int, message: str
+) -> None:
+    """The shipped step retry: a step failing on its own (exit 1 or 2) or past its deadline
+    is not retried; one stopped by SIGTERM (eviction, drain, node shutdown) is."""
+    counter = tmp_path / "attempts"
+    step = {
+        "name": "step",
+        "activeDeadlineSeconds": 1,
+        "retryStrategy": shipped_retry("calibrate"),
+        "container": sh(f'echo x >> "$0"; {script}', str(counter)),
+    }
+    node = LocalEngine(workflow([step], [task("s", "step")]), tmp_path).run({}).nodes["s"]
+    assert (node.phase, node.message) == ("Failed", message)
+    assert len(counter.read_text().split()) == attempts
+
+
+def test_the_exit_handler_is_retried_when_it_fails(tmp_path: Path) -> None:
+    counter = tmp_path / "attempts"
+    release = {
+        "name": "release",
+        "retryStrategy": shipped_retry("release"),
+        "container": sh('echo x >> "$0"; exit 1', str(counter)),
+    }
+    manifest = workflow([ECHO, release], [], onExit="release")
+    node = LocalEngine(manifest, tmp_path).run({}).nodes["release (onExit)"]
+    assert node.retries == 3 and len(counter.read_text().split()) == 4
 
 
 def test_no_retry_whose_backoff_would_pass_the_max_duration(tmp_path: Path) -> None:

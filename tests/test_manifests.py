@@ -247,10 +247,23 @@ def test_every_step_container_is_hardened_and_sized() -> None:
             assert env["PYTHON_CPU_COUNT"]["valueFrom"]["resourceFieldRef"]["resource"] == (
                 "requests.cpu"
             )
-        if step != "claim":
-            assert tpl["retryStrategy"]["backoff"]["factor"] == "2"
         outputs = [p["name"] for p in tpl.get("outputs", {}).get("parameters", [])]
         assert outputs == list(OUTPUTS[step])
+
+
+def test_retries() -> None:
+    """Step pods are retried as their expression decides (tests/test_local_engine.py runs
+    it), with no maxDuration; the exit handler on any failure; the claim daemon never."""
+    for name, tpl in templates().items():
+        if "container" not in tpl:
+            continue
+        strategy = tpl.get("retryStrategy")
+        if name == "claim":
+            assert strategy is None, name
+            continue
+        assert strategy["retryPolicy"] == "Always" and strategy["limit"] == "3"
+        assert "maxDuration" not in strategy["backoff"]
+        assert ("expression" in strategy) == (name != "release")
 
 
 def test_outputs_the_ui_shows() -> None:
