@@ -27,9 +27,11 @@ It reads the manifest (not a copy of the step list) and honours, as Argo does:
   maxDuration, which also ends a retry attempt running past it; a step not retried or whose
   retries are spent ends with Argo's retry-node message: ``No more retries left``, ``Max
   duration limit exceeded``, ``Backoff would exceed max duration limit`` or
-  ``retryStrategy.expression evaluated to false``), template and workflow
-  ``activeDeadlineSeconds`` (a pod past it gets SIGTERM, and SIGKILL after the 30 s grace
-  period, as from the kubelet; a workflow stopped or past its deadline is Failed),
+  ``retryStrategy.expression evaluated to false``), template ``activeDeadlineSeconds`` and
+  ``timeout`` (a local pod starts at once, so both count from the attempt's start; Argo makes
+  what is left of the timeout the pod's deadline) and workflow ``activeDeadlineSeconds`` (a
+  pod past its deadline gets SIGTERM, and SIGKILL after the 30 s grace period, as from the
+  kubelet; a workflow stopped or past its deadline is Failed),
   workflow-level ``synchronization.mutexes`` (a file
   lock under the buffer root, waited for), ``onExit`` (a container or a DAG) with
   ``{{workflow.status}}``;
@@ -42,7 +44,8 @@ Fields that only the cluster can act on (pod security, scheduling, GC and TTL, l
 service account) are accepted and ignored; anything else is refused with WorkflowError,
 never silently mis-run.  Known differences: a ready daemon that dies fails the whole DAG
 (Argo fails its node only; this workflow's daemon holds the block's claim, without which
-nothing may go on), and a daemon's own deadline is not enforced.
+nothing may go on), a daemon's own deadline is not enforced, and no pod waits in Pending, so
+a ``timeout`` never fails one with Argo's ``timeout``.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ CLUSTER_SPEC_KEYS = {
     "podMetadata", "volumeClaimGC", "nodeSelector", "tolerations", "affinity", "priority",
 }  # fmt: skip
 TEMPLATE_KEYS = {"name", "container", "resource", "dag", "inputs", "outputs", "retryStrategy"}
-TEMPLATE_KEYS |= {"activeDeadlineSeconds", "daemon"}
+TEMPLATE_KEYS |= {"activeDeadlineSeconds", "timeout", "daemon"}
 CLUSTER_TEMPLATE_KEYS = {"metadata", "nodeSelector", "tolerations", "affinity"}
 DAG_KEYS = {"tasks", "failFast"}
 DEPENDENCY_KEYS = {"depends", "dependencies"}
@@ -314,6 +317,8 @@ class LocalEngine:
                 )
             if "dag" in template:
                 _check_keys(f"dag of {template['name']}", template["dag"], DAG_KEYS)
+                if "timeout" in template:  # as Argo's validation
+                    raise WorkflowError(f"templates.{template['name']}: a DAG has no timeout")
                 for task in template["dag"]["tasks"]:
                     _check_keys(f"task {task.get('name')}", task, TASK_KEYS)
                 kinds = {k for task in template["dag"]["tasks"] for k in task} & DEPENDENCY_KEYS
@@ -936,8 +941,12 @@ class LocalEngine:
             "ARGO_PROGRESS_FILE": str(outputs / "progress"),
             ENGINE_PID_ENV: str(os.getpid()),
         }
-        limit = template.get("activeDeadlineSeconds")
-        deadline = time.time() + seconds(substitute(str(limit), scope)) if limit else None
+        limits = [
+            seconds(substitute(str(template[key]), scope))
+            for key in ("activeDeadlineSeconds", "timeout")
+            if template.get(key)
+        ]
+        deadline = time.time() + min(limits) if limits else None
         try:
             # its own process group, as a container has its own PID namespace: a terminal's
             # Ctrl-C reaches the engine only, and the pod's processes end with it

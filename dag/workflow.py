@@ -33,7 +33,8 @@ ARTIFACTS_STEP = "report"
 ARTIFACTS_TEMPLATE = f"{ARTIFACTS_STEP}-artifacts"
 ARTIFACTS_ON = "{{workflow.parameters.artifacts}} == true"
 ARTIFACTS_OFF = "{{workflow.parameters.artifacts}} != true"
-MOUNTS_BUFFERS = HEAVY | {"buffer-reserve"}
+RESERVE_STEP = "buffer-reserve"  # the first pod to mount the buffers: waits for them to bind
+MOUNTS_BUFFERS = HEAVY | {RESERVE_STEP}
 OUTPUTS_DIR = "/tmp/outputs"  # nosec B108 - on the pod's /tmp emptyDir
 IMAGE_ENV = "BATCH_IMAGING_IMAGE"
 UID = 10001  # the image's non-root user
@@ -74,6 +75,12 @@ POD_RETRY = m.RetryStrategy(
 # The exit handler is idempotent: retried on any failure (a configuration DB down for longer
 # than its own reconnection window), so that a run never leaves its block RUNNING.
 RELEASE_RETRY = m.RetryStrategy(limit="3", retry_policy="Always", backoff=POD_BACKOFF)
+# A PVC that never binds (e.g. its class has no RWX) leaves the pods mounting it Pending,
+# where no activeDeadlineSeconds counts: the first of them, buffer-reserve, fails after this
+# template timeout, which counts Pending (Argo fails a Pending node past it, though not under a
+# retryStrategy, whose Retry node is never Pending), rather than hold the PB and its mutexes
+# until the workflow's deadline.
+BUFFER_WAIT = "15m"
 # Kubernetes API calls of resource templates are retried on Argo's transient errors.
 API_RETRY = m.RetryStrategy(
     limit="5",
@@ -181,9 +188,9 @@ def report_artifacts() -> list[Artifact]:
 
 
 def _retry_strategy(step: str) -> m.RetryStrategy | None:
-    """The claim daemon is not retried; the exit handler is retried on any failure, the other
-    steps as POD_RETRY."""
-    if step == DAEMON_STEP:
+    """The claim daemon is not retried, nor is the buffer wait (its timeout needs no retry
+    strategy); the exit handler is retried on any failure, the other steps as POD_RETRY."""
+    if step in (DAEMON_STEP, RESERVE_STEP):
         return None
     return RELEASE_RETRY if step == EXIT_STEP else POD_RETRY
 
@@ -215,6 +222,7 @@ def _container(step: str, image: str, name: str | None = None) -> Container:
         active_deadline_seconds="{{workflow.parameters.step_deadline_s}}"
         if step in HEAVY
         else None,
+        timeout=BUFFER_WAIT if step == RESERVE_STEP else None,
         retry_strategy=_retry_strategy(step),
         outputs=outputs or None,
     )
@@ -434,7 +442,7 @@ def workflow_template(image: str | None = None) -> WorkflowTemplate:
                 for volume, parameter in BUFFERS.items()
             ]
             dask = dask_cluster(name="dask-cluster", when=dask_enabled)
-            reserve = containers["buffer-reserve"](name="buffer-reserve")
+            reserve = containers[RESERVE_STEP](name=RESERVE_STEP)
             heavy = {
                 step: containers[step](
                     name=step, when=ARTIFACTS_OFF if step == ARTIFACTS_STEP else None

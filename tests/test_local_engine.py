@@ -683,6 +683,24 @@ def test_template_and_workflow_deadlines(tmp_path: Path) -> None:
     assert stopped.read_text() == "SIGTERM"
 
 
+def test_a_template_timeout_ends_the_pod_that_runs_past_it(tmp_path: Path) -> None:
+    """``timeout`` counts from the node's start, however long ``activeDeadlineSeconds`` is;
+    Argo makes what is left of it the pod's deadline, hence the pod's deadline message."""
+    waiting = {
+        "name": "waiting",
+        "timeout": "1s",
+        "activeDeadlineSeconds": 60,
+        "container": sh("exec sleep 30"),
+    }
+    node = LocalEngine(workflow([waiting], [task("w", "waiting")]), tmp_path).run({}).nodes["w"]
+    assert (node.phase, node.message) == ("Failed", local.DEADLINE_MESSAGE)
+    assert node.duration < 10
+    dag_timeout = workflow([], [])
+    dag_timeout["spec"]["templates"][0]["timeout"] = "1m"
+    with pytest.raises(WorkflowError, match="a DAG has no timeout"):
+        LocalEngine(dag_timeout, tmp_path)
+
+
 def test_a_pod_in_its_grace_period_holds_up_no_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -251,19 +251,22 @@ def test_every_step_container_is_hardened_and_sized() -> None:
         assert outputs == list(OUTPUTS[step])
 
 
-def test_retries() -> None:
+def test_retries_and_the_buffer_wait() -> None:
     """Step pods are retried as their expression decides (tests/test_local_engine.py runs
-    it), with no maxDuration; the exit handler on any failure; the claim daemon never."""
+    it), with no maxDuration; the exit handler on any failure; the claim daemon never, nor
+    the buffer wait, whose timeout fails it if the buffers never bind (Argo fails a Pending
+    node past its timeout, but a retried template's node is its Retry node, never Pending)."""
     for name, tpl in templates().items():
         if "container" not in tpl:
             continue
         strategy = tpl.get("retryStrategy")
-        if name == "claim":
+        if name in ("claim", "buffer-reserve"):
             assert strategy is None, name
             continue
         assert strategy["retryPolicy"] == "Always" and strategy["limit"] == "3"
         assert "maxDuration" not in strategy["backoff"]
         assert ("expression" in strategy) == (name != "release")
+    assert templates()["buffer-reserve"]["timeout"] == "15m"
 
 
 def test_outputs_the_ui_shows() -> None:
