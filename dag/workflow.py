@@ -98,6 +98,8 @@ POD_SECURITY = m.PodSecurityContext(
     run_as_user=UID,
     run_as_group=UID,
     fs_group=UID,
+    # else Kubernetes changes the ownership and mode of every file of a volume at each mount
+    fs_group_change_policy="OnRootMismatch",
     seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
 )
 

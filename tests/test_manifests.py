@@ -210,6 +210,8 @@ def test_workflow_template_has_the_argo_features(tmp_path: Path) -> None:
         ]
     }
     assert spec["securityContext"]["runAsNonRoot"] is True
+    # the buffers' ownership is changed only when their root's is wrong, not on every mount
+    assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     arguments = {p["name"]: p for p in spec["arguments"]["parameters"]}
     assert list(arguments) == list(Params.model_fields)
     assert all(p["description"] for p in arguments.values())
