@@ -1,5 +1,7 @@
 """Crash and resume: SIGKILL each heavy step at a random point, re-run, get identical products.
 
+A step killed so is one the cluster ended, which the engine retries (after a backoff of
+30 s): each run is stopped (as ``argo stop``) once its step is killed, and run again.
 The reference run uses one Dask worker and the crashed one two, so the comparison also
 shows that products do not depend on the number of workers (determinism)."""
 
@@ -93,6 +95,7 @@ def test_killed_steps_resume_to_identical_products(tmp_path):
     for step in PIPELINE:  # each run is killed one step further on
         run = start(params, root)
         kill_step(run, root, pb, step, rng)
+        run.send_signal(signal.SIGTERM)  # stopped before its retry
         _, log = run.communicate(timeout=300)
         assert run.returncode == 1, log[-2000:]
         assert step_phase(root, pb, step) in ("Running", "Failed")  # killed: never finished
