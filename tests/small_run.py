@@ -12,11 +12,14 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from dask.distributed import LocalCluster
 
 from dag.runner import embedded_db, register
+from steps import calibrate, corrupt, image, simulate
 from steps import params as parameters
 from steps.buffers import BUFFER_ROOT_ENV, Buffers
 from steps.configdb import ConfigDB, open_backend
+from steps.dask_ee import SCHEDULER_ENV
 from steps.runner import OUTPUTS_ENV, run_step
 
 RAW = {
@@ -64,3 +67,17 @@ def small_run(factory: pytest.TempPathFactory) -> SmallRun:
                 run_step(step, params.as_strings())
         _CACHE.append(SmallRun(root, params, Buffers.of(params, root)))
     return _CACHE[0]
+
+
+def run_in_process(params: parameters.Params, buffers: Buffers) -> None:
+    """simulate -> corrupt -> calibrate -> image on an in-process Dask cluster (no PB state)."""
+    buffers.vis.mkdir(parents=True)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=4, processes=False, dashboard_address=None
+        ) as cluster,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
+        for step in (simulate, corrupt, calibrate, image):
+            step.run(params, buffers)

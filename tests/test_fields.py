@@ -8,14 +8,13 @@ import pytest
 import zarr
 from astropy.io import fits
 from astropy.wcs import WCS
-from dask.distributed import LocalCluster
 
-from steps import calibrate, corrupt, image, simulate
+from steps import simulate
 from steps.buffers import Buffers
-from steps.dask_ee import SCHEDULER_ENV
 from steps.params import parse
 from steps.science import layout
 from steps.skyfile import read_sky
+from tests.small_run import run_in_process
 
 CATALOGUE = """name,ra_deg,dec_deg,flux_jy,ref_freq_hz,alpha
 east,154.0,-59.5,8.0,100e6,-0.7
@@ -44,16 +43,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     (root / "cat.csv").write_text(CATALOGUE)
     params = parse({**SMALL, "sky_model": str(root / "cat.csv")})
     buffers = Buffers.of(params, root / "buffers")
-    buffers.vis.mkdir(parents=True)
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=4, processes=False, dashboard_address=None
-        ) as cluster,
-        pytest.MonkeyPatch.context() as patch,
-    ):
-        patch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
-        for step in (simulate, corrupt, calibrate, image):
-            step.run(params, buffers)
+    run_in_process(params, buffers)
     return params, buffers
 
 
