@@ -200,8 +200,9 @@ def measure(
     images) and of the MFS image."""
     centre = params.nfreqwin // 2
     wcs = WCS(fitsio.read_header(buffers.image("restored")))
-    components, _, flux = read_sky(buffers.sky)
-    names, ra, dec = components.names, components.ra_deg, components.dec_deg
+    sky = read_sky(buffers.sky)
+    flux = sky.apparent_jy
+    names, ra, dec = sky.components.names, sky.components.ra_deg, sky.components.dec_deg
     peak = float(restored.max())
     rms = float(np.sqrt(np.mean(residual**2)))
     mfs_peak = float(mfs_restored.max())
@@ -211,8 +212,6 @@ def measure(
     convergence_path = buffers.convergence
     convergence = json.loads(convergence_path.read_text()) if convergence_path.exists() else {}
     cycles = convergence.get("cycles", [])
-    # the MFS image is at the mean frequency: its true flux is the windows' mean flux
-    mfs_flux = flux.mean(axis=1) if flux.size else np.zeros(len(names))
     return {
         "pb_id": params.pb_id,
         "centre_window": centre,
@@ -225,7 +224,8 @@ def measure(
             "restored_peak_jy": mfs_peak,
             "residual_rms_jy": mfs_rms,
             "dynamic_range": mfs_peak / mfs_rms if mfs_rms > 0 else math.inf,
-            "sources": source_table(mfs_restored, wcs, names, ra, dec, mfs_flux),
+            # Taylor term 0 is the intensity at the reference frequency: the truth is there
+            "sources": source_table(mfs_restored, wcs, names, ra, dec, sky.mfs_apparent_jy),
         },
         "phase_rms_rad": phase_rms(truth, solved["GAIN"].values, solved["FLAG"].values),
         "phase_rms_rad_per_cycle": [c.get("phase_rms_rad") for c in cycles],

@@ -23,8 +23,8 @@ from steps.runner import DAEMON_STEP
 RECORD_TITLES = {  # lists of records in metrics.json, each shown as a table
     "sources": "Brightest sources (centre window): true apparent flux (the sky model times "
     "the station beam, Jy) against the restored peak (Jy/beam)",
-    "mfs.sources": "Brightest sources (MFS image): true apparent flux, mean over the windows "
-    "(Jy), against the restored peak (Jy/beam)",
+    "mfs.sources": "Brightest sources (MFS image): true apparent flux at the reference "
+    "frequency (Jy), against the restored peak (Jy/beam)",
     "ical.terms": "Calibration terms",
 }
 STYLE = """

@@ -98,8 +98,9 @@ ICAL_PARAMETERS = frozenset(
 )  # fmt: skip
 # bumped when a step's products change for the same parameters and inputs, so that products
 # an earlier version made are made anew (their successors follow, their inputs changed):
-# simulate 2, uvw in the J2000 frame; calibrate 2, the solved gains flag stations without data
-PRODUCTS_VERSION = {"simulate": 2, "calibrate": 2}
+# simulate 2, uvw in the J2000 frame; simulate 3, sky_model.csv has the apparent fluxes at the
+# MFS reference frequency; calibrate 2, the solved gains flag stations without data
+PRODUCTS_VERSION = {"simulate": 3, "calibrate": 2}
 # what each step does not read (so does not key it): the corruption only corrupt reads; the
 # MS exports are simulate's and calibrate's
 NOT_READ = {

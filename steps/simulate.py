@@ -22,7 +22,7 @@ from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
 from steps.params import Params
 from steps.science import C_M_S, beam, catalogue, layout, predict, sky, synthetic
-from steps.skyfile import write_sky
+from steps.skyfile import SkyTruth, write_sky
 
 LOW_ELEVATION_DEG = 20.0  # a phase centre lower than this at some hour angle is warned of
 
@@ -80,8 +80,8 @@ def sky_components(params: Params) -> tuple[sky.Components, str]:
     return components, f"catalogue {path} ({len(components.names)} sources, sha256 {_sha256(path)})"
 
 
-def field_components(params: Params) -> tuple[sky.Components, np.ndarray, str]:
-    """Components inside the image, their apparent fluxes (nsrc, nwindow) and provenance.
+def field_components(params: Params) -> tuple[SkyTruth, str]:
+    """Components inside the image with their apparent fluxes, and their provenance.
 
     An empty sky is an error (a field not covered by the chosen model, or a flux limit above
     every source).
@@ -100,10 +100,12 @@ def field_components(params: Params) -> tuple[sky.Components, np.ndarray, str]:
             + (f"; flux_limit = {params.flux_limit:g} Jy)" if limited else ")")
         )
     components = components.select(inside)
+    freqs = np.asarray(params.frequencies())
+    mfs_freq = float(freqs.mean())  # the MFS reference frequency, as ICAL's and image's
     apparent = sky.apparent_flux(
-        components, np.asarray(params.frequencies()), params.ra, params.dec, beam.StationBeam()
+        components, np.append(freqs, mfs_freq), params.ra, params.dec, beam.StationBeam()
     )
-    return components, apparent, provenance
+    return SkyTruth(components, freqs, apparent[:, :-1], mfs_freq, apparent[:, -1]), provenance
 
 
 def _sha256(path: Path) -> str:
@@ -175,7 +177,8 @@ def undersampled(cell_rad: float, uvw: np.ndarray, freqs_hz: np.ndarray) -> str 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
     stations, obs = observation(params)
-    components, apparent, sky_provenance = field_components(params)
+    truth, sky_provenance = field_components(params)
+    components, apparent = truth.components, truth.apparent_jy
     LOG.info(
         "Simulating %d stations, %d baselines, %d times, %d windows, %d components (%s sky)",
         len(stations.names),
@@ -209,7 +212,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     }
     tmp = store.create(buffers.model, obs, attrs)
     lmn = np.stack(sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec))
-    write_sky(buffers.sky, components, apparent, obs.frequencies, params.sky_model)
+    write_sky(buffers.sky, truth, params.sky_model)
     chunks = [(i, t) for i in range(len(obs.frequencies)) for t in store.time_chunks(tmp)]
     with engine(params.n_workers, [__name__]) as client:
         LOG.info("Running simulation pipeline")

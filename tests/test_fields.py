@@ -1,6 +1,8 @@
 """Other fields end to end: a user catalogue at RA 150, Dec -60 lands where the file put it."""
 
+import csv
 import json
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +10,13 @@ import pytest
 import zarr
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy.interpolate import RectBivariateSpline
 
 from steps import simulate
 from steps.buffers import Buffers
 from steps.params import parse
-from steps.science import layout
+from steps.science import beam, layout, sky
+from steps.science.sky import DATA_DIR
 from steps.skyfile import read_sky
 from tests.small_run import run_in_process
 
@@ -53,7 +57,8 @@ def test_sources_appear_where_the_file_put_them(run) -> None:
         header, data = hdul[0].header, hdul[0].data
     wcs = WCS(header).celestial
     assert header["CRVAL1"] == pytest.approx(150.0) and header["CRVAL2"] == pytest.approx(-60.0)
-    components, freqs, apparent = read_sky(buffers.sky)
+    sky = read_sky(buffers.sky)
+    components, freqs, apparent = sky.components, sky.freqs_hz, sky.apparent_jy
     assert components.names == ["east", "south", "north"]
     np.testing.assert_allclose(freqs, params.frequencies(), atol=100.0)
     plane = data[params.nfreqwin // 2, 0]
@@ -84,13 +89,62 @@ def test_provenance_in_store_and_metrics(run) -> None:
     assert {row["name"] for row in metrics["sources"]} == {"east", "south", "north"}
 
 
+def test_mfs_truth_is_the_flux_at_the_reference_frequency(run) -> None:
+    """metrics.json's MFS truth is each catalogue power law at the windows' mean, 100 MHz,
+    times the station beam there: 0.15-1.1 % off the windows' mean apparent flux, which the
+    truth once was, for these sources 2 deg out."""
+    params, buffers = run
+    catalogue = {row["name"]: row for row in csv.DictReader(StringIO(CATALOGUE))}
+    names = list(catalogue)
+    ra, dec = (np.array([float(catalogue[n][k]) for n in names]) for k in ("ra_deg", "dec_deg"))
+    l, m, _ = sky.lmn(ra, dec, params.ra, params.dec)  # noqa: E741
+    expected = [
+        float(catalogue[n]["flux_jy"])
+        * (100e6 / float(catalogue[n]["ref_freq_hz"])) ** float(catalogue[n]["alpha"])
+        for n in names
+    ] * beam.StationBeam().power(l, m, 100e6)
+    truth = {
+        s["name"]: s["true_flux_jy"]
+        for s in json.loads(buffers.metrics.read_text())["mfs"]["sources"]
+    }
+    np.testing.assert_allclose([truth[n] for n in names], expected, rtol=1e-8)
+    windows_mean = read_sky(buffers.sky).apparent_jy.mean(axis=1)
+    assert np.all(np.abs(windows_mean / expected - 1) > 1e-3)
+
+
+def test_mfs_truth_by_hand(tmp_path: Path) -> None:
+    """simulate's MFS truth by hand, at 110 MHz (windows 90, 110 and 130 MHz): a source on
+    the phase centre has its power law's flux there (the beam is 1); one 4 deg north also
+    the beam image's value at m = sin 4 deg scaled to 100 MHz (the beam shrinks as 1/nu),
+    read with a spline of its own, over its value at the centre."""
+    (tmp_path / "cat.csv").write_text(
+        "name,ra_deg,dec_deg,flux_jy,ref_freq_hz,alpha\n"
+        "centre,150.0,-60.0,3.0,150e6,-0.8\nnorth,150.0,-56.0,5.0,100e6,0.4\n"
+    )
+    band = {"freq_min": 90e6, "freq_max": 130e6, "nfreqwin": 3}
+    truth, _ = simulate.field_components(
+        parse({**SMALL, **band, "sky_model": str(tmp_path / "cat.csv")})
+    )
+    with fits.open(DATA_DIR / "ska1_low_beam_100mhz.fits") as hdul:
+        header, image = hdul[0].header, hdul[0].data[0, 0].astype(float)
+    spline = RectBivariateSpline(np.arange(image.shape[0]), np.arange(image.shape[1]), image)
+    cy, cx = header["CRPIX2"] - 1, header["CRPIX1"] - 1
+    y = cy + np.sin(np.radians(4.0)) * (110e6 / 100e6) / np.radians(header["CDELT2"])
+    gain = spline.ev(y, cx) / spline.ev(cy, cx)
+    assert truth.mfs_freq_hz == 110e6
+    expected = [3.0 * (110 / 150) ** -0.8, 5.0 * 1.1**0.4 * gain]
+    np.testing.assert_allclose(truth.mfs_apparent_jy, expected, rtol=1e-9)
+    assert gain == pytest.approx(0.26, abs=0.01)  # the main lobe's edge, off any pixel centre
+
+
 def test_synthetic_field_and_a_layout_file(tmp_path: Path) -> None:
     params = parse({**SMALL, "sky_model": "synthetic", "flux_limit": 1.0})
-    components, apparent, provenance = simulate.field_components(params)
-    assert len(components.names) > 10 and apparent.shape == (len(components.names), 2)
+    truth, provenance = simulate.field_components(params)
+    count = len(truth.components.names)
+    assert count > 10 and truth.apparent_jy.shape == (count, 2)
     assert "seed 180555" in provenance
-    again, _, _ = simulate.field_components(params)
-    np.testing.assert_array_equal(components.ra_deg, again.ra_deg)
+    again, _ = simulate.field_components(params)
+    np.testing.assert_array_equal(truth.components.ra_deg, again.components.ra_deg)
     # a user layout (WGS84 CSV of the core, same centre) gives the shipped layout's baselines
     rows = (layout.DATA_DIR / "ska1_low_stations.csv").read_text().splitlines()
     path = tmp_path / "core.csv"
