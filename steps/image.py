@@ -4,8 +4,8 @@ Each window's final residual ``invert(calibrated - predict(model))`` was made by
 on the Dask worker holding the window (``ical_model.zarr``); the ICAL PSFs give the clean
 beams, one per window (a ``BEAMS`` table in the cubes, as CASA writes them).  Writes FITS
 cubes (``deconvolved``, ``residual``, ``restored``, window by window: the step holds a few
-planes, never a cube), MFS images (``mfs_restored``,
-``mfs_residual``, ``mfs_model``, and ``mfs_alpha``, the apparent spectral index where the
+planes, never a cube), MFS images (``mfs_restored`` = ``mfs_model`` restored onto
+``mfs_residual``, Taylor term 0 of each; ``mfs_alpha``, the apparent spectral index where the
 signal allows) and ``metrics.json``.
 """
 
@@ -38,6 +38,10 @@ ALPHA_HISTORY = (
     "Apparent spectral index I1/I0 of the restored Taylor terms, x = (nu - nu_ref) / nu_ref:",
     "the sky's times the station beam's (not corrected for the beam's chromaticity).",
 )
+MFS_RESIDUAL_HISTORY = (
+    "Residual Taylor term 0: the residual moment images through the inverse PSF-peak Hessian",
+    "(MS-MFS principal solution, Rau & Cornwell 2011), the residual mfs_restored holds.",
+)
 
 
 def run(params: Params, buffers: Buffers) -> dict[str, str]:
@@ -65,12 +69,13 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     beam = beams[centre]  # the primary header's: the window the metrics are of
     mfs_beam = restore.fit_clean_beam(psf_mom[0], params.cellsize)
     res_mom = deconvolve.moments(planes(products["RESIDUAL"]), weights[:nt], sumwt)
-    # residual Taylor coefficients: the moment residuals through the PSF-peak Hessian
+    # residual Taylor coefficients: the moment residuals through the PSF-peak Hessian, as
+    # CASA's mtmfs restores; term 0 is the MFS residual written, restored and measured
     peak = psf_mom[:, params.npixel // 2, params.npixel // 2]
     hess = peak[np.add.outer(np.arange(nt), np.arange(nt))]
     res_taylor = np.tensordot(np.linalg.inv(hess / peak[0]), res_mom, axes=(1, 0))
     mfs_restored = restore.restore(taylor, res_taylor, mfs_beam)
-    alpha = spectral_index(mfs_restored, res_mom[0])
+    alpha = spectral_index(mfs_restored, res_taylor[0])
 
     buffers.img.mkdir(parents=True, exist_ok=True)
     header = observation(calibrated, params)
@@ -100,7 +105,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
                 centre_planes = restored, residual
     fitsio.write_image(buffers.image("mfs_model"), taylor[0], bunit="JY/PIXEL", **mfs)
     fitsio.write_image(
-        buffers.image("mfs_residual"), res_mom[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
+        buffers.image("mfs_residual"),
+        res_taylor[0],
+        bunit="JY/BEAM",
+        beam=mfs_beam,
+        history=MFS_RESIDUAL_HISTORY,
+        **mfs,
     )
     fitsio.write_image(
         buffers.image("mfs_restored"), mfs_restored[0], bunit="JY/BEAM", beam=mfs_beam, **mfs
@@ -121,7 +131,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         bunit="",
         **{**header, "freqs_hz": freqs[centre : centre + 1], "channel_width_hz": channel_width},
     )
-    metrics = measure(params, buffers, *centre_planes, mfs_restored[0], res_mom[0], beam)
+    metrics = measure(params, buffers, *centre_planes, mfs_restored[0], res_taylor[0], beam)
     metrics["step_timings_s"] = {
         "image": round(time.perf_counter() - started, 3),  # without a timeline: this run()
         **step_timings(params.config_db, params.pb_id, running="image"),

@@ -102,6 +102,28 @@ def test_spectral_index_follows_the_apparent_spectra(run: SmallRun) -> None:
         )
 
 
+def test_mfs_restored_is_the_model_restored_onto_the_residual_written(
+    three_terms: Buffers,
+) -> None:
+    """With three Taylor terms, the PSF-peak Hessian couples term 0's residual to term 2's:
+    ``mfs_residual`` is the residual ``mfs_restored`` holds (once the moment residual, 7 rms
+    of it off), and metrics.json's MFS rms is that image's."""
+    (restored, header), (model, _), (residual, _) = (
+        fitsio.read_image(three_terms.image(name))
+        for name in ("mfs_restored", "mfs_model", "mfs_residual")
+    )
+    bmaj, bmin, bpa = header["BMAJ"], header["BMIN"], header["BPA"]  # the header's own beam
+    sigmas = np.array([bmaj, bmin]) / abs(header["CDELT2"]) / restore.FWHM_PER_SIGMA
+    beam = restore.Beam(bmaj, bmin, bpa, *sigmas, np.radians(bpa))
+    restored, model, residual = (a[0, 0].astype(float) for a in (restored, model, residual))
+    rms = float(np.sqrt(np.mean(residual**2)))
+    expected = restore.restore(model, residual, beam)
+    assert np.abs(restored - expected).max() < 1e-3 * rms
+    metrics = json.loads(three_terms.metrics.read_text())["mfs"]
+    assert metrics["residual_rms_jy"] == pytest.approx(rms, rel=1e-6)
+    assert metrics["dynamic_range"] == pytest.approx(restored.max() / rms, rel=1e-6)
+
+
 def test_three_terms_restore_the_flux_at_the_reference_frequency(three_terms: Buffers) -> None:
     """Taylor term 0 of three is the intensity at the reference frequency, which the MFS
     truth now is: the four brightest within 1.5 % of it (0.92-0.97 of the windows' mean flux,
