@@ -38,7 +38,7 @@ from steps.dask_ee import engine
 from steps.log import LOG, Progress
 from steps.metrics import phase_rms, shift_removed_phase_rms, station_uvw
 from steps.params import Params
-from steps.science import gains, ical, imaging
+from steps.science import gains, ical, imaging, reference_frequency
 
 RESUBMITS = 3  # times a band's task goes again after its scattered inputs were lost
 WORSE_FLOOR_RAD = 0.01  # a phase error below this never counts as calibration gone wrong
@@ -471,7 +471,7 @@ def model_store(
         attrs={
             "type": "model",
             "units": "Jy/pixel",
-            "reference_frequency_hz": float(np.mean(freqs)),
+            "reference_frequency_hz": reference_frequency(freqs),
             "cell_rad": params.cellsize,
             "algorithm": params.algorithm,
         },

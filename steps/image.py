@@ -28,7 +28,7 @@ from steps.buffers import Buffers
 from steps.log import LOG
 from steps.metrics import phase_rms, source_table, step_timings
 from steps.params import Params
-from steps.science import deconvolve, fitsio, restore
+from steps.science import deconvolve, fitsio, reference_frequency, restore
 from steps.skyfile import read_sky
 
 ALPHA_SNR = 10.0  # spectral index where the restored MFS image exceeds this many residual rms
@@ -53,7 +53,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     taylor = products["TAYLOR"].values
     sumwt = products["SUMWT"].values
     freqs = calibrated["frequency"].values
-    ref = float(freqs.mean())
+    ref = reference_frequency(freqs)
     centre = len(freqs) // 2
     nt = taylor.shape[0]
     weights = deconvolve.taylor_weights(freqs, ref, 2 * nt - 1)
@@ -230,7 +230,7 @@ def measure(
         "residual_rms_jy": rms,
         "dynamic_range": peak / rms if rms > 0 else math.inf,
         "mfs": {
-            "reference_frequency_hz": float(np.mean(params.frequencies())),
+            "reference_frequency_hz": reference_frequency(params.frequencies()),
             "restored_peak_jy": mfs_peak,
             "residual_rms_jy": mfs_rms,
             "dynamic_range": mfs_peak / mfs_rms if mfs_rms > 0 else math.inf,

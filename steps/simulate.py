@@ -21,7 +21,16 @@ from steps.buffers import Buffers, resolve
 from steps.dask_ee import engine, map_tasks
 from steps.log import LOG
 from steps.params import Params
-from steps.science import C_M_S, beam, catalogue, layout, predict, sky, synthetic
+from steps.science import (
+    C_M_S,
+    beam,
+    catalogue,
+    layout,
+    predict,
+    reference_frequency,
+    sky,
+    synthetic,
+)
 from steps.skyfile import SkyTruth, write_sky
 
 LOW_ELEVATION_DEG = 20.0  # a phase centre lower than this at some hour angle is warned of
@@ -101,7 +110,7 @@ def field_components(params: Params) -> tuple[SkyTruth, str]:
         )
     components = components.select(inside)
     freqs = np.asarray(params.frequencies())
-    mfs_freq = float(freqs.mean())  # the MFS reference frequency, as ICAL's and image's
+    mfs_freq = reference_frequency(freqs)
     apparent = sky.apparent_flux(
         components, np.append(freqs, mfs_freq), params.ra, params.dec, beam.StationBeam()
     )

@@ -16,7 +16,7 @@ from steps.science import sky
 SKY_COLUMNS = ("name", "ra_deg", "dec_deg", "flux_ref_jy", "alpha")
 SHAPE_COLUMNS = ("ref_freq_hz", "curvature", "major_arcsec", "minor_arcsec", "pa_deg")
 APPARENT = re.compile(r"^apparent_([0-9.]+)mhz_jy$")
-MFS_APPARENT = re.compile(r"^apparent_mfs_([0-9.]+)mhz_jy$")
+MFS_APPARENT = re.compile(r"^mfs_apparent_([0-9.]+)mhz_jy$")
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +47,7 @@ def write_sky(path: Path, truth: SkyTruth, origin: str) -> None:
     with atomic.replacing(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         apparent_columns = [f"apparent_{f / 1e6:.4f}mhz_jy" for f in truth.freqs_hz]
-        mfs_column = f"apparent_mfs_{truth.mfs_freq_hz / 1e6:.4f}mhz_jy"
+        mfs_column = f"mfs_apparent_{truth.mfs_freq_hz / 1e6:.4f}mhz_jy"
         writer.writerow([*SKY_COLUMNS, *apparent_columns, mfs_column, *SHAPE_COLUMNS, "origin"])
         for i, name in enumerate(components.names):
             writer.writerow(
@@ -73,7 +73,7 @@ def read_sky(path: Path) -> SkyTruth:
     mfs_column = next((c for c in header if MFS_APPARENT.match(c)), None)
     if mfs_column is None:
         raise ValueError(
-            f"{path} has no apparent_mfs_<MHz>mhz_jy column (an earlier version of "
+            f"{path} has no mfs_apparent_<MHz>mhz_jy column (an earlier version of "
             "simulate wrote it): simulate again"
         )
 

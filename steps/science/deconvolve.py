@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
+from steps.science import reference_frequency
 from steps.science.convolution import convolve
 
 TILE = 16
@@ -335,7 +336,7 @@ def msmfs(
     nchan = len(cube)
     freqs = np.asarray(freqs_hz, dtype=np.float64).reshape(nchan)
     w = np.ones(nchan) if chan_weights is None else np.asarray(chan_weights, dtype=np.float64)
-    ref = float(freqs.mean()) if ref_hz is None else float(ref_hz)
+    ref = reference_frequency(freqs) if ref_hz is None else float(ref_hz)
     nt = min(nmoment, nchan)
     taylor = taylor_weights(freqs, ref, 2 * nt - 1)
     extent = max(np.shape(cube[0])) if psf_support is None else int(psf_support)

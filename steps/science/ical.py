@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from steps.metrics import phase_rms
-from steps.science import clean, deconvolve, gains, imaging
+from steps.science import clean, deconvolve, gains, imaging, reference_frequency
 
 # a mapper calls fn(band, *args_i) for every band (args_i per band) and returns the results
 # in band order, as an iterable: one band's result at a time need be in memory
@@ -687,7 +687,7 @@ def run_ical(
     freqs = np.asarray(freqs_hz, dtype=np.float64)
     joint = settings.algorithm == "mmclean"
     nt = min(settings.nmoment, nwin) if joint else 1
-    taylor_w = deconvolve.taylor_weights(freqs, float(freqs.mean()), 2 * nt - 1)
+    taylor_w = deconvolve.taylor_weights(freqs, reference_frequency(freqs), 2 * nt - 1)
     couplings = (  # MS-MFS's PSF side, the same for every minor cycle
         deconvolve.couplings_of(
             deconvolve.moments(psfs, taylor_w, sumwt),
