@@ -89,6 +89,7 @@ FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}
 FAIL_FAST = "not scheduled: a task of the DAG failed (failFast)"
 OMITTED = "omitted: depends condition not met"  # Argo's message
 DEPENDS_RESULTS = {"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned"}
+LAST_RETRY = {f"lastRetry.{name}" for name in ("exitCode", "status", "duration", "message")}
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 STOPPED = "Stopped with strategy 'Stop'"  # Argo's message of `argo stop`
 GRACE_S = 30.0  # a pod's terminationGracePeriodSeconds (Kubernetes' default)
@@ -220,12 +221,25 @@ def _last_retry(node: Node) -> dict[str, str]:
     """The ``lastRetry`` variables of a retry expression, strings as Argo gives them (the
     exit code -1 when the attempt had none, the duration in seconds)."""
     duration = str(node.finished - node.attempt_started).removesuffix(".0")  # Go's %v
-    return {
+    return {  # the LAST_RETRY names
         "lastRetry.exitCode": str(-1 if node.exit_code is None else node.exit_code),
         "lastRetry.status": node.phase,
         "lastRetry.duration": duration,
         "lastRetry.message": node.message,
     }
+
+
+def _check_retry_expression(template: dict[str, Any]) -> None:
+    """Refuse, before anything runs, a retry expression the engine could not evaluate when
+    a step fails (one with ``{{...}}`` is checked then, once substituted)."""
+    text = template.get("retryStrategy", {}).get("expression")
+    if text is None or "{{" in text:
+        return
+    field = f"template {template['name']}: retryStrategy.expression"
+    with _refused(field):
+        names = parse(text).names
+    if unknown := sorted(names - LAST_RETRY):
+        raise WorkflowError(f"{field}: unknown name(s) {', '.join(unknown)} (known: lastRetry.*)")
 
 
 @contextlib.contextmanager
@@ -315,6 +329,7 @@ class LocalEngine:
                 _check_keys(
                     f"container of {template['name']}", template["container"], CONTAINER_KEYS
                 )
+            _check_retry_expression(template)
             if "dag" in template:
                 _check_keys(f"dag of {template['name']}", template["dag"], DAG_KEYS)
                 if "timeout" in template:  # as Argo's validation

@@ -35,7 +35,7 @@ def catalogue(buffers: Buffers) -> tuple[tuple[str, Path, str], ...]:
             ms_path(buffers.model),
             "simulated visibilities as a Measurement Set v2 (export_ms)",
         ),
-        ("vis", buffers.sky, "simulated sky components: position, apparent flux per window"),
+        ("vis", buffers.sky, "simulated sky: positions, apparent flux per window and at MFS"),
         ("vis", buffers.true_gains, "station gains applied by corrupt (the truth)"),
         ("vis", buffers.corrupted, "corrupted visibilities, Zarr"),
         ("vis", buffers.solved_gains, "station gains solved by calibrate"),

@@ -9,6 +9,7 @@ bridge that started it (a restarted bridge adopts it from the PB state).
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import shlex
 import socket
@@ -74,14 +75,25 @@ def config_db_url(value: str | None) -> str:
 
 
 def pods_db(url: str, name: str) -> str:
-    """``url`` if a cluster's pods can reach it (etcd://HOST:PORT), else ParamsError naming
-    ``name``: an embedded store lies on this machine only."""
-    if url.startswith("etcd://"):
+    """``url`` if a cluster's pods can reach it (etcd://HOST:PORT, HOST not this machine's
+    loopback, which is each pod's own), else ParamsError naming ``name``: an embedded store
+    lies on this machine only."""
+    if not url.startswith("etcd://"):
+        why = "etcd://HOST:PORT (not the embedded file store)"
+    elif _loopback(urlsplit(url).hostname or ""):
+        why = "etcd://HOST:PORT with a HOST the pods reach (a loopback address is each pod's own)"
+    else:
         return url
     raise parameters.ParamsError(
-        f"{name} {url}: the pods must reach the configuration database, so it must be "
-        "etcd://HOST:PORT (not the embedded file store)"
+        f"{name} {url}: the pods must reach the configuration database, so it must be {why}"
     )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def existing_db(url: str) -> str:

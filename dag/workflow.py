@@ -58,18 +58,19 @@ HEAVY_RESOURCES = m.ResourceRequirements(
         "memory": "{{workflow.parameters.memory_limit}}",
     },
 )
-# Step pods are retried unless their step failed on its own (exit code 1: runtime, 2: bad
-# input), ran past its deadline or out of its memory, as it would again: so the pods that the
-# cluster ended are, Argo's Errors (pod deleted, node lost) and the Failures of evicted,
-# preempted or drained pods (their step stopped by SIGTERM: exit code 143, or none at all).
+# Step pods that the cluster ended are retried: Argo's Errors (pod deleted, node lost) and
+# the Failures of evicted, preempted or drained pods, whose step was stopped by SIGTERM (exit
+# code 143), killed after its grace period (137) or left no exit code (-1); not a pod past
+# its deadline or its memory limit (OOMKilled), nor a step that failed on its own (exit code
+# 1: runtime, 2: bad input, or a crash such as 139), as it would again.
 # No maxDuration: activeDeadlineSeconds bounds each attempt, and Argo would count it from the
 # first attempt's start and impose it as the retries' deadline.
 POD_BACKOFF = m.Backoff(duration="30s", factor="2", cap="5m")
 POD_RETRY = m.RetryStrategy(
     limit="3",
     retry_policy="Always",
-    expression='lastRetry.status == "Error" || !(lastRetry.exitCode in ["1", "2"] || '
-    'lastRetry.message matches "deadline|OOMKilled")',
+    expression='lastRetry.status == "Error" || (lastRetry.exitCode in ["-1", "137", "143"] '
+    '&& !(lastRetry.message matches "deadline|OOMKilled"))',
     backoff=POD_BACKOFF,
 )
 # The exit handler is idempotent: retried on any failure (a configuration DB down for longer

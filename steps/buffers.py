@@ -63,7 +63,8 @@ class Buffers:
 
     @property
     def sky(self) -> Path:
-        """The sky actually simulated (catalogue, apparent fluxes per window)."""
+        """The sky actually simulated (catalogue; apparent fluxes per window and at the MFS
+        reference frequency)."""
         return self.vis / "sky_model.csv"
 
     @property

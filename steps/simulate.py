@@ -96,9 +96,7 @@ def field_components(params: Params) -> tuple[SkyTruth, str]:
     every source).
     """
     components, provenance = sky_components(params)
-    l, m, _ = sky.lmn(components.ra_deg, components.dec_deg, params.ra, params.dec)  # noqa: E741
-    half = params.npixel * params.cellsize / 2
-    inside = (np.abs(l) < half) & (np.abs(m) < half)  # direction cosines, as the pixels
+    inside = sky.inside_image(components, params.ra, params.dec, params.npixel, params.cellsize)
     if not inside.any():
         near = len(components.names)
         limited = params.sky_model in ("gleam", "synthetic")  # a catalogue is taken whole

@@ -213,16 +213,22 @@ def test_retry_policy_and_limit(tmp_path: Path, policy: str, limit: str, attempt
         ({"limit": "nan"}, r"retryStrategy\.limit: 'nan' is not an integer"),
         ({"backoff": {"duration": "1s", "factor": "two"}}, r"backoff\.factor: 'two' is not"),
         ({"backoff": {"factor": "2"}}, r"backoff: no base duration"),
+        # expressions outside the engine's subset of expr-lang (Argo has these), or naming
+        # what the engine does not give (Argo's `retries`): refused before anything runs
         ({"expression": "asInt(lastRetry.exitCode) > 1"}, r"retryStrategy\.expression: .*'> 1'"),
         ({"expression": "lastRetry.exitCode == 1"}, r"retryStrategy\.expression: .*'1'"),
+        ({"expression": "retries == '2'"}, r"retryStrategy\.expression: unknown name\(s\) retries"),
     ],
 )
-def test_a_retry_strategy_argo_would_refuse_is_refused(
+def test_a_retry_strategy_the_engine_cannot_follow_is_refused(
     tmp_path: Path, strategy: dict[str, Any], error: str
 ) -> None:
-    failing = counting_failure(tmp_path / "attempts", {"retryPolicy": "Always", **strategy})
+    """Limits and backoffs Argo refuses, and retry expressions the engine cannot evaluate."""
+    counter = tmp_path / "attempts"
+    failing = counting_failure(counter, {"retryPolicy": "Always", **strategy})
     with pytest.raises(WorkflowError, match=error):
         LocalEngine(workflow([failing], [task("f", "failing")]), tmp_path).run({})
+    assert not counter.exists() or "expression" not in strategy  # refused before it ran
 
 
 def shipped_retry(template: str) -> dict[str, Any]:
@@ -236,8 +242,10 @@ def shipped_retry(template: str) -> dict[str, Any]:
     [
         ("exit 1", 1, "Error (exit code 1); retryStrategy.expression evaluated to false"),
         ("exit 2", 1, "Error (exit code 2); retryStrategy.expression evaluated to false"),
+        ("exit 139", 1, "Error (exit code 139); retryStrategy.expression evaluated to false"),
         ("exit 143", 4, "Error (exit code 143); No more retries left"),
         ("kill -TERM $$", 4, "Error (exit code 143); No more retries left"),  # 128 + 15
+        ("kill -KILL $$", 4, "Error (exit code 137); No more retries left"),  # 128 + 9
         (
             "exec sleep 30",
             1,
@@ -248,8 +256,9 @@ def shipped_retry(template: str) -> dict[str, Any]:
 def test_step_pods_are_retried_when_the_cluster_ended_them(
     tmp_path: Path, script: str, attempts: int, message: str
 ) -> None:
-    """The shipped step retry: a step failing on its own (exit 1 or 2) or past its deadline
-    is not retried; one stopped by SIGTERM (eviction, drain, node shutdown) is."""
+    """The shipped step retry: a step failing on its own (exit 1 or 2, or crashing: 139) or
+    past its deadline is not retried; one stopped by SIGTERM (eviction, drain, node
+    shutdown) or killed after its grace period is."""
     counter = tmp_path / "attempts"
     step = {
         "name": "step",

@@ -66,7 +66,9 @@ def test_frequencies_and_hour_angles():
         # the shipped GLEAM subset stops at 1 Jy; its brightest source is 22.4 Jy
         ({"flux_limit": 0.2}, ["flux_limit = 0.2", "only S151 > 1 Jy", "allowed >= 1"]),
         ({"flux_limit": 30.0}, ["flux_limit = 30.0", "brightest there: 22.4382 Jy"]),
-        ({"npixel": 32, "cellsize": 1e-5}, ["flux_limit", "no GLEAM source lies within"]),
+        ({"npixel": 32, "cellsize": 1e-5}, ["flux_limit", "no GLEAM source lies inside"]),
+        # in the circle through the image's corners, but not inside the image
+        ({"npixel": 64, "cellsize": 0.002, "flux_limit": 14.4}, ["brightest there: 6.40893 Jy"]),
         ({"cpu_request": "8", "cpu_limit": "4"}, ["cpu_request", "'8'", "<= cpu_limit (4)"]),
         ({"cpu_request": "0"}, ["cpu_request", "'0'", "> 0"]),
         ({"memory_request": "16Gi"}, ["memory_request", "'16Gi'", "<= memory_limit (8Gi)"]),

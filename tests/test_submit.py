@@ -221,6 +221,9 @@ def test_a_cluster_run_needs_its_processing_block_and_database(tmp_path, capsys)
     assert "config_db: required to run on a cluster" in capsys.readouterr().err
     assert main(["submit", str(path), "--dry-run", *pb, "-p", f"config_db={tmp_path}"]) == 2
     assert "must be etcd://HOST:PORT (not the embedded file store)" in capsys.readouterr().err
+    for loopback in ("etcd://127.0.0.1:2379", "etcd://localhost:2379", "etcd://[::1]:2379"):
+        assert main(["submit", str(path), "--dry-run", *pb, "-p", f"config_db={loopback}"]) == 2
+        assert "a loopback address is each pod's own" in capsys.readouterr().err
     assert main(["submit", str(path), "--dry-run", *pb, "-p", f"config_db={CONFIG_DB}"]) == 0
 
 

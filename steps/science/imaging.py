@@ -33,7 +33,7 @@ from steps.science import C_M_S
 
 _FLIPS = {"flip_u": False, "flip_v": True, "flip_w": True}
 SINGLE_PRECISION_EPSILON = 1e-5
-MIN_SIDE = 32  # pixels: the smallest image ducc0 grids
+MIN_SIDE = 32  # pixels: the least box predicted (ducc0's documented least image)
 
 
 def real_type(epsilon: float) -> type[np.floating]:
@@ -122,8 +122,8 @@ def predict(
     """Visibilities ``(nrow, nchan)`` of a Jy/pixel model image (adjoint of ``invert``).
 
     Only the model's support (``support``) is gridded, centred where it lies in the image:
-    the same visibilities to the gridder's accuracy, at the cost of a smaller grid with
-    fewer w-planes."""
+    the same visibilities to the gridder's accuracy, from a smaller grid with fewer
+    w-planes."""
     rows, cols = support(model)
     if rows.start == rows.stop:  # an empty model
         return np.zeros((np.shape(uvw)[0], np.size(freqs_hz)), dtype=np.complex128)

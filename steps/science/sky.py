@@ -196,21 +196,30 @@ def gleam_flux_problem(
             f"the shipped GLEAM subset holds only S151 > {GLEAM_MIN_FLUX_JY:g} Jy: allowed "
             f">= {GLEAM_MIN_FLUX_JY:g} for sky_model = 'gleam' (fainter: 'synthetic')"
         )
-    radius = image_radius_deg(npixel, cell_rad)
-    field = load_gleam(GLEAM_MIN_FLUX_JY, ra_deg, dec_deg, radius)
-    brightest = float(field.flux_ref_jy.max(initial=0.0))
+    near = load_gleam(GLEAM_MIN_FLUX_JY, ra_deg, dec_deg, image_radius_deg(npixel, cell_rad))
+    field = near.flux_ref_jy[inside_image(near, ra_deg, dec_deg, npixel, cell_rad)]
+    brightest = float(field.max(initial=0.0))
     if brightest > flux_limit_jy:
         return None
-    if not field.names:
+    if not field.size:
         return (
-            f"no GLEAM source lies within {radius:.3g} deg of the phase centre: image a larger "
-            "field, or use sky_model = 'synthetic'"
+            "no GLEAM source lies inside the image: image a larger field, or use sky_model = "
+            "'synthetic'"
         )
     return (
-        f"no GLEAM source is brighter within {radius:.3g} deg of the phase centre (the "
-        f"brightest there: {brightest:g} Jy at 151 MHz); allowed {GLEAM_MIN_FLUX_JY:g} to "
-        f"below {brightest:g}"
+        f"no GLEAM source inside the image is brighter (the brightest there: {brightest:g} "
+        f"Jy at 151 MHz); allowed {GLEAM_MIN_FLUX_JY:g} to below {brightest:g}"
     )
+
+
+def inside_image(
+    components: Components, ra_deg: float, dec_deg: float, npixel: int, cell_rad: float
+) -> np.ndarray:
+    """Which components lie inside an ``npixel``² image of ``cell_rad`` pixels (direction
+    cosines, as the pixels) centred on (ra, dec)."""
+    l, m, _ = lmn(components.ra_deg, components.dec_deg, ra_deg, dec_deg)  # noqa: E741
+    half = npixel * cell_rad / 2
+    return (np.abs(l) < half) & (np.abs(m) < half)
 
 
 def apparent_flux(
