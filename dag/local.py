@@ -330,6 +330,8 @@ class LocalEngine:
                     f"container of {template['name']}", template["container"], CONTAINER_KEYS
                 )
             _check_retry_expression(template)
+            if re.fullmatch(r"[\d.]+", str(template.get("timeout", "s"))):  # as Go parses it
+                raise WorkflowError(f"templates.{template['name']}.timeout: no unit")
             if "dag" in template:
                 _check_keys(f"dag of {template['name']}", template["dag"], DAG_KEYS)
                 if "timeout" in template:  # as Argo's validation

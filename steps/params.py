@@ -174,9 +174,10 @@ class Params(BaseModel):
     calibration_context: str = Field(
         "TGB", pattern=r"^T?G?B?$", description="Calibration terms solved in ICAL, in order"
     )
-    t_first_selfcal: int = Field(1, ge=0, le=50, description="First major cycle solving T")
-    g_first_selfcal: int = Field(3, ge=0, le=50, description="First major cycle solving G")
-    b_first_selfcal: int = Field(4, ge=0, le=50, description="First major cycle solving B")
+    # cycle 0 images the data as they are: there is no model to solve against before it
+    t_first_selfcal: int = Field(1, ge=0, le=50, description="First major cycle solving T (0: 1)")
+    g_first_selfcal: int = Field(3, ge=0, le=50, description="First major cycle solving G (0: 1)")
+    b_first_selfcal: int = Field(4, ge=0, le=50, description="First major cycle solving B (0: 1)")
     global_solution: bool = Field(
         False, description="Solve each term once for all windows (default: per window)"
     )

@@ -708,6 +708,9 @@ def test_a_template_timeout_ends_the_pod_that_runs_past_it(tmp_path: Path) -> No
     dag_timeout["spec"]["templates"][0]["timeout"] = "1m"
     with pytest.raises(WorkflowError, match="a DAG has no timeout"):
         LocalEngine(dag_timeout, tmp_path)
+    unitless = workflow([{**waiting, "timeout": "900"}], [task("w", "waiting")])
+    with pytest.raises(WorkflowError, match=r"templates\.waiting\.timeout: no unit"):
+        LocalEngine(unitless, tmp_path)  # Argo's validation refuses it (Go's ParseDuration)
 
 
 def test_a_pod_in_its_grace_period_holds_up_no_other(
