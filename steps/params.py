@@ -175,9 +175,9 @@ class Params(BaseModel):
         "TGB", pattern=r"^T?G?B?$", description="Calibration terms solved in ICAL, in order"
     )
     # cycle 0 images the data as they are: there is no model to solve against before it
-    t_first_selfcal: int = Field(1, ge=0, le=50, description="First major cycle solving T (0: 1)")
-    g_first_selfcal: int = Field(3, ge=0, le=50, description="First major cycle solving G (0: 1)")
-    b_first_selfcal: int = Field(4, ge=0, le=50, description="First major cycle solving B (0: 1)")
+    t_first_selfcal: int = Field(1, ge=0, le=50, description="First cycle solving T (0 acts as 1)")
+    g_first_selfcal: int = Field(3, ge=0, le=50, description="First cycle solving G (0 acts as 1)")
+    b_first_selfcal: int = Field(4, ge=0, le=50, description="First cycle solving B (0 acts as 1)")
     global_solution: bool = Field(
         False, description="Solve each term once for all windows (default: per window)"
     )
