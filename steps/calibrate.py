@@ -145,6 +145,19 @@ def setting_notes(params: Params, nwin: int) -> list[str]:
     return notes
 
 
+def term_record(term: ical.Term, ntimes: int, integration_s: float) -> dict[str, Any]:
+    """A calibration term as the ICAL record gives it, with the solution interval in effect
+    (at most the whole observation), in integrations and seconds."""
+    interval = min(term.interval, ntimes)
+    return {
+        "name": term.name,
+        "first_selfcal": term.first_selfcal,
+        "phase_only": term.phase_only,
+        "interval_integrations": interval,
+        "interval_s": interval * integration_s,
+    }
+
+
 def read_window(source: WindowSource) -> ical.Window:
     """Read one window of the store with its PSF (made and saved the first time)."""
     group = zarr.open_group(source.store, mode="r")
@@ -403,18 +416,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     record = {
         "algorithm": params.algorithm,
         "calibration_context": params.calibration_context,
-        "terms": [
-            {
-                "name": t.name,
-                "first_selfcal": t.first_selfcal,
-                "phase_only": t.phase_only,
-                # in effect: a solution interval holds at most the whole observation
-                "interval_integrations": min(t.interval, ntimes),
-                "interval_s": min(t.interval, ntimes) * obs.integration_time,
-            }
-            for t in settings.terms
-        ],
-        **({"nmoment": min(params.nmoment, nwin)} if params.algorithm == "mmclean" else {}),
+        "terms": [term_record(t, ntimes, obs.integration_time) for t in settings.terms],
+        **({"nmoment": len(result.taylor)} if params.algorithm == "mmclean" else {}),
         "nmajor": settings.nmajor,  # at most: the cycles stop once converged or diverged
         "stopped": result.stopped,
         "cycles": result.convergence,
