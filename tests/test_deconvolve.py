@@ -140,6 +140,31 @@ def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> No
         deconvolve.msmfs_moments(np.zeros((3, NPIX, NPIX)), psf)
 
 
+def test_a_cleaner_called_again_cleans_as_a_fresh_one(big_psfs: np.ndarray) -> None:
+    """ICAL's minor cycles share one Cleaner and its working memory: nothing of one call
+    leaks into the next, and moments of another image size are refused."""
+    pmom = deconvolve.moments(big_psfs, deconvolve.taylor_weights(FREQS, REF, 3), np.ones(5))
+    couplings = deconvolve.couplings_of(pmom, (NPIX, NPIX), (0, 3, 10), psf_support=40)
+    one = np.stack(
+        [10 * _shifted(pmom[t], 64, 64) + 3 * _shifted(pmom[t + 1], 64, 64) for t in (0, 1)]
+    )
+    two = np.stack(
+        [-4 * _shifted(pmom[t], 30, 90) + 7 * _shifted(pmom[t], 100, 20) for t in (0, 1)]
+    )
+    clean = deconvolve.Cleaner(couplings, (NPIX, NPIX))
+    again = [clean(d, niter=40, fractional_threshold=0.0) for d in (one, two, one)]
+    fresh = [
+        deconvolve.Cleaner(couplings, (NPIX, NPIX))(d, niter=40, fractional_threshold=0.0)
+        for d in (one, two)
+    ]
+    for found, expected in zip(again, [*fresh, fresh[0]], strict=True):
+        assert found.ncomponents == expected.ncomponents == 40
+        np.testing.assert_array_equal(found.model, expected.model)
+        np.testing.assert_array_equal(found.residual, expected.residual)
+    with pytest.raises(ValueError, match=r"pixels, made for \(128, 128\)"):
+        clean(np.zeros((2, NPIX, NPIX // 2)))
+
+
 def test_couplings_smooth_each_psf_moment_with_both_scales(big_psfs: np.ndarray) -> None:
     """P_{s,p,k} = Phi_s * Phi_p * P_k over the patch, divided by the PSF's peak, also when
     the first scale is not a delta (the (0, 0) coupling once took its kernel only once)."""

@@ -3,6 +3,8 @@ of every step process that deconvolves or restores)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ducc0
 import numpy as np
 
@@ -31,3 +33,61 @@ def convolve(image: np.ndarray, kernel: np.ndarray, same: bool = True) -> np.nda
         return out[..., : full[0], : full[1]]
     y0, x0 = (ky - 1) // 2, (kx - 1) // 2
     return out[..., y0 : y0 + ny, x0 : x0 + nx]
+
+
+class Smoother:
+    """'Same'-size convolutions of image stacks of one ``shape`` (..., ny, nx) with fixed
+    odd-sized kernels centred on their middle pixel, as ``convolve`` makes them (zero-padded,
+    nothing wraps around), for callers that repeat them: the kernels' spectra are made once,
+    each stack is transformed once for all kernels, and the FFT grids are allocated once."""
+
+    def __init__(self, kernels: Sequence[np.ndarray], shape: tuple[int, ...]) -> None:
+        if any(k.ndim != 2 or k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0 for k in kernels):
+            raise ValueError("Smoother kernels must be 2-D and odd-sized")
+        self.shape = tuple(shape)
+        ny, nx = self.shape[-2:]
+        hy = max(k.shape[0] // 2 for k in kernels)
+        hx = max(k.shape[1] // 2 for k in kernels)
+        padded = (ducc0.fft.good_size(ny + hy, True), ducc0.fft.good_size(nx + hx, True))
+        self._grid = np.zeros(self.shape[:-2] + padded)  # the padding stays zero
+        self._back = np.empty_like(self._grid)
+        self._spectrum = ducc0.fft.r2c(self._grid, axes=(-2, -1))
+        self._product = np.empty_like(self._spectrum)
+        self._kernels = [
+            float(k[0, 0]) if k.size == 1 else self._centred(k, padded) for k in kernels
+        ]
+
+    @staticmethod
+    def _centred(kernel: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
+        """Spectrum of ``kernel`` with its middle pixel moved to (0, 0), wrapping around:
+        the circular convolution of the padded image is then the 'same' one, unshifted."""
+        grid = np.zeros(padded)
+        ky, kx = kernel.shape
+        rows = np.arange(-(ky // 2), ky // 2 + 1) % padded[0]
+        cols = np.arange(-(kx // 2), kx // 2 + 1) % padded[1]
+        grid[np.ix_(rows, cols)] = kernel
+        return ducc0.fft.r2c(grid)
+
+    def __call__(self, images: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``images`` (``shape``) convolved with each kernel into ``out`` (nkernel, *shape)."""
+        ny, nx = self.shape[-2:]
+        self._grid[..., :ny, :nx] = images
+        transformed = False
+        for target, kernel in zip(out, self._kernels, strict=True):
+            if isinstance(kernel, float):  # a 1 x 1 kernel: a scale factor
+                np.multiply(images, kernel, out=target)
+                continue
+            if not transformed:
+                ducc0.fft.r2c(self._grid, axes=(-2, -1), out=self._spectrum)
+                transformed = True
+            np.multiply(self._spectrum, kernel, out=self._product)
+            ducc0.fft.c2r(
+                self._product,
+                axes=(-2, -1),
+                lastsize=self._grid.shape[-1],
+                forward=False,
+                inorm=2,
+                out=self._back,
+            )
+            target[...] = self._back[..., :ny, :nx]
+        return out

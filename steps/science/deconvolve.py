@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from steps.science import reference_frequency
-from steps.science.convolution import convolve
+from steps.science.convolution import Smoother, convolve
 
 TILE = 16
 
@@ -216,16 +216,20 @@ def _msmfs_kernel(
     res: np.ndarray,
     hinv: np.ndarray,
     psfs: np.ndarray,
-    comps: np.ndarray,
+    found: np.ndarray,
+    amps: np.ndarray,
+    crit: np.ndarray,
     mask: np.ndarray,
     gain: float,
     niter: int,
     threshold: float,
 ) -> int:
-    """Clean ``res`` (ns, nt, ny, nx) in place, adding to ``comps``; return the iterations.
+    """Clean ``res`` (ns, nt, ny, nx) in place; return the number of components n, whose
+    (scale, y, x) are ``found[:n]`` and Taylor amplitudes ``amps[:n]`` (niter, nt).
 
     ``psfs`` (ns, ns, 2 nt - 1, 2S, 2S) hold ``P_{s,p,k}`` centred at (S, S); ``hinv``
-    (ns, nt, nt); ``mask`` (ns, ny, nx) where each scale may place components.
+    (ns, nt, nt); ``crit`` (ns, ny, nx) is working memory for the criterion; ``mask``
+    (ns, ny, nx) where each scale may place components.
     """
     ns, nt, ny, nx = res.shape
     half = psfs.shape[-1] // 2
@@ -233,11 +237,9 @@ def _msmfs_kernel(
     ntx = (nx + TILE - 1) // TILE
     tmax = np.empty((ns, nty, ntx))
     targ = np.empty((ns, nty, ntx), np.int64)
-    crit = np.empty((ns, ny, nx))
     for s in range(ns):
         _update_criterion(res, hinv, crit, s, 0, ny, 0, nx)
         _scan_tiles(crit, mask, tmax, targ, s, 0, ny, 0, nx)
-    amp = np.empty(nt)
     limit = threshold * threshold
     for it in range(niter):
         best = -1.0
@@ -253,12 +255,13 @@ def _msmfs_kernel(
         if bidx < 0 or best < limit or best <= 0.0:
             return it
         py, px = bidx // nx, bidx % nx
+        found[it, 0], found[it, 1], found[it, 2] = bs, py, px
+        amp = amps[it]
         for t in range(nt):
             a = 0.0
             for m in range(nt):
                 a += hinv[bs, t, m] * res[bs, m, py, px]
             amp[t] = gain * a
-            comps[bs, t, py, px] += amp[t]
         y0, y1, x0, x1 = _subtract(res, psfs[bs], hinv, crit, amp, py, px, half)
         for p in range(ns):
             _scan_tiles(crit, mask, tmax, targ, p, y0, y1, x0, x1)
@@ -290,19 +293,15 @@ def _crop(image: np.ndarray, half: int) -> np.ndarray:
     return out
 
 
-def _stamp(model: np.ndarray, comps: np.ndarray, kernel: np.ndarray) -> None:
-    """Add ``kernel`` scaled by each component (nt, ny, nx) to ``model``, clipped at the edges."""
-    half = kernel.shape[0] // 2
-    ny, nx = model.shape[1:]
-    for y, x in zip(*np.nonzero(np.any(comps != 0.0, axis=0)), strict=True):
-        y0, y1, x0, x1 = (
-            max(0, y - half),
-            min(ny, y + half + 1),
-            max(0, x - half),
-            min(nx, x + half + 1),
-        )
-        patch = kernel[y0 - y + half : y1 - y + half, x0 - x + half : x1 - x + half]
-        model[:, y0:y1, x0:x1] += comps[:, y, x, None, None] * patch
+def _stamp(
+    model: np.ndarray, kernels: Sequence[np.ndarray], found: np.ndarray, amps: np.ndarray
+) -> None:
+    """Add each component's scale kernel times its Taylor amplitudes to ``model`` (nt, ny,
+    nx); components lie where their whole kernel fits (the kernel's mask)."""
+    for (s, y, x), amp in zip(found, amps, strict=True):
+        kernel = kernels[s]
+        h = kernel.shape[0] // 2
+        model[:, y - h : y + h + 1, x - h : x + h + 1] += amp[:, None, None] * kernel
 
 
 def msmfs(
@@ -399,6 +398,59 @@ def _smooth(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return images if kernel.size == 1 else convolve(images, kernel)
 
 
+class Cleaner:
+    """MS-MFS CLEAN of successive residual moments (nt, ny, nx) with fixed ``couplings``,
+    as an ICAL's minor cycles make it: the working memory (smoothed residuals, criterion,
+    FFT grids: some twenty images with three scales and two terms) is allocated
+    once and reused, since the first touch of fresh large arrays costs page faults in every
+    cycle, and far more where the kernel compacts memory for NumPy's huge pages."""
+
+    def __init__(self, couplings: Couplings, shape: tuple[int, int]) -> None:
+        ns, nt = len(couplings.kernels), couplings.hinv.shape[1]
+        self.couplings = couplings
+        self._smoother = Smoother(couplings.kernels, (nt, *shape))
+        self._res = np.empty((ns, nt, *shape))
+        self._crit = np.empty((ns, *shape))
+
+    def __call__(
+        self,
+        dmom: np.ndarray,
+        gain: float = 0.25,
+        niter: int = 1000,
+        threshold: float = 0.0,
+        fractional_threshold: float = 0.1,
+        window: np.ndarray | None = None,
+    ) -> CleanResult:
+        """Clean the residual moments ``D_t`` (nt, ny, nx) (see ``msmfs``)."""
+        couplings, res = self.couplings, self._res
+        ns, nt, ny, nx = res.shape
+        if len(dmom) != nt:
+            raise ValueError(f"{len(dmom)} residual moments, but couplings for {nt}")
+        if dmom.shape[1:] != (ny, nx):
+            raise ValueError(f"residual moments of {dmom.shape[1:]} pixels, made for {(ny, nx)}")
+        self._smoother(dmom, res)
+        res /= couplings.peak
+        t_abs = max(
+            threshold, fractional_threshold * float(np.max(np.abs(dmom[0]))) / couplings.peak
+        )
+        allowed = np.ones((ny, nx), np.bool_) if window is None else np.asarray(window, np.bool_)
+        # a scale's components keep their whole kernel inside the image
+        mask = np.zeros((ns, ny, nx), np.bool_)
+        for s, kernel in enumerate(couplings.kernels):
+            h = kernel.shape[0] // 2
+            mask[s, h : ny - h, h : nx - h] = allowed[h : ny - h, h : nx - h]
+        found = np.empty((niter, 3), np.int64)  # (scale, y, x) and Taylor amplitudes
+        amps = np.empty((niter, nt))
+        n = _msmfs_kernel(
+            res, couplings.hinv, couplings.psfs, found, amps, self._crit, mask, gain, niter, t_abs
+        )
+        model = np.zeros((nt, ny, nx))
+        _stamp(model, couplings.kernels, found[:n], amps[:n])
+        return CleanResult(
+            model=model, residual=res[0] * couplings.peak, ncomponents=int(n), threshold=t_abs
+        )
+
+
 def msmfs_moments(
     dmom: np.ndarray,
     couplings: Couplings,
@@ -409,29 +461,9 @@ def msmfs_moments(
     window: np.ndarray | None = None,
 ) -> CleanResult:
     """MS-MFS CLEAN of the residual moments ``D_t`` (nt, ny, nx) with the ``couplings`` of
-    their PSF moments (see ``msmfs``)."""
-    nt, ny, nx = dmom.shape
-    kernels = couplings.kernels
-    ns = len(kernels)
-    if couplings.hinv.shape[1:] != (nt, nt):
-        raise ValueError(f"{nt} residual moments, but couplings for {couplings.hinv.shape[1]}")
-    dmom = dmom / couplings.peak
-    t_abs = max(threshold, fractional_threshold * float(np.max(np.abs(dmom[0]))))
-    res = np.stack([_smooth(dmom, k) for k in kernels])
-    allowed = np.ones((ny, nx), np.bool_) if window is None else np.asarray(window, np.bool_)
-    # a scale's components keep their whole kernel inside the image
-    mask = np.zeros((ns, ny, nx), np.bool_)
-    for s, kernel in enumerate(kernels):
-        h = kernel.shape[0] // 2
-        mask[s, h : ny - h, h : nx - h] = allowed[h : ny - h, h : nx - h]
-    comps = np.zeros((ns, nt, ny, nx))
-    n = _msmfs_kernel(res, couplings.hinv, couplings.psfs, comps, mask, gain, niter, t_abs)
-    model = np.zeros((nt, ny, nx))
-    for s, kernel in enumerate(kernels):
-        _stamp(model, comps[s], kernel)
-    return CleanResult(
-        model=model, residual=res[0] * couplings.peak, ncomponents=int(n), threshold=t_abs
-    )
+    their PSF moments (see ``msmfs``); a ``Cleaner`` serves repeated calls."""
+    clean = Cleaner(couplings, dmom.shape[1:])
+    return clean(dmom, gain, niter, threshold, fractional_threshold, window)
 
 
 def msclean(

@@ -620,12 +620,11 @@ def deconvolve_single(
 
 
 def deconvolve_joint(
-    residual_moments: np.ndarray, couplings: deconvolve.Couplings, settings: Settings
+    residual_moments: np.ndarray, clean: deconvolve.Cleaner, settings: Settings
 ) -> deconvolve.CleanResult:
     """MS-MFS CLEAN of the residual moments reduced across windows (coordinator side)."""
-    return deconvolve.msmfs_moments(
+    return clean(
         residual_moments,
-        couplings,
         gain=settings.gain,
         niter=settings.niter,
         threshold=settings.threshold,
@@ -688,12 +687,15 @@ def run_ical(
     joint = settings.algorithm == "mmclean"
     nt = min(settings.nmoment, nwin) if joint else 1
     taylor_w = deconvolve.taylor_weights(freqs, reference_frequency(freqs), 2 * nt - 1)
-    couplings = (  # MS-MFS's PSF side, the same for every minor cycle
-        deconvolve.couplings_of(
-            deconvolve.moments(psfs, taylor_w, sumwt),
+    clean = (  # MS-MFS with its PSF side and working memory, the same for every minor cycle
+        deconvolve.Cleaner(
+            deconvolve.couplings_of(
+                deconvolve.moments(psfs, taylor_w, sumwt),
+                (npix, npix),
+                settings.scales,
+                settings.psf_support,
+            ),
             (npix, npix),
-            settings.scales,
-            settings.psf_support,
         )
         if joint
         else None
@@ -752,7 +754,7 @@ def run_ical(
         if diverged:
             pass  # nothing deconvolved: the cycle is recorded as measured, then undone below
         elif joint:  # MS-MFS
-            found = deconvolve_joint(residual, couplings, settings)
+            found = deconvolve_joint(residual, clean, settings)
             undo = taylor.copy()
             taylor += found.model
             ncomp = found.ncomponents
