@@ -50,7 +50,7 @@ def test_the_smoother_gives_each_kernels_same_convolution_call_after_call():
     every call still gives what the direct sum does, with nothing left of the one before."""
     rng = np.random.default_rng(7)
     kernels = [np.array([[2.0]]), rng.normal(size=(3, 5)), rng.normal(size=(11, 7))]
-    smooth = Smoother(kernels, (2, 23, 17))
+    smooth = Smoother(kernels, (23, 17))
     out = np.empty((3, 2, 23, 17))
     for _ in range(2):
         cube = rng.normal(size=(2, 23, 17))

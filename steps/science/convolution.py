@@ -36,22 +36,22 @@ def convolve(image: np.ndarray, kernel: np.ndarray, same: bool = True) -> np.nda
 
 
 class Smoother:
-    """'Same'-size convolutions of image stacks of one ``shape`` (..., ny, nx) with fixed
-    odd-sized kernels centred on their middle pixel, as ``convolve`` makes them (zero-padded,
-    nothing wraps around), for callers that repeat them: the kernels' spectra are made once,
-    each stack is transformed once for all kernels, and the FFT grids are allocated once."""
+    """'Same'-size convolutions of (ny, nx) images, or stacks of them, with fixed odd-sized
+    kernels centred on their middle pixel, as ``convolve`` makes them (zero-padded, nothing
+    wraps around), for callers that repeat them: the kernels' spectra are made once, each
+    image is transformed once for all kernels, and the FFT grids of one image are allocated
+    once."""
 
-    def __init__(self, kernels: Sequence[np.ndarray], shape: tuple[int, ...]) -> None:
+    def __init__(self, kernels: Sequence[np.ndarray], shape: tuple[int, int]) -> None:
         if any(k.ndim != 2 or k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0 for k in kernels):
             raise ValueError("Smoother kernels must be 2-D and odd-sized")
-        self.shape = tuple(shape)
-        ny, nx = self.shape[-2:]
+        self.shape = (ny, nx) = tuple(shape)
         hy = max(k.shape[0] // 2 for k in kernels)
         hx = max(k.shape[1] // 2 for k in kernels)
         padded = (ducc0.fft.good_size(ny + hy, True), ducc0.fft.good_size(nx + hx, True))
-        self._grid = np.zeros(self.shape[:-2] + padded)  # the padding stays zero
-        self._back = np.empty_like(self._grid)
-        self._spectrum = ducc0.fft.r2c(self._grid, axes=(-2, -1))
+        self._grid = np.zeros(padded)  # the padding stays zero
+        self._back = np.empty(padded)
+        self._spectrum = ducc0.fft.r2c(self._grid)
         self._product = np.empty_like(self._spectrum)
         self._kernels = [
             float(k[0, 0]) if k.size == 1 else self._centred(k, padded) for k in kernels
@@ -69,25 +69,27 @@ class Smoother:
         return ducc0.fft.r2c(grid)
 
     def __call__(self, images: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``images`` (``shape``) convolved with each kernel into ``out`` (nkernel, *shape)."""
-        ny, nx = self.shape[-2:]
-        self._grid[..., :ny, :nx] = images
-        transformed = False
-        for target, kernel in zip(out, self._kernels, strict=True):
-            if isinstance(kernel, float):  # a 1 x 1 kernel: a scale factor
-                np.multiply(images, kernel, out=target)
-                continue
-            if not transformed:
-                ducc0.fft.r2c(self._grid, axes=(-2, -1), out=self._spectrum)
-                transformed = True
-            np.multiply(self._spectrum, kernel, out=self._product)
-            ducc0.fft.c2r(
-                self._product,
-                axes=(-2, -1),
-                lastsize=self._grid.shape[-1],
-                forward=False,
-                inorm=2,
-                out=self._back,
-            )
-            target[...] = self._back[..., :ny, :nx]
+        """``images`` (..., ny, nx) convolved with each kernel into ``out`` (nkernel, ...,
+        ny, nx), one image at a time."""
+        ny, nx = self.shape
+        for index in np.ndindex(images.shape[:-2]):
+            image = images[index]
+            self._grid[:ny, :nx] = image
+            transformed = False
+            for target, kernel in zip(out, self._kernels, strict=True):
+                if isinstance(kernel, float):  # a 1 x 1 kernel: a scale factor
+                    np.multiply(image, kernel, out=target[index])
+                    continue
+                if not transformed:
+                    ducc0.fft.r2c(self._grid, out=self._spectrum)
+                    transformed = True
+                np.multiply(self._spectrum, kernel, out=self._product)
+                ducc0.fft.c2r(
+                    self._product,
+                    lastsize=self._back.shape[1],
+                    forward=False,
+                    inorm=2,
+                    out=self._back,
+                )
+                target[index] = self._back[:ny, :nx]
         return out

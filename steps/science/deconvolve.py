@@ -401,14 +401,14 @@ def _smooth(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 class Cleaner:
     """MS-MFS CLEAN of successive residual moments (nt, ny, nx) with fixed ``couplings``,
     as an ICAL's minor cycles make it: the working memory (smoothed residuals, criterion,
-    FFT grids: some twenty images with three scales and two terms) is allocated
+    FFT grids: some fifteen images with three scales and two terms) is allocated
     once and reused, since the first touch of fresh large arrays costs page faults in every
     cycle, and far more where the kernel compacts memory for NumPy's huge pages."""
 
     def __init__(self, couplings: Couplings, shape: tuple[int, int]) -> None:
         ns, nt = len(couplings.kernels), couplings.hinv.shape[1]
         self.couplings = couplings
-        self._smoother = Smoother(couplings.kernels, (nt, *shape))
+        self._smoother = Smoother(couplings.kernels, shape)
         self._res = np.empty((ns, nt, *shape))
         self._crit = np.empty((ns, *shape))
 
