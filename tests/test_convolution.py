@@ -46,7 +46,7 @@ def test_nothing_wraps_around_the_edges():
 
 
 def test_the_smoother_gives_each_kernels_same_convolution_call_after_call():
-    """One forward transform per stack, the kernels' spectra made once and the grids reused:
+    """One forward transform per image, the kernels' spectra made once and the grids reused:
     every call still gives what the direct sum does, with nothing left of the one before."""
     rng = np.random.default_rng(7)
     kernels = [np.array([[2.0]]), rng.normal(size=(3, 5)), rng.normal(size=(11, 7))]
