@@ -28,7 +28,14 @@ def convolve(image: np.ndarray, kernel: np.ndarray, same: bool = True) -> np.nda
         return ducc0.fft.r2c(grid, axes=(-2, -1))
 
     product = spectrum(image) * spectrum(kernel)
-    out = ducc0.fft.c2r(product, axes=(-2, -1), lastsize=padded[1], forward=False, inorm=2)
+    out = ducc0.fft.c2r(
+        product,
+        axes=(-2, -1),
+        lastsize=padded[1],
+        forward=False,
+        inorm=2,
+        allow_overwriting_input=True,  # the product is scratch: no temporary copy
+    )
     if not same:
         return out[..., : full[0], : full[1]]
     y0, x0 = (ky - 1) // 2, (kx - 1) // 2
@@ -90,6 +97,7 @@ class Smoother:
                     forward=False,
                     inorm=2,
                     out=self._back,
+                    allow_overwriting_input=True,  # the product is scratch
                 )
                 target[index] = self._back[:ny, :nx]
         return out
