@@ -424,6 +424,10 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "phase_rms_rad": rms,
         "phase_rms_shift_removed_rad": shifted["rms_rad"],
         "position_offset_px": shifted["offset_rad"] / params.cellsize,
+        "phase_rms_shift_removed_worst_station": {
+            "station": obs.antenna_names[shifted["worst_station"]],
+            "rms_rad": shifted["worst_station_rms_rad"],
+        },
         "wall_s": round(time.perf_counter() - started, 3),
         "gridder_s": round(gridder_s, 3),
         "final_residual_gridder_s": round(final_s, 3),
@@ -433,10 +437,12 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
     atomic.write_json(buffers.convergence, record)
     LOG.info(
         "Gain phase error after ICAL: %.3g rad rms (%.3g rad with the position offset of "
-        "%.3f px removed)",
+        "%.3f px removed; at most %.3g rad at one station, %s)",
         rms,
         shifted["rms_rad"],
         record["position_offset_px"],
+        shifted["worst_station_rms_rad"],
+        obs.antenna_names[shifted["worst_station"]],
     )
     unit = np.ones_like(result.gains)  # no calibration, measured the same way
     uncalibrated = shift_removed_phase_rms(truth, unit, uvw0, obs.frequencies, flags)["rms_rad"]

@@ -241,6 +241,9 @@ def measure(
         "phase_rms_rad_per_cycle": [c.get("phase_rms_rad") for c in cycles],
         "phase_rms_shift_removed_rad": convergence.get("phase_rms_shift_removed_rad"),
         "position_offset_px": convergence.get("position_offset_px"),
+        "phase_rms_shift_removed_worst_station": convergence.get(
+            "phase_rms_shift_removed_worst_station"
+        ),
         "clean_beam": {
             "bmaj_deg": beam.bmaj_deg,
             "bmin_deg": beam.bmin_deg,

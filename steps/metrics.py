@@ -60,14 +60,16 @@ def shift_removed_phase_rms(
     uvw0: np.ndarray,
     freqs_hz: np.ndarray,
     flags: np.ndarray | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Phase error with the self-calibration position degeneracy removed.
 
     A phase gradient ``2 pi (u dl + v dm) nu / c`` across the stations, common to all windows
     and times, is indistinguishable from a shift (dl, dm) of the whole sky, so ICAL from an
     empty model recovers the gains only up to it.  Fits (dl, dm) to the station-0 referenced
     phase differences (window, time, station) of the stations with data (``flags``) by least
-    squares and returns the rms of what is left and the offset |(dl, dm)| (rad).
+    squares and returns the rms of what is left (``rms_rad``), the offset |(dl, dm)|
+    (``offset_rad``) and the station whose rms of what is left is largest
+    (``worst_station``, its rms ``worst_station_rms_rad``).
     """
     diff = phase_errors(true_gains, solved_gains, flags)
     k = 2 * np.pi * np.asarray(freqs_hz)[:, None, None, None] / C_M_S
@@ -77,8 +79,18 @@ def shift_removed_phase_rms(
     design = (k * pos).reshape(-1, 2)
     ok = np.isfinite(diff.ravel())
     coef, *_ = np.linalg.lstsq(design[ok], diff.ravel()[ok], rcond=None)
-    left = diff.ravel()[ok] - design[ok] @ coef
-    return {"rms_rad": float(np.sqrt(np.mean(left**2))), "offset_rad": float(np.hypot(*coef))}
+    left = diff - (design @ coef).reshape(diff.shape)
+    seen = np.isfinite(left)  # flagged: NaN
+    squares = np.where(seen, left, 0.0) ** 2
+    count = seen.sum(axis=(0, 1))
+    per_station = np.sqrt(squares.sum(axis=(0, 1)) / np.maximum(count, 1))  # 0 without data
+    worst = int(np.argmax(per_station))
+    return {
+        "rms_rad": float(np.sqrt(squares.sum() / count.sum())),
+        "offset_rad": float(np.hypot(*coef)),
+        "worst_station": worst,
+        "worst_station_rms_rad": float(per_station[worst]),
+    }
 
 
 def peak_near(image: np.ndarray, x: float, y: float, radius: int = 2) -> tuple[float, float, float]:
