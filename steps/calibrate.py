@@ -424,10 +424,8 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         "phase_rms_rad": rms,
         "phase_rms_shift_removed_rad": shifted["rms_rad"],
         "position_offset_px": shifted["offset_rad"] / params.cellsize,
-        "phase_rms_shift_removed_worst_station": {
-            "station": obs.antenna_names[shifted["worst_station"]],
-            "rms_rad": shifted["worst_station_rms_rad"],
-        },
+        "phase_worst_station": obs.antenna_names[shifted["worst_station"]],
+        "phase_rms_shift_removed_worst_station_rad": shifted["worst_station_rms_rad"],
         "wall_s": round(time.perf_counter() - started, 3),
         "gridder_s": round(gridder_s, 3),
         "final_residual_gridder_s": round(final_s, 3),

@@ -241,8 +241,9 @@ def measure(
         "phase_rms_rad_per_cycle": [c.get("phase_rms_rad") for c in cycles],
         "phase_rms_shift_removed_rad": convergence.get("phase_rms_shift_removed_rad"),
         "position_offset_px": convergence.get("position_offset_px"),
-        "phase_rms_shift_removed_worst_station": convergence.get(
-            "phase_rms_shift_removed_worst_station"
+        "phase_worst_station": convergence.get("phase_worst_station"),
+        "phase_rms_shift_removed_worst_station_rad": convergence.get(
+            "phase_rms_shift_removed_worst_station_rad"
         ),
         "clean_beam": {
             "bmaj_deg": beam.bmaj_deg,
