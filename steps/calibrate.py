@@ -440,7 +440,7 @@ def run(params: Params, buffers: Buffers) -> dict[str, str]:
         shifted["rms_rad"],
         record["position_offset_px"],
         shifted["worst_station_rms_rad"],
-        obs.antenna_names[shifted["worst_station"]],
+        record["phase_worst_station"],
     )
     unit = np.ones_like(result.gains)  # no calibration, measured the same way
     uncalibrated = shift_removed_phase_rms(truth, unit, uvw0, obs.frequencies, flags)["rms_rad"]

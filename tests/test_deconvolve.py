@@ -128,7 +128,7 @@ def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> No
         [10 * _shifted(pmom[t], 64, 64) + 3 * _shifted(pmom[t + 1], 64, 64) for t in (0, 1)]
     )
     runs = [
-        deconvolve.msmfs_moments(dmom, p, niter=30, fractional_threshold=0.0)
+        deconvolve.Cleaner(p, (NPIX, NPIX))(dmom, niter=30, fractional_threshold=0.0)
         for p in (psf, psf, deconvolve.couplings_of(pmom, (NPIX, NPIX), (0, 3), psf_support=40))
     ]
     assert [r.ncomponents for r in runs] == [30, 30, 30]
@@ -137,7 +137,7 @@ def test_couplings_made_once_serve_every_minor_cycle(big_psfs: np.ndarray) -> No
     np.testing.assert_array_equal(psf.psfs, saved[0])
     np.testing.assert_array_equal(psf.hinv, saved[1])
     with pytest.raises(ValueError, match="3 residual moments, but couplings for 2"):
-        deconvolve.msmfs_moments(np.zeros((3, NPIX, NPIX)), psf)
+        deconvolve.Cleaner(psf, (NPIX, NPIX))(np.zeros((3, NPIX, NPIX)))
 
 
 def test_a_cleaner_called_again_cleans_as_a_fresh_one(big_psfs: np.ndarray) -> None:

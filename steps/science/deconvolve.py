@@ -341,14 +341,10 @@ def msmfs(
     extent = max(np.shape(cube[0])) if psf_support is None else int(psf_support)
     margin = max(scale_kernel(s).shape[0] for s in scales)
     pmom = moments([_crop(p, extent + margin) for p in psfs_in], taylor, w)
-    return msmfs_moments(
-        moments(cube, taylor[:nt], w),
-        couplings_of(pmom, np.shape(cube[0]), scales, psf_support),
-        gain,
-        niter,
-        threshold,
-        fractional_threshold,
-        window,
+    shape = np.shape(cube[0])
+    clean = Cleaner(couplings_of(pmom, shape, scales, psf_support), shape)
+    return clean(
+        moments(cube, taylor[:nt], w), gain, niter, threshold, fractional_threshold, window
     )
 
 
@@ -399,11 +395,12 @@ def _smooth(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 class Cleaner:
-    """MS-MFS CLEAN of successive residual moments (nt, ny, nx) with fixed ``couplings``,
-    as an ICAL's minor cycles make it: the working memory (smoothed residuals, criterion,
-    FFT grids: some fifteen images with three scales and two terms) is allocated
-    once and reused, since the first touch of fresh large arrays costs page faults in every
-    cycle, and far more where the kernel compacts memory for NumPy's huge pages."""
+    """MS-MFS CLEAN of residual moments (nt, ny, nx) with the ``couplings`` of their PSF
+    moments (see ``msmfs``), called once per minor cycle of an ICAL: the working memory
+    (smoothed residuals, criterion, FFT grids: some fifteen images with three scales and two
+    terms) is allocated once and reused, since the first touch of fresh large arrays costs
+    page faults in every cycle, and far more where the kernel compacts memory for NumPy's
+    huge pages."""
 
     def __init__(self, couplings: Couplings, shape: tuple[int, int]) -> None:
         ns, nt = len(couplings.kernels), couplings.hinv.shape[1]
@@ -449,21 +446,6 @@ class Cleaner:
         return CleanResult(
             model=model, residual=res[0] * couplings.peak, ncomponents=int(n), threshold=t_abs
         )
-
-
-def msmfs_moments(
-    dmom: np.ndarray,
-    couplings: Couplings,
-    gain: float = 0.25,
-    niter: int = 1000,
-    threshold: float = 0.0,
-    fractional_threshold: float = 0.1,
-    window: np.ndarray | None = None,
-) -> CleanResult:
-    """MS-MFS CLEAN of the residual moments ``D_t`` (nt, ny, nx) with the ``couplings`` of
-    their PSF moments (see ``msmfs``); a ``Cleaner`` serves repeated calls."""
-    clean = Cleaner(couplings, dmom.shape[1:])
-    return clean(dmom, gain, niter, threshold, fractional_threshold, window)
 
 
 def msclean(
