@@ -26,7 +26,7 @@ run: setup
 	$(BIN)/batch-imaging run examples/batch_imaging.json
 
 test: setup system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 render: setup
 	$(BIN)/batch-imaging render
