@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from steps import log
 from steps.log import LOG
@@ -53,10 +54,12 @@ def render_command(args: argparse.Namespace) -> str:
     return " ".join(["batch-imaging render", *options])
 
 
-def cmd_step(args: argparse.Namespace) -> int:
+def cmd_step(args: argparse.Namespace) -> NoReturn:
+    """Run one step, the whole of a pod's process: the process ends with the step."""
+    from steps.processes import end
     from steps.runner import run_step
 
-    return run_step(args.name, pairs(args.param))
+    end(run_step(args.name, pairs(args.param)))
 
 
 def cmd_params(args: argparse.Namespace) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 
@@ -47,3 +50,13 @@ def cores() -> int:
         available = os.cpu_count() or 1
     asked = os.environ.get("PYTHON_CPU_COUNT", "").strip()
     return max(1, min(available, int(asked))) if asked.isdigit() else available
+
+
+def end(code: int) -> NoReturn:
+    """End this process with exit status ``code`` once its work is done: the exit handlers
+    run and the streams are flushed as at a normal exit, but the interpreter does not tear
+    down its modules one by one (≈ 1.3 s after a heavy step's imports on 2 cores)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

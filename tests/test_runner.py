@@ -526,3 +526,16 @@ def test_a_claim_whose_lease_expired_claims_again_unless_taken(block, taken):
         assert "expired; nobody took the block: claimed again" in step.stderr.read()
     finally:
         step.kill()
+
+
+def test_a_step_process_ends_with_its_exit_handlers_run_and_its_output_flushed():
+    program = (
+        "import atexit, sys\n"
+        "from steps.processes import end\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "sys.stdout.write('buffered, ')\n"
+        "end(3)\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (3, "buffered, handler ran\n"), done.stderr
