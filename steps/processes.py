@@ -1,4 +1,5 @@
-"""Processes on this host: the cores this one may use, whether one recorded by its pid runs."""
+"""Processes on this host: the cores this one may use, whether one recorded by its pid runs,
+and ending this one once its work is done."""
 
 from __future__ import annotations
 
