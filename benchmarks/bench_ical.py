@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.cases import Case, case_window, lowbd2_case, run_case, settings_for
 from steps.params import Params
-from steps.science import clean, deconvolve, ical, imaging
+from steps.science import clean, deconvolve, ical, imaging, reference_frequency
 from steps.science.predict import dft
 
 NPIX, CELL = 1024, 0.0005
@@ -152,8 +152,7 @@ def lowbd2_spectral_floor() -> dict[str, Any]:
     case = lowbd2_case()
     settings = settings_for(case)
     c = len(case.freqs) // 2
-    x = case.freqs / case.freqs.mean() - 1.0
-    taylor = np.stack([np.ones_like(x), x], axis=1)
+    taylor = deconvolve.taylor_weights(case.freqs, reference_frequency(case.freqs), 2).T
     fit, *_ = np.linalg.lstsq(taylor, case.flux.T, rcond=None)
     missed = case.flux[:, c] - taylor[c] @ fit
     n = np.sqrt(1.0 - case.l**2 - case.m**2)
